@@ -1,0 +1,1 @@
+"""The MLRB Console: a Textual dashboard and the `mlrb` command line."""

@@ -1,0 +1,34 @@
+"""Untrusted text from agents and sandboxes loses its terminal control sequences here."""
+
+from __future__ import annotations
+
+import re
+
+# CSI, OSC (ended by BEL or ST), DCS/SOS/PM/APC strings, two-byte ESC sequences, and the
+# 8-bit C1 forms; then every C0/C1 control except tab and newline.
+_ESCAPES = re.compile(
+    r"""
+    \x1b\[[0-?]*[ -/]*[@-~]            # CSI ... final byte
+  | \x9b[0-?]*[ -/]*[@-~]              # 8-bit CSI
+  | \x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?   # OSC ... BEL or ST
+  | \x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?
+  | \x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?       # DCS, SOS, PM, APC
+  | [\x90\x98\x9e\x9f][^\x1b\x9c]*(?:\x1b\\|\x9c)?
+  | \x1b[ -/]*[0-~]                    # other ESC sequences (charset, keypad, RIS...)
+  | \x1b                               # a lone ESC
+    """,
+    re.VERBOSE,
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_escapes(text: str) -> str:
+    """Remove escape sequences and control characters; keep tabs and newlines.
+
+    A carriage return that redraws a progress bar keeps only what follows it on its line.
+    """
+    text = _ESCAPES.sub("", text)
+    if "\r" in text:
+        text = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
+                         for line in text.split("\n"))
+    return _CONTROLS.sub("", text)

@@ -1,0 +1,480 @@
+"""The journal: one SQLite file (WAL) per runner or recorder, the source of truth.
+
+Writes go through one dedicated writer thread that drains its queue into batched
+transactions (sqlite-utils `insert_all`), so the event loop never blocks on disk and many
+small writes cost one commit. `(run, seq)` is the primary key of `events` and of every
+side table, so re-sent events are no-ops. The `runs` table is derived from events.
+
+Readers (`JournalReader`) open their own connections; WAL lets them read while the writer
+writes, from this process or another (the console, `mlrb runs`, sqlite3, Datasette).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from runner.events import Event, status_after
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY,
+    task TEXT, agent TEXT, model TEXT, scale TEXT, runner TEXT,
+    status TEXT NOT NULL DEFAULT 'queued',
+    reason TEXT,
+    created_ts REAL, started_ts REAL, ended_ts REAL, updated_ts REAL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    budget_s REAL,
+    active_s REAL NOT NULL DEFAULT 0,   -- time on the clock as of active_ts
+    active_ts REAL,
+    metric_name TEXT, metric_value REAL, metric_step INTEGER,
+    score REAL, score_metric TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    cpu_pct REAL, mem_bytes INTEGER, mem_limit INTEGER, cpu_limit REAL,
+    gpu_util REAL, gpu_mem_used INTEGER, gpu_mem_total INTEGER,
+    sandbox TEXT, isolated INTEGER,
+    flags INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_run_ts ON events (run, ts);
+CREATE INDEX IF NOT EXISTS events_run_kind ON events (run, kind, seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+    step INTEGER, value REAL, ts REAL NOT NULL,
+    PRIMARY KEY (run, seq, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gpu_samples (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, device INTEGER,
+    util REAL, mem_used INTEGER, mem_total INTEGER, power_w REAL, temp_c REAL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resources (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    cpu_pct REAL, mem_bytes INTEGER, mem_limit INTEGER, cpu_limit REAL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, model TEXT,
+    input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS interventions (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    action TEXT NOT NULL, operator TEXT, reason TEXT, command_id TEXT, detail TEXT,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scores (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    metric TEXT, value REAL, final INTEGER, details TEXT,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS integrity (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    "check" TEXT, severity TEXT, detail TEXT,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+"""
+
+_RUN_COLUMNS = (
+    "run task agent model scale runner status reason created_ts started_ts ended_ts updated_ts "
+    "last_seq budget_s active_s active_ts metric_name metric_value metric_step score score_metric "
+    "input_tokens output_tokens cost_usd cpu_pct mem_bytes mem_limit cpu_limit gpu_util "
+    "gpu_mem_used gpu_mem_total sandbox isolated flags steps"
+).split()
+
+_SENTINEL = object()
+
+
+def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    path = Path(path)
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def ensure_schema(path: str | Path) -> None:
+    conn = connect(path)
+    try:
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
+def _as_float(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def _as_int(x: Any) -> int | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return int(x)
+
+
+class RunFold:
+    """Folds events into `runs` rows. Pure: used by the writer and by tests."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def load(self, row: dict[str, Any]) -> None:
+        self.rows[row["run"]] = dict(row)
+
+    def apply(self, ev: Event) -> dict[str, Any] | None:
+        """Apply an event; return the changed row, or None for an event already applied."""
+        row = self.rows.get(ev.run)
+        if row is None:
+            row = {c: None for c in _RUN_COLUMNS}
+            row.update(run=ev.run, status="queued", last_seq=0, active_s=0.0, input_tokens=0,
+                       output_tokens=0, cost_usd=0.0, flags=0, steps=0)
+            self.rows[ev.run] = row
+        if ev.seq <= row["last_seq"]:
+            return None
+        row["last_seq"] = ev.seq
+        row["updated_ts"] = ev.ts
+        d = ev.data
+        k = ev.kind
+        prev_status = row["status"]
+        row["status"] = status_after(prev_status, ev)
+        if "elapsed_s" in d and _as_float(d["elapsed_s"]) is not None:
+            row["active_s"] = _as_float(d["elapsed_s"])
+            row["active_ts"] = ev.ts
+        if k == "run.created":
+            row["created_ts"] = ev.ts
+            for key in ("task", "agent", "model", "scale", "runner"):
+                if isinstance(d.get(key), str):
+                    row[key] = d[key]
+            limits = d.get("limits") if isinstance(d.get("limits"), dict) else {}
+            row["budget_s"] = _as_float(limits.get("time_s"))
+        elif k == "run.started":
+            row["started_ts"] = ev.ts
+            row["active_ts"] = ev.ts
+        elif k == "run.ended":
+            row["ended_ts"] = ev.ts
+            row["reason"] = str(d.get("reason", ""))[:500]
+        elif k == "agent.step":
+            row["steps"] = _as_int(d.get("step")) or row["steps"]
+        elif k == "metric":
+            values = d.get("values") if isinstance(d.get("values"), dict) else {}
+            for name, value in values.items():
+                if _as_float(value) is not None:
+                    row["metric_name"], row["metric_value"] = str(name), _as_float(value)
+                    row["metric_step"] = _as_int(d.get("step"))
+                    break
+        elif k == "resource":
+            row["cpu_pct"] = _as_float(d.get("cpu_pct"))
+            row["mem_bytes"] = _as_int(d.get("mem_bytes"))
+            row["mem_limit"] = _as_int(d.get("mem_limit"))
+            row["cpu_limit"] = _as_float(d.get("cpu_limit"))
+        elif k == "gpu":
+            row["gpu_util"] = _as_float(d.get("util"))
+            row["gpu_mem_used"] = _as_int(d.get("mem_used"))
+            row["gpu_mem_total"] = _as_int(d.get("mem_total"))
+        elif k == "usage":
+            row["input_tokens"] += _as_int(d.get("input_tokens")) or 0
+            row["output_tokens"] += _as_int(d.get("output_tokens")) or 0
+            row["cost_usd"] += _as_float(d.get("cost_usd")) or 0.0
+        elif k == "score":
+            row["score"] = _as_float(d.get("value"))
+            row["score_metric"] = str(d.get("metric", ""))[:80]
+        elif k == "integrity.flag":
+            row["flags"] += 1
+        elif k == "sandbox.started":
+            row["sandbox"] = str(d.get("backend", ""))[:40]
+            row["isolated"] = 1 if d.get("isolated") else 0
+        return row
+
+
+def side_rows(ev: Event) -> list[tuple[str, dict[str, Any]]]:
+    """The typed side-table rows an event contributes."""
+    d, k = ev.data, ev.kind
+    base = {"run": ev.run, "seq": ev.seq, "ts": ev.ts}
+    if k == "metric":
+        values = d.get("values") if isinstance(d.get("values"), dict) else {}
+        step = _as_int(d.get("step"))
+        return [
+            ("metrics", {**base, "name": str(n)[:120], "step": step, "value": _as_float(v)})
+            for n, v in values.items()
+            if _as_float(v) is not None
+        ]
+    if k == "gpu":
+        return [("gpu_samples", {**base, "device": _as_int(d.get("device")),
+                                 "util": _as_float(d.get("util")),
+                                 "mem_used": _as_int(d.get("mem_used")),
+                                 "mem_total": _as_int(d.get("mem_total")),
+                                 "power_w": _as_float(d.get("power_w")),
+                                 "temp_c": _as_float(d.get("temp_c"))})]
+    if k == "resource":
+        return [("resources", {**base, "cpu_pct": _as_float(d.get("cpu_pct")),
+                               "mem_bytes": _as_int(d.get("mem_bytes")),
+                               "mem_limit": _as_int(d.get("mem_limit")),
+                               "cpu_limit": _as_float(d.get("cpu_limit"))})]
+    if k == "usage":
+        return [("usage", {**base, "model": str(d.get("model", ""))[:120],
+                           "input_tokens": _as_int(d.get("input_tokens")),
+                           "output_tokens": _as_int(d.get("output_tokens")),
+                           "cost_usd": _as_float(d.get("cost_usd")),
+                           "latency_s": _as_float(d.get("latency_s"))})]
+    if k.startswith("operator."):
+        detail = {x: y for x, y in d.items() if x not in ("operator", "reason", "command_id")}
+        return [("interventions", {**base, "action": k.split(".", 1)[1],
+                                   "operator": str(d.get("operator", ""))[:120],
+                                   "reason": str(d.get("reason", ""))[:1000],
+                                   "command_id": str(d.get("command_id", ""))[:80],
+                                   "detail": json.dumps(detail)[:4000]})]
+    if k == "score":
+        return [("scores", {**base, "metric": str(d.get("metric", ""))[:120],
+                            "value": _as_float(d.get("value")),
+                            "final": 1 if d.get("final") else 0,
+                            "details": json.dumps(d.get("details", {}))[:8000]})]
+    if k == "integrity.flag":
+        return [("integrity", {**base, "check": str(d.get("check", ""))[:120],
+                               "severity": str(d.get("severity", "warning"))[:20],
+                               "detail": str(d.get("detail", ""))[:2000]})]
+    return []
+
+
+class Journal:
+    """The single writer of one SQLite journal. Thread-safe; `write` is awaitable."""
+
+    def __init__(self, path: str | Path, max_batch: int = 20000) -> None:
+        self.path = Path(path)
+        ensure_schema(self.path)
+        self._conn = connect(self.path)
+        self._db = sqlite_utils.Database(self._conn)
+        self._fold = RunFold()
+        for row in self._conn.execute("SELECT * FROM runs"):
+            self._fold.load(dict(row))
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._max_batch = max_batch
+        self._closed = False
+        self.written = 0
+        self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    # -- writing ---------------------------------------------------------------------
+    def submit(self, events: Sequence[Event]) -> concurrent.futures.Future[None]:
+        """Queue events for the writer; the future resolves once they are committed."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._closed:
+            fut.set_exception(RuntimeError("journal is closed"))
+            return fut
+        self._queue.put((list(events), fut))
+        return fut
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await asyncio.wrap_future(self.submit(events))
+
+    def write_sync(self, events: Sequence[Event]) -> None:
+        self.submit(events).result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_SENTINEL)
+        self._thread.join()
+        self._conn.close()
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _SENTINEL:
+                return
+            batch = [item]
+            n = len(item[0])
+            stop = False
+            while n < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _SENTINEL:
+                    stop = True
+                    break
+                batch.append(more)
+                n += len(more[0])
+            try:
+                self._write_batch([e for events, _ in batch for e in events])
+            except Exception as exc:  # report to every waiter; the writer lives on
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+            if stop:
+                return
+
+    def _write_batch(self, events: list[Event]) -> None:
+        if not events:
+            return
+        rows = [
+            {"run": e.run, "seq": e.seq, "ts": e.ts, "kind": e.kind,
+             "data": json.dumps(e.data, separators=(",", ":"))}
+            for e in events
+        ]
+        side: dict[str, list[dict[str, Any]]] = {}
+        changed: dict[str, dict[str, Any]] = {}
+        for e in sorted(events, key=lambda e: (e.run, e.seq)):
+            row = self._fold.apply(e)
+            if row is None:
+                continue
+            changed[e.run] = row
+            for table, r in side_rows(e):
+                side.setdefault(table, []).append(r)
+        self._conn.execute("BEGIN")
+        try:
+            self._db["events"].insert_all(rows, ignore=True, batch_size=2000)
+            for table, trs in side.items():
+                self._db[table].insert_all(trs, ignore=True, batch_size=2000)
+            if changed:
+                self._db["runs"].upsert_all(list(changed.values()), pk="run", batch_size=500)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            # reload the fold from disk so it matches what was actually committed
+            self._fold = RunFold()
+            for row in self._conn.execute("SELECT * FROM runs"):
+                self._fold.load(dict(row))
+            raise
+        self.written += len(events)
+
+    # -- the owner's reads (same process) --------------------------------------------
+    def last_seq(self, run: str) -> int:
+        row = self._fold.rows.get(run)
+        return int(row["last_seq"]) if row else 0
+
+
+def _event_from_row(row: sqlite3.Row) -> Event:
+    return Event(row["run"], row["seq"], row["ts"], row["kind"], json.loads(row["data"]))
+
+
+class JournalReader:
+    """Read-side queries over a journal file; every query pages, nothing loads a whole run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            ensure_schema(self.path)
+        self._conn = connect(self.path, readonly=True)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
+        if status:
+            rows = self._all("SELECT * FROM runs WHERE status = ? ORDER BY created_ts", [status])
+        else:
+            rows = self._all("SELECT * FROM runs ORDER BY created_ts")
+        return [dict(r) for r in rows]
+
+    def get_run(self, run: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM runs WHERE run = ?", [run])
+        return dict(rows[0]) if rows else None
+
+    def find_run(self, prefix: str) -> dict[str, Any] | None:
+        """A run by its full id or an unambiguous prefix."""
+        exact = self.get_run(prefix)
+        if exact:
+            return exact
+        rows = self._all("SELECT * FROM runs WHERE run LIKE ? LIMIT 2",
+                         [prefix.replace("%", "").replace("_", "\\_") + "%"])
+        return dict(rows[0]) if len(rows) == 1 else None
+
+    def events(self, run: str, after_seq: int = 0, limit: int = 1000,
+               kinds: Sequence[str] | None = None) -> list[Event]:
+        if kinds:
+            marks = ",".join("?" * len(kinds))
+            rows = self._all(
+                f"SELECT * FROM events WHERE run = ? AND seq > ? AND kind IN ({marks}) "
+                "ORDER BY seq LIMIT ?", [run, after_seq, *kinds, limit])
+        else:
+            rows = self._all("SELECT * FROM events WHERE run = ? AND seq > ? ORDER BY seq LIMIT ?",
+                             [run, after_seq, limit])
+        return [_event_from_row(r) for r in rows]
+
+    def events_before(self, run: str, before_seq: int, limit: int = 1000,
+                      kinds: Sequence[str] | None = None) -> list[Event]:
+        """The `limit` events just before `before_seq`, oldest first."""
+        if kinds:
+            marks = ",".join("?" * len(kinds))
+            rows = self._all(
+                f"SELECT * FROM events WHERE run = ? AND seq < ? AND kind IN ({marks}) "
+                "ORDER BY seq DESC LIMIT ?", [run, before_seq, *kinds, limit])
+        else:
+            rows = self._all(
+                "SELECT * FROM events WHERE run = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                [run, before_seq, limit])
+        return [_event_from_row(r) for r in reversed(rows)]
+
+    def max_seq(self, run: str) -> int:
+        rows = self._all("SELECT MAX(seq) AS m FROM events WHERE run = ?", [run])
+        return int(rows[0]["m"] or 0)
+
+    def seq_at(self, run: str, ts: float) -> int:
+        """The last seq at or before `ts` (0 before the first event)."""
+        rows = self._all("SELECT MAX(seq) AS m FROM events WHERE run = ? AND ts <= ?", [run, ts])
+        return int(rows[0]["m"] or 0)
+
+    def ts_range(self, run: str) -> tuple[float, float] | None:
+        rows = self._all(
+            "SELECT (SELECT ts FROM events WHERE run = ? ORDER BY seq LIMIT 1) AS a, "
+            "(SELECT ts FROM events WHERE run = ? ORDER BY seq DESC LIMIT 1) AS b", [run, run])
+        a, b = rows[0]["a"], rows[0]["b"]
+        return None if a is None else (float(a), float(b))
+
+    def next_seq_of(self, run: str, after_seq: int, kinds: Sequence[str]) -> int | None:
+        """The next seq after `after_seq` whose kind is in `kinds` (jump to next error, …)."""
+        marks = ",".join("?" * len(kinds))
+        rows = self._all(
+            f"SELECT MIN(seq) AS m FROM events WHERE run = ? AND seq > ? AND kind IN ({marks})",
+            [run, after_seq, *kinds])
+        m = rows[0]["m"]
+        return None if m is None else int(m)
+
+    def metrics(self, run: str, name: str | None = None, after_seq: int = 0,
+                limit: int = 100000) -> list[dict[str, Any]]:
+        if name:
+            rows = self._all("SELECT * FROM metrics WHERE run = ? AND name = ? AND seq > ? "
+                             "ORDER BY seq LIMIT ?", [run, name, after_seq, limit])
+        else:
+            rows = self._all("SELECT * FROM metrics WHERE run = ? AND seq > ? ORDER BY seq LIMIT ?",
+                             [run, after_seq, limit])
+        return [dict(r) for r in rows]
+
+    def interventions(self, run: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._all(
+            "SELECT * FROM interventions WHERE run = ? ORDER BY seq", [run])]
+
+    def scores(self, run: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._all("SELECT * FROM scores WHERE run = ? ORDER BY seq", [run])]

@@ -1,0 +1,106 @@
+"""What every sandbox offers the runner, and how one is chosen.
+
+Agents never run on the host: their tool calls run in a sandbox. The Docker sandbox is the
+default whenever an engine answers; the local-process sandbox is the fallback, and says
+loudly that it is not isolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+WORKSPACE = "/workspace"  # the workspace's path inside every sandbox
+METRICS_FILE = ".mlrb/metrics.jsonl"  # relative to the workspace; appended by mlrb_metrics
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not do what was asked; the message is for the operator."""
+
+
+class GPUUnavailable(SandboxError):
+    """GPUs were requested but this host has no GPU runtime."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    cpus: float = 2.0
+    memory_bytes: int = 4 * 1024**3
+    pids: int = 512
+    gpus: int = 0  # number of GPUs, by device request
+    gpu_ids: tuple[str, ...] = ()  # explicit device ids, when the scheduler assigned them
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    run: str
+    workspace: Path  # host folder mounted read-write at WORKSPACE
+    image: str = "mlrb-sandbox:latest"
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    readonly_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path)
+    env: tuple[tuple[str, str], ...] = ()  # never provider keys
+    network: bool = False
+    user: str = "1000:1000"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None  # None when killed by the timeout
+    output: str  # stdout and stderr interleaved, capped
+    truncated: bool = False
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    running: bool
+    paused: bool = False
+    exit_code: int | None = None
+    reason: str = ""  # e.g. "OOMKilled", "exited", "removed"
+
+
+OutputCallback = Callable[[str, str], None]  # (stream, text chunk) as it arrives
+
+
+class Sandbox(Protocol):
+    backend: str  # "docker" | "local"
+    isolated: bool
+    spec: SandboxSpec
+
+    @property
+    def id(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float = 600,
+        output_cap: int = 64 * 1024,
+        on_output: OutputCallback | None = None,
+        workdir: str = WORKSPACE,
+    ) -> ExecResult:
+        """Run `bash -lc command` as the sandbox user; never raises for a non-zero exit."""
+        ...
+
+    async def pause(self) -> None: ...
+
+    async def unpause(self) -> None: ...
+
+    async def status(self) -> SandboxStatus: ...
+
+    async def stats(self) -> dict[str, float | int | None]:
+        """One sample: cpu_pct, mem_bytes, mem_limit, cpu_limit."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop and remove the sandbox; safe to call twice."""
+        ...
+
+    def shell_argv(self) -> list[str]:
+        """argv for an interactive shell in the sandbox as the sandbox user."""
+        ...

@@ -1,0 +1,1 @@
+"""The seven MLRB tasks as bundles, and the API that loads them (`tasks.api`)."""

@@ -1,0 +1,208 @@
+"""Loading MLRB task bundles.
+
+A bundle is a folder `tasks/<name>/` holding:
+
+- `task.toml`     the spec (validated here; a broken one gives a clear error naming the file)
+- `prompt.md`     what the agent is told; `{placeholders}` are filled from the spec and scale
+- `starter/`      files copied into the workspace (the competition's starter code, if any)
+- `smoke/`        smoke-scale material: `prepare.py` makes the data into the workspace
+- `scorer/`       the protected scorer (`score.py`) and its held-out data; never mounted
+                  where the agent can read or write it
+- `baseline.py`   the scripted baseline: `plan(scale) -> list[dict]` of tool calls
+
+This module knows nothing of the engine: the runner calls it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Scale = Literal["smoke", "full"]
+SCALES: tuple[str, ...] = ("smoke", "full")
+TASKS_ROOT = Path(__file__).resolve().parent
+
+
+class TaskSpecError(ValueError):
+    """A task bundle that cannot be used; the message names the file and the field."""
+
+
+class ScaleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    time_s: float = Field(gt=0, description="wall-clock budget, paused and scoring time excluded")
+    gpus: int = Field(ge=0, default=0)
+    cpus: float = Field(gt=0, default=2.0)
+    memory_gb: float = Field(gt=0, default=4.0)
+    steps: int | None = Field(default=None, gt=0, description="agent step limit")
+    tokens: int | None = Field(default=None, gt=0)
+    cost_usd: float | None = Field(default=None, gt=0)
+    hardware: str = ""
+    score_timeout_s: float = Field(gt=0, default=600)
+
+
+class ReferenceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    summary: str = ""
+    results: dict[str, Any] = Field(default_factory=dict)
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,40}$")
+    title: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="the competition this task comes from")
+    metric: str = Field(min_length=1, description="the headline metric's name")
+    higher_is_better: bool = True
+    deliverable: str = Field(min_length=1)
+    data: str = ""
+    rules: list[str] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=list, description="every metric the scorer reports")
+    smoke: ScaleModel
+    full: ScaleModel
+    reference: ReferenceModel = Field(default_factory=ReferenceModel)
+    integrity: list[str] = Field(default_factory=list, description="integrity checks that apply")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    source: str
+    metric: str
+    higher_is_better: bool
+    deliverable: str
+    data: str
+    rules: tuple[str, ...]
+    metrics: tuple[str, ...]
+    scales: dict[str, ScaleModel]
+    reference: ReferenceModel
+    integrity: tuple[str, ...]
+    dir: Path
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def scale(self, scale: str) -> ScaleModel:
+        if scale not in self.scales:
+            raise TaskSpecError(f"{self.name}: unknown scale {scale!r} (use smoke or full)")
+        return self.scales[scale]
+
+    @property
+    def scorer_dir(self) -> Path:
+        return self.dir / "scorer"
+
+    def prompt(self, scale: str) -> str:
+        s = self.scale(scale)
+        path = self.dir / "prompt.md"
+        try:
+            template = path.read_text()
+        except OSError as exc:
+            raise TaskSpecError(f"{path}: {exc.strerror}") from None
+        values = {
+            "name": self.name,
+            "title": self.title,
+            "scale": scale,
+            "time_h": f"{s.time_s / 3600:g}",
+            "time_min": f"{s.time_s / 60:g}",
+            "time_s": f"{s.time_s:g}",
+            "gpus": str(s.gpus),
+            "hardware": s.hardware or ("CPU only" if s.gpus == 0 else f"{s.gpus} GPU"),
+            "metric": self.metric,
+            "workspace": "/workspace",
+        }
+        try:
+            return template.format_map(_Strict(values))
+        except (KeyError, ValueError) as exc:
+            raise TaskSpecError(f"{path}: bad placeholder {exc}") from None
+
+
+class _Strict(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(key)
+
+
+def load_spec_file(path: Path) -> TaskSpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise TaskSpecError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskSpecError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        m = SpecModel.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise TaskSpecError(f"{path}: {problems}") from None
+    if m.name != path.parent.name:
+        raise TaskSpecError(f"{path}: name {m.name!r} does not match its folder {path.parent.name!r}")
+    return TaskSpec(
+        name=m.name, title=m.title, source=m.source, metric=m.metric,
+        higher_is_better=m.higher_is_better, deliverable=m.deliverable, data=m.data,
+        rules=tuple(m.rules), metrics=tuple(m.metrics or [m.metric]),
+        scales={"smoke": m.smoke, "full": m.full}, reference=m.reference,
+        integrity=tuple(m.integrity), dir=path.parent, raw=raw,
+    )
+
+
+def list_tasks(root: Path = TASKS_ROOT) -> list[TaskSpec]:
+    return [load_spec_file(p) for p in sorted(root.glob("*/task.toml"))]
+
+
+def task_names(root: Path = TASKS_ROOT) -> list[str]:
+    return [p.parent.name for p in sorted(root.glob("*/task.toml"))]
+
+
+def load_task(name: str, root: Path = TASKS_ROOT) -> TaskSpec:
+    path = root / name / "task.toml"
+    if not path.is_file():
+        known = ", ".join(task_names(root)) or "none"
+        raise TaskSpecError(f"unknown task {name!r} (known: {known})")
+    return load_spec_file(path)
+
+
+def prepare_workspace(spec: TaskSpec, scale: str, dest: Path) -> None:
+    """Put what the agent starts with into `dest`: starter files, then the scale's data."""
+    spec.scale(scale)
+    dest.mkdir(parents=True, exist_ok=True)
+    starter = spec.dir / "starter"
+    if starter.is_dir():
+        shutil.copytree(starter, dest, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    prepare = spec.dir / scale / "prepare.py"
+    if prepare.is_file():
+        proc = subprocess.run(
+            [sys.executable, str(prepare), str(dest)],
+            capture_output=True, text=True, timeout=600,
+        )
+        if proc.returncode != 0:
+            raise TaskSpecError(
+                f"{prepare}: failed with exit code {proc.returncode}: {proc.stderr[-2000:]}"
+            )
+
+
+def scripted_plan(spec: TaskSpec, scale: str) -> list[dict[str, Any]]:
+    """The scripted baseline's tool calls, in order: [{"name": ..., "args": {...}}, ...]."""
+    spec.scale(scale)
+    path = spec.dir / "baseline.py"
+    if not path.is_file():
+        raise TaskSpecError(f"{spec.name}: no scripted baseline ({path} is missing)")
+    mod_spec = importlib.util.spec_from_file_location(f"tasks.{spec.name}.baseline", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise TaskSpecError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    plan = module.plan(scale)
+    if not isinstance(plan, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("args"), dict)
+        for c in plan
+    ):
+        raise TaskSpecError(f"{path}: plan() must return a list of {{'name', 'args'}} dicts")
+    return plan
