@@ -1,0 +1,105 @@
+"""The runner daemon: the engine in a detached process (`mlrb up` / `mlrb down`).
+
+Runs survive the console closing and the SSH session ending: the daemon has its own
+session, ignores SIGHUP, and ends only on SIGTERM/SIGINT, which ends its live runs with a
+reason. While it runs, `$MLRB_HOME/daemon.json` says where its broker and journal are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runner.config import Config, DaemonInfo, load_config, read_daemon_info, write_daemon_info
+from runner.engine import Engine
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+async def serve(cfg: Config) -> None:
+    engine = Engine(cfg)
+    await engine.start()
+    write_daemon_info(cfg, DaemonInfo(pid=os.getpid(), bus_url=engine.bus_url or "", prefix=cfg.prefix,
+                                      runner_id=engine.runner_id, db=str(cfg.db_path),
+                                      broker=engine.broker_kind, started=time.time()))
+    logging.info("runner %s up: broker %s (%s), journal %s, sandbox %s", engine.runner_id,
+                 engine.bus_url, engine.broker_kind, cfg.db_path, engine._backend)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    try:
+        await stop.wait()
+    finally:
+        logging.info("stopping")
+        await engine.stop("the runner daemon was stopped")
+        with contextlib.suppress(FileNotFoundError):
+            cfg.daemon_file.unlink()
+
+
+def start_detached(cfg: Config, timeout: float = 60.0) -> DaemonInfo:
+    """Start the daemon in its own session and wait until it is ready."""
+    running = read_daemon_info(cfg)
+    if running is not None:
+        return running
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        cfg.daemon_file.unlink()
+    logf = open(cfg.log_path, "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "MLRB_HOME": str(cfg.home)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.daemon", "--home", str(cfg.home)],
+                            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env, close_fds=True)
+    logf.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_daemon_info(cfg)
+        if info is not None and info.pid == proc.pid:
+            return info
+        if proc.poll() is not None:
+            tail = cfg.log_path.read_text(errors="replace")[-2000:] if cfg.log_path.exists() else ""
+            raise DaemonError(f"the runner daemon exited at start (code {proc.returncode}):\n{tail}")
+        time.sleep(0.1)
+    proc.terminate()
+    raise DaemonError(f"the runner daemon did not become ready in {timeout:g} s; see {cfg.log_path}")
+
+
+def stop_daemon(cfg: Config, timeout: float = 90.0) -> bool:
+    """Stop the running daemon; False when none was running."""
+    info = read_daemon_info(cfg)
+    if info is None:
+        return False
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.kill(info.pid, signal.SIGKILL)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m runner.daemon")
+    ap.add_argument("--home", type=Path, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.home)
+    asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The engine: a journal, a bus connection and the runs one runner owns.
+
+It takes work from two doors: `submit()` in-process (`mlrb demo --headless`, tests) and
+the bus's shared jobs queue (`mlrb submit`, other hosts). It routes operator commands to
+the run they name, and publishes its own state (retained, with a last will of
+`offline`). `runner.daemon` wraps it in a detached process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runner.agent import Agent, ScriptedAgent
+from runner.config import Config
+from runner.control import ControlCommand
+from runner.events import Event, EventFactory, RejectCounter
+from runner.journal import Journal, JournalReader
+from runner.sandbox import Sandbox, SandboxSpec
+from runner.supervisor import RunLimits, RunRequest, RunSupervisor
+from tasks.api import TaskSpecError, load_task, scripted_plan
+
+log = logging.getLogger(__name__)
+
+AGENT_KINDS = ("scripted", "anthropic", "openai")
+
+
+class SubmitError(ValueError):
+    """A run that cannot be started as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    scale: str = "smoke"
+    agent: str = "scripted"
+    model: str | None = None
+    limits: dict[str, float] | None = None
+    approval: bool = False
+    id: str = ""
+    submitted_by: str = ""
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Job:
+        if not isinstance(d.get("task"), str):
+            raise SubmitError("job has no task")
+        limits = d.get("limits")
+        if limits is not None and (not isinstance(limits, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in limits.values())):
+            raise SubmitError("job limits must map names to positive numbers")
+        return Job(task=d["task"], scale=str(d.get("scale", "smoke")), agent=str(d.get("agent", "scripted")),
+                   model=d.get("model") if isinstance(d.get("model"), str) else None,
+                   limits=limits, approval=bool(d.get("approval", False)), id=str(d.get("id", ""))[:80],
+                   submitted_by=str(d.get("submitted_by", ""))[:120])
+
+
+class Engine:
+    def __init__(self, cfg: Config, *, use_bus: bool = True, runner_id: str | None = None) -> None:
+        self.cfg = cfg
+        self.use_bus = use_bus
+        self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.journal: Journal | None = None
+        self.reader: JournalReader | None = None
+        self.publisher: Any = None
+        self.broker: Any = None
+        self.bus_url: str | None = None
+        self.broker_kind = "none"
+        self.supervisors: dict[str, RunSupervisor] = {}
+        self.tasks: dict[str, asyncio.Task[str]] = {}
+        self.rejects = RejectCounter()
+        self._slots: asyncio.Semaphore | None = None
+        self._bg: list[asyncio.Task[Any]] = []
+        self._backend: str = cfg.backend
+        self.docker_note = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self.cfg.home.mkdir(parents=True, exist_ok=True)
+        self.cfg.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.cfg.db_path)
+        self.reader = JournalReader(self.cfg.db_path)
+        self._slots = asyncio.Semaphore(self.cfg.max_runs)
+        await self._settle_orphans()
+        self._backend = await asyncio.to_thread(self._choose_backend)
+        if self.use_bus:
+            from runner.broker import EmbeddedBroker
+            from runner.bus import BusConfig, EventPublisher
+
+            if self.cfg.bus_url:
+                self.bus_url, self.broker_kind = self.cfg.bus_url, "external"
+            else:
+                self.broker = EmbeddedBroker(self.cfg.home / "broker")
+                self.bus_url = await self.broker.start()
+                self.broker_kind = self.broker.kind
+            reader = self.reader
+            self.publisher = EventPublisher(BusConfig(self.bus_url, self.cfg.prefix), self.runner_id,
+                                            resend_from=lambda run, after, limit: reader.events(run, after, limit))
+            await self.publisher.start()
+            self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
+            self._bg.append(asyncio.create_task(self.publisher.listen_jobs(self._on_job, self.rejects)))
+            self._bg.append(asyncio.create_task(self._state_loop()))
+
+    def _choose_backend(self) -> str:
+        if self.cfg.backend != "auto":
+            return self.cfg.backend
+        from runner.sandbox_factory import docker_available
+
+        ok, why = docker_available()
+        if not ok:
+            self.docker_note = (f"No Docker engine answered ({why}); runs use the local sandbox, "
+                                "which is NOT isolated.")
+            log.warning(self.docker_note)
+            return "local"
+        return "docker"
+
+    async def _settle_orphans(self) -> None:
+        """Runs this journal shows as live belong to a runner that is gone: end them."""
+        assert self.journal is not None and self.reader is not None
+        for row in await asyncio.to_thread(self.reader.list_runs):
+            if row["status"] in ("succeeded", "failed", "killed", "limit"):
+                continue
+            factory = EventFactory(row["run"], int(row["last_seq"]) + 1)
+            await self.journal.write([factory.make("run.ended", {
+                "status": "failed", "reason": "the runner stopped before the run ended"})])
+
+    async def stop(self, reason: str = "runner stopped") -> None:
+        for sup in list(self.supervisors.values()):
+            if not sup.ended:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sup.kill(reason), timeout=60)
+        for t in self.tasks.values():
+            t.cancel()
+        for t in self._bg:
+            t.cancel()
+        await asyncio.gather(*self.tasks.values(), *self._bg, return_exceptions=True)
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.flush(timeout=5)
+            with contextlib.suppress(Exception):
+                await self.publisher.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
+        if self.reader is not None:
+            self.reader.close()
+
+    # -- runs --------------------------------------------------------------------------
+    def _publish(self, events: Sequence[Event]) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(events)
+
+    def _make_agent(self, job: Job, plan: list[dict[str, Any]] | None) -> Agent:
+        if job.agent == "scripted":
+            assert plan is not None
+            return ScriptedAgent(plan)
+        from runner.agents import make_agent
+
+        return make_agent(job.agent, job.model, self.cfg.providers.get(job.agent))
+
+    def _make_sandbox(self, spec: SandboxSpec) -> Sandbox:
+        from runner.sandbox_factory import create_sandbox
+
+        return create_sandbox(spec, backend=self._backend)
+
+    async def submit(self, job: Job) -> str:
+        """Start a run (it waits for a free slot); returns its id. Raises SubmitError."""
+        assert self.journal is not None and self._slots is not None, "engine not started"
+        try:
+            task = load_task(job.task)
+            task.scale(job.scale)
+        except TaskSpecError as exc:
+            raise SubmitError(str(exc)) from None
+        if job.agent not in AGENT_KINDS:
+            raise SubmitError(f"unknown agent {job.agent!r} (use {', '.join(AGENT_KINDS)})")
+        plan = None
+        try:
+            if job.agent == "scripted":
+                plan = await asyncio.to_thread(scripted_plan, task, job.scale)
+            agent = self._make_agent(job, plan)
+        except (TaskSpecError, ValueError, RuntimeError) as exc:
+            raise SubmitError(str(exc)) from None
+        run_id = f"{task.name}-{secrets.token_hex(3)}"
+        scale = task.scale(job.scale)
+        limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,
+                           cost_usd=scale.cost_usd)
+        for k, v in (job.limits or {}).items():
+            if hasattr(limits, k):
+                setattr(limits, k, v)
+        sup = RunSupervisor(
+            RunRequest(run=run_id, task=task, scale=job.scale, agent_kind=job.agent, model=job.model,
+                       limits=limits, approval=job.approval, job=job.id or None,
+                       submitted_by=job.submitted_by),
+            journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
+            agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
+            runner_id=self.runner_id, image=self.cfg.image)
+        self.supervisors[run_id] = sup
+        self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
+        return run_id
+
+    async def _run(self, sup: RunSupervisor) -> str:
+        assert self._slots is not None
+        async with self._slots:
+            return await sup.run()
+
+    async def wait(self, run_ids: Sequence[str] | None = None) -> dict[str, str]:
+        ids = list(run_ids) if run_ids is not None else list(self.tasks)
+        results = await asyncio.gather(*(self.tasks[r] for r in ids), return_exceptions=True)
+        return {r: (res if isinstance(res, str) else f"failed: {res}") for r, res in zip(ids, results, strict=True)}
+
+    # -- the bus's doors ---------------------------------------------------------------
+    async def handle_control(self, cmd: ControlCommand) -> None:
+        sup = self.supervisors.get(cmd.run)
+        if sup is not None:
+            await sup.control(cmd)
+            return
+        # a run this journal holds but no supervisor owns any more: refuse, so the
+        # operator is not left waiting
+        assert self.reader is not None and self.journal is not None
+        row = await asyncio.to_thread(self.reader.get_run, cmd.run)
+        if row is None or row.get("runner") not in (self.runner_id, None):
+            return
+        factory = EventFactory(cmd.run, self.journal.last_seq(cmd.run) + 1)
+        ev = factory.make("control.ack", {"command_id": cmd.id, "action": cmd.action, "accepted": False,
+                                          "reason": f"run has ended ({row['status']})",
+                                          "operator": cmd.operator})
+        await self.journal.write([ev])
+        self._publish([ev])
+
+    async def _on_job(self, payload: dict[str, Any]) -> None:
+        try:
+            job = Job.from_dict(payload)
+            await self.submit(job)
+        except SubmitError as exc:
+            log.warning("job %s refused: %s", payload.get("id"), exc)
+            await self._record_refused_job(payload, str(exc))
+
+    async def _record_refused_job(self, payload: dict[str, Any], why: str) -> None:
+        """A refused job still leaves a trace: a run that ends at once, saying why."""
+        assert self.journal is not None
+        run_id = f"job-{secrets.token_hex(3)}"
+        f = EventFactory(run_id)
+        evs = [f.make("run.created", {"task": str(payload.get("task"))[:60], "agent": str(payload.get("agent"))[:20],
+                                      "job": str(payload.get("id", ""))[:80], "runner": self.runner_id,
+                                      "scale": str(payload.get("scale", ""))[:10], "limits": {}}),
+               f.make("run.ended", {"status": "failed", "reason": f"job refused: {why}"[:500]})]
+        await self.journal.write(evs)
+        self._publish(evs)
+
+    def state(self) -> dict[str, Any]:
+        live = [r for r, s in self.supervisors.items() if not s.ended]
+        return {"state": "online", "runner": self.runner_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "runs": live, "max_runs": self.cfg.max_runs, "backend": self._backend,
+                "broker": self.broker_kind, "ts": time.time(), "note": self.docker_note}
+
+    async def _state_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.publisher.set_state(self.state())
+            await asyncio.sleep(5)
