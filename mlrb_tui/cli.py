@@ -1,0 +1,449 @@
+"""The `mlrb` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import click
+
+from runner.config import Config, ConfigError, DaemonInfo, load_config, read_daemon_info
+
+DEMO_TASKS = ("mini_pile", "baby_lm", "edge_llm_training")
+
+
+def _cfg() -> Config:
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
+    from runner.bus import BusConfig
+
+    if info is not None:
+        return BusConfig(info.bus_url, info.prefix)
+    if cfg.bus_url:
+        return BusConfig(cfg.bus_url, cfg.prefix)
+    return None
+
+
+def _need_daemon(cfg: Config) -> DaemonInfo:
+    info = read_daemon_info(cfg)
+    if info is None:
+        raise click.ClickException(
+            f"no runner daemon is running for {cfg.home} (start one with `mlrb up`)")
+    return info
+
+
+def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = None,
+                  speed: float = 1.0) -> None:
+    from mlrb_tui.app import run_console
+
+    info = read_daemon_info(cfg)
+    run_console(journal_path=cfg.db_path, bus=None if replay else _bus(info, cfg), readonly=readonly,
+                replay_run=replay, replay_speed=speed, repaint_hz=cfg.repaint_hz,
+                keymap=cfg.keys or None)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--readonly", is_flag=True, help="Hide every control that changes a run.")
+@click.pass_context
+def cli(ctx: click.Context, readonly: bool) -> None:
+    """MLRB Console: run AI agents on the ML Research Benchmark and watch them live.
+
+    With no command, opens the console on the running daemon (or on the journal alone).
+    """
+    if ctx.invoked_subcommand is None:
+        _open_console(_cfg(), readonly=readonly)
+
+
+@cli.command()
+@click.option("--readonly", is_flag=True, help="Hide every control that changes a run.")
+def console(readonly: bool) -> None:
+    """Open the console on the running daemon."""
+    _open_console(_cfg(), readonly=readonly)
+
+
+@cli.command()
+def up() -> None:
+    """Start the runner daemon (runs survive the console and the SSH session)."""
+    from runner.daemon import DaemonError, start_detached
+
+    cfg = _cfg()
+    try:
+        info = start_detached(cfg)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"runner {info.runner_id} up (pid {info.pid}); broker {info.bus_url} ({info.broker}); "
+               f"journal {info.db}")
+
+
+@cli.command()
+def down() -> None:
+    """Stop the runner daemon; its live runs end as failed with the reason."""
+    from runner.daemon import stop_daemon
+
+    cfg = _cfg()
+    if stop_daemon(cfg):
+        click.echo("runner daemon stopped")
+    else:
+        click.echo("no runner daemon was running")
+
+
+@cli.command()
+def status() -> None:
+    """Say whether the daemon runs, and where things live."""
+    cfg = _cfg()
+    info = read_daemon_info(cfg)
+    click.echo(f"home:    {cfg.home}\njournal: {cfg.db_path}")
+    if info is None:
+        click.echo("daemon:  not running (`mlrb up` starts it)")
+    else:
+        click.echo(f"daemon:  pid {info.pid}, runner {info.runner_id}\nbroker:  {info.bus_url} ({info.broker})")
+
+
+def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("time_s", "steps", "tokens", "cost_usd") or not value:
+            raise click.BadParameter(f"{item!r}: use time_s=, steps=, tokens= or cost_usd=", param_hint="--limit")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: not a number", param_hint="--limit") from None
+        if out[name] <= 0:
+            raise click.BadParameter(f"{item!r}: must be positive", param_hint="--limit")
+    return out
+
+
+async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str:
+    """Queue a job on the bus and wait until a runner creates its run."""
+    from runner.bus import EventSubscriber, submit_job
+
+    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_events(events: list[Any]) -> None:
+        for ev in events:
+            if ev.kind == "run.created" and ev.data.get("job") == job["id"] and not found.done():
+                found.set_result(ev.run)
+
+    sub = EventSubscriber(bus, on_events)
+    task = asyncio.create_task(sub.run())
+    try:
+        await asyncio.wait_for(sub.ready.wait(), timeout=10)
+        await submit_job(bus, job)
+        return await asyncio.wait_for(found, timeout=timeout)
+    finally:
+        task.cancel()
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--agent", type=click.Choice(["scripted", "anthropic", "openai"]), default="scripted",
+              show_default=True)
+@click.option("--model", default=None, help="Provider model name (LLM agents).")
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default="smoke", show_default=True)
+@click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
+@click.option("--approval", is_flag=True, help="Every tool call waits for an operator's approval.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for a runner.")
+def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
+           approval: bool, timeout: float) -> None:
+    """Queue a run of TASK on the runners."""
+    from runner.bus import BusUnavailable
+    from runner.control import default_operator
+    from tasks.api import TaskSpecError, load_task
+
+    try:
+        load_task(task).scale(scale)
+    except TaskSpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    cfg = _cfg()
+    info = read_daemon_info(cfg)
+    bus = _bus(info, cfg)
+    if bus is None:
+        raise click.ClickException("no runner daemon is running and no broker is configured "
+                                   "(start one with `mlrb up`)")
+    job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
+           "limits": _parse_limits(limits) or None, "approval": approval,
+           "submitted_by": default_operator()}
+    try:
+        run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
+    except BusUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except TimeoutError:
+        raise click.ClickException(f"no runner took the job in {timeout:g} s (is `mlrb up` running?)") from None
+    click.echo(run_id)
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, in a list.")
+@click.option("--status", "status_filter", default=None, help="Only runs with this status.")
+def runs(as_json: bool, status_filter: str | None) -> None:
+    """List runs from the journal."""
+    from runner.journal import JournalReader
+
+    cfg = _cfg()
+    if not cfg.db_path.exists():
+        rows: list[dict[str, Any]] = []
+    else:
+        reader = JournalReader(cfg.db_path)
+        try:
+            rows = reader.list_runs(status_filter)
+        finally:
+            reader.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no runs yet (try `mlrb demo`)")
+        return
+    click.echo(f"{'RUN':<26} {'TASK':<22} {'AGENT':<10} {'STATUS':<10} {'ELAPSED':>9} {'METRIC':<22} {'SCORE':>8}")
+    for r in rows:
+        metric = f"{r['metric_name']}={r['metric_value']:.4g}" if r["metric_name"] else "-"
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        click.echo(f"{r['run']:<26} {str(r['task']):<22} {str(r['agent']):<10} {r['status']:<10} "
+                   f"{_fmt_duration(r['active_s']):>9} {metric:<22} {score:>8}")
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--speed", default=10.0, show_default=True, help="Playback speed, 1 to 1000.")
+def replay(run: str, speed: float) -> None:
+    """Replay RUN from the journal in the console."""
+    from runner.journal import JournalReader
+
+    cfg = _cfg()
+    if not cfg.db_path.exists():
+        raise click.ClickException(f"no journal at {cfg.db_path}")
+    reader = JournalReader(cfg.db_path)
+    try:
+        row = reader.find_run(run)
+    finally:
+        reader.close()
+    if row is None:
+        raise click.ClickException(f"no run {run!r} in {cfg.db_path} (see `mlrb runs`)")
+    if not 1 <= speed <= 1000:
+        raise click.BadParameter("speed must be between 1 and 1000", param_hint="--speed")
+    _open_console(cfg, readonly=True, replay=row["run"], speed=speed)
+
+
+def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = None) -> None:
+    from runner.bus import BusUnavailable, send_control
+    from runner.control import ControlCommand, default_operator
+
+    cfg = _cfg()
+    bus = _bus(read_daemon_info(cfg), cfg)
+    if bus is None:
+        raise click.ClickException("no runner daemon is running (start one with `mlrb up`)")
+    cmd = ControlCommand(run=run, action=action, operator=default_operator(), reason=reason,  # type: ignore[arg-type]
+                         args=args or {})
+    try:
+        asyncio.run(send_control(bus, cmd))
+    except BusUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {action} to {run} (command {cmd.id}); the console shows the runner's answer")
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--freeze", is_flag=True, help="Also freeze the sandbox (docker pause).")
+@click.option("--reason", default="", help="Why (recorded).")
+def pause(run: str, freeze: bool, reason: str) -> None:
+    """Hold RUN at the agent's next step (the clock stops); --freeze pauses the sandbox too."""
+    _control(run, "freeze" if freeze else "hold", reason)
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--reason", default="", help="Why (recorded).")
+def resume(run: str, reason: str) -> None:
+    """Resume a held or frozen RUN."""
+    _control(run, "resume", reason)
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--reason", required=True, help="Why (recorded).")
+def kill(run: str, reason: str) -> None:
+    """Kill RUN."""
+    _control(run, "kill", reason)
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("text")
+def message(run: str, text: str) -> None:
+    """Send TEXT to RUN's agent at its next turn."""
+    _control(run, "message", "operator message", {"text": text})
+
+
+@cli.group()
+def image() -> None:
+    """Build the sandbox images."""
+
+
+@image.command("base")
+@click.option("--name", default=None, help="Base image name (default mlrb-base:bookworm).")
+def image_base(name: str | None) -> None:
+    """Build the base image offline with debootstrap (about a minute)."""
+    from runner import image as img
+
+    name = name or img.DEFAULT_BASE
+    try:
+        img.build_base(name)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"built {name}")
+
+
+@image.command("build")
+@click.option("--base", default=None, help="Base image (default: MLRB_BASE_IMAGE or mlrb-base:bookworm).")
+@click.option("--tag", default=None, help="Image tag (default: MLRB_SANDBOX_IMAGE or mlrb-sandbox:latest).")
+@click.option("--force", is_flag=True, help="Rebuild even when an up-to-date image exists.")
+def image_build(base: str | None, tag: str | None, force: bool) -> None:
+    """Build the sandbox image from its Dockerfile (reused when up to date)."""
+    from runner import image as img
+
+    base = base or os.environ.get("MLRB_BASE_IMAGE") or img.DEFAULT_BASE
+    tag = tag or os.environ.get("MLRB_SANDBOX_IMAGE") or img.DEFAULT_IMAGE
+    try:
+        if not img.base_exists(base):
+            click.echo(f"base image {base} is missing; building it with debootstrap")
+            img.build_base(base)
+        result = img.build_image(tag=tag, base=base, force=force, log=lambda s: click.echo(s, nl=False))
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"\nsandbox image ready: {result}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def tasks(ctx: click.Context) -> None:
+    """List the seven MLRB tasks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tasks.api import TaskSpecError, list_tasks
+
+    try:
+        specs = list_tasks()
+    except TaskSpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'TASK':<22} {'METRIC':<28} {'FULL':<22} {'SMOKE':<12} SOURCE")
+    for t in specs:
+        full, smoke = t.scale("full"), t.scale("smoke")
+        click.echo(f"{t.name:<22} {t.metric:<28} {f'{full.time_s / 3600:g} h, {full.gpus} GPU':<22} "
+                   f"{f'{smoke.time_s / 60:g} min':<12} {t.source}")
+
+
+@tasks.command("show")
+@click.argument("name")
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default="full", show_default=True)
+def tasks_show(name: str, scale: str) -> None:
+    """Print a task's spec and the prompt its agent receives."""
+    from tasks.api import TaskSpecError, load_task
+
+    try:
+        t = load_task(name)
+        prompt = t.prompt(scale)
+    except TaskSpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo((t.dir / "task.toml").read_text())
+    click.echo(f"----- prompt ({scale}) -----\n{prompt}")
+
+
+def _demo_tasks(count: int, task: str | None) -> list[str]:
+    from tasks.api import task_names
+
+    names = task_names()
+    if task:
+        return [task] * count
+    chosen = [t for t in DEMO_TASKS if t in names] or names
+    if not chosen:
+        raise click.ClickException("no tasks are installed")
+    return [chosen[i % len(chosen)] for i in range(count)]
+
+
+async def _demo_headless(cfg: Config, names: list[str], use_bus: bool) -> list[dict[str, Any]]:
+    from runner.engine import Engine, Job
+
+    engine = Engine(cfg, use_bus=use_bus)
+    await engine.start()
+    if engine.docker_note:
+        click.echo(f"warning: {engine.docker_note}", err=True)
+    if use_bus:
+        click.echo(f"broker: {engine.bus_url} ({engine.broker_kind})")
+    try:
+        ids = [await engine.submit(Job(task=n, agent="scripted")) for n in names]
+        click.echo("runs: " + ", ".join(ids))
+        await engine.wait(ids)
+        return [engine.supervisors[r].summary() for r in ids]
+    finally:
+        await engine.stop()
+
+
+@cli.command()
+@click.option("--headless", is_flag=True, help="No console: wait for the runs and print a summary.")
+@click.option("--runs", "count", default=2, show_default=True, help="How many runs.")
+@click.option("--task", default=None, help="Run this task only (default: a mix of training tasks).")
+@click.option("--no-bus", is_flag=True, help="Headless only: skip the broker (journal only).")
+def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
+    """Start the engine and scripted baseline runs on smoke-scale tasks, and watch them."""
+    cfg = _cfg()
+    names = _demo_tasks(count, task)
+    if headless:
+        started = time.monotonic()
+        summaries = asyncio.run(_demo_headless(cfg, names, use_bus=not no_bus))
+        from runner.journal import JournalReader
+
+        reader = JournalReader(cfg.db_path)
+        try:
+            rows = {r["run"]: r for r in reader.list_runs()}
+        finally:
+            reader.close()
+        click.echo(f"\n{'RUN':<26} {'STATUS':<10} {'ELAPSED':>8} {'STEPS':>5} {'LAST METRIC':<24} {'SCORE':<28} REASON")
+        for s in summaries:
+            r = rows.get(s["run"], {})
+            metric = f"{r.get('metric_name')}={r.get('metric_value'):.4g}" if r.get("metric_name") else "-"
+            score = f"{r.get('score_metric')}={r.get('score'):.4f}" if r.get("score") is not None else "-"
+            click.echo(f"{s['run']:<26} {s['status']:<10} {s['elapsed_s']:>7.1f}s {s['steps']:>5} "
+                       f"{metric:<24} {score:<28} {s['reason']}")
+        click.echo(f"\n{len(summaries)} runs in {time.monotonic() - started:.0f} s; journal {cfg.db_path}")
+        if any(s["status"] != "succeeded" for s in summaries):
+            sys.exit(1)
+        return
+    from runner.daemon import DaemonError, start_detached
+
+    try:
+        info = start_detached(cfg)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    bus = _bus(info, cfg)
+    for name in names:
+        job = {"id": uuid.uuid4().hex, "task": name, "scale": "smoke", "agent": "scripted",
+               "submitted_by": "demo"}
+        asyncio.run(_submit_and_wait(bus, job, 60))
+    _open_console(cfg)
+    click.echo("The runner daemon keeps running (and so do its runs): `mlrb down` stops it.")
+
+
+def main() -> None:
+    cli(prog_name="mlrb")
+
+
+if __name__ == "__main__":
+    main()
