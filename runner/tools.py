@@ -111,6 +111,8 @@ def validate(call: ToolCall) -> _Args:
     model = ARGS.get(call.name)
     if model is None:
         raise ToolArgsError(f"unknown tool {call.name!r}; available tools: {', '.join(ARGS)}")
+    if "__error__" in call.args:  # arguments that did not decode; the agent says why
+        raise ToolArgsError(f"invalid arguments for {call.name}: {call.args['__error__']}")
     try:
         return model.model_validate(call.args)
     except ValidationError as exc:

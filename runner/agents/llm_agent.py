@@ -1,0 +1,305 @@
+"""What the Anthropic and OpenAI agents share: the turn loop, retries, tool-call checks,
+usage accounting and history trimming. A provider subclass only renders the history into
+its wire format, makes one call, and reads the reply back (`_complete`).
+
+Each turn: the observation (tool results, operator messages, notices, the time left) is
+added to the history; the history is trimmed if it nears the context window; the model is
+called, with our own retries so that each attempt is an `agent.error` event the console
+sees as it happens (the SDKs' own retries are off). When retries run out the turn returns
+no calls and an error text instead of raising, and `consecutive_failures` counts up so the
+supervisor can decide to end the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.agent import AgentContext, AgentTurn, Observation, ToolCall
+from runner.agents import pricing
+from runner.agents.errors import AgentConfigError, ProviderError, classify
+from runner.agents.history import (
+    DEFAULT_TOKENS_PER_CHAR,
+    CallRecord,
+    Exchange,
+    History,
+    ResultRecord,
+    trim,
+)
+from runner.tools import ToolArgsError, validate
+
+SCAFFOLD = """You are an autonomous machine-learning research agent working on a task from \
+the ML Research Benchmark. You work alone inside a sandboxed Linux machine (working \
+directory /workspace) with the tools provided; nothing you run touches any other machine.
+
+How to work:
+- Act through tool calls. Plan briefly, then write code, run it, read the results, improve.
+- Long jobs (training) should run with a timeout and print progress; check outputs.
+- Save your final model with save_pretrained in a folder and call `submit` with that \
+folder and a short summary. The run ends at submit, so submit only when you are done.
+- You have a fixed time budget; the time left is stated at every step. Submit something \
+before the time runs out: a run without a submission scores nothing.
+- Text marked "[Message from the human operator]" comes from the person overseeing this \
+run; follow it. Text marked "[Runner notice]" comes from the harness.
+
+The task:
+"""
+
+OPENING = ("Begin working on the task. Use the tools to explore /workspace, write and run "
+           "code, and submit your model when you are done.")
+NUDGE = ("You did not call a tool. Continue working with the tools; call `submit` when your "
+         "model is saved and you are done.")
+MAX_IDLE_TURNS = 3  # replies without a tool call in a row before the agent says it is done
+MAX_ID_LEN = 64
+
+
+def time_left_text(seconds: float) -> str:
+    """The scaffold's line, stated at every step."""
+    total_min = max(int(seconds // 60), 0)
+    return f"You have {total_min // 60} hours {total_min % 60} minutes left."
+
+
+@dataclass
+class RawCall:
+    """A tool call as the provider returned it, before any checks."""
+
+    id: Any
+    name: Any
+    wire_args: dict[str, Any] | str  # what goes back on the wire in the history
+    args: Any  # the decoded arguments (None when they did not decode)
+    error: str = ""  # why the arguments did not decode
+
+
+@dataclass
+class Completion:
+    text: str
+    calls: list[RawCall]
+    input_tokens: int
+    output_tokens: int
+    stop_reason: str
+    request_chars: int  # size of the request's prompt, to calibrate the token estimate
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_key(api_key: str | None, env: str, client: Any) -> str | None:
+    """The key passed in, else the provider's environment variable; a clear error if none."""
+    if client is not None:
+        return api_key
+    key = api_key or os.environ.get(env) or None
+    if not key:
+        raise AgentConfigError(f"{env} is not set (pass api_key= or set the environment variable)")
+    return key
+
+
+class LLMAgent:
+    name = "llm"
+    provider = "llm"
+
+    def __init__(self, model: str, *, api_key: str | None, max_tokens: int = 4096,
+                 context_window: int | None = None, max_retries: int = 4,
+                 timeout_s: float = 600, backoff_s: float = 2.0, max_backoff_s: float = 60.0,
+                 max_retry_after_s: float = 300.0) -> None:
+        if max_tokens < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise AgentConfigError("max_tokens >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.context_window = context_window or pricing.context_window(model)
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.consecutive_failures = 0
+        self.totals = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self._secrets = [api_key] if api_key else []
+        self._tokens_per_char = DEFAULT_TOKENS_PER_CHAR
+        self._idle = 0
+        self._ctx: AgentContext | None = None
+        self.system = ""
+        self.history = History(opening=OPENING)
+
+    # -- provider hooks -------------------------------------------------------------------
+
+    def _tool_specs(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def _complete(self) -> Completion:
+        """One call to the provider with the current system prompt, tools and history."""
+        raise NotImplementedError
+
+    def _overhead_chars(self) -> int:
+        return len(self.system) + len(json.dumps(self.tools))
+
+    # -- the Agent protocol ---------------------------------------------------------------
+
+    async def start(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
+        self.system = SCAFFOLD + ctx.task_prompt
+        self.tools = self._tool_specs(ctx.tools)
+        self._tool_names = {t["name"] for t in ctx.tools}
+        self.history = History(opening=OPENING)
+
+    async def turn(self, obs: Observation) -> AgentTurn:
+        if self._ctx is None:
+            raise RuntimeError("start() must be called before turn()")
+        self._absorb(obs)
+        await self._trim(force=False)
+        completion = await self._call_with_retries(obs.step)
+        if isinstance(completion, ProviderError):
+            self.consecutive_failures += 1
+            return AgentTurn(calls=[], done=False, text=(
+                f"[LLM call failed: {completion.kind}; {self.consecutive_failures} turn(s) in a "
+                f"row] {self._scrub(completion.detail)[:500]}"))
+        self.consecutive_failures = 0
+        await self._account(completion)
+        if completion.text:
+            await self._emit("agent.message", {"role": "assistant", "text": completion.text,
+                                               "step": obs.step})
+        calls, records = await self._check_calls(completion.calls)
+        self.history.exchanges.append(Exchange(text=completion.text, calls=records))
+        if calls:
+            self._idle = 0
+            return AgentTurn(calls=calls, text=completion.text)
+        self._idle += 1
+        if self._idle < MAX_IDLE_TURNS:
+            self.history.trailer().notes.append(NUDGE)
+        return AgentTurn(calls=[], text=completion.text, done=self._idle >= MAX_IDLE_TURNS)
+
+    async def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            await client.close()
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _absorb(self, obs: Observation) -> None:
+        """Put the observation into the history as the user side of the newest exchange."""
+        if self.history.exchanges and self.history.exchanges[-1].results is None:
+            newest = self.history.exchanges[-1]
+            by_id = {r.call_id: r for r in obs.results}
+            results = []
+            for c in newest.calls:
+                r = by_id.pop(c.id, None)
+                if r is None:
+                    results.append(ResultRecord(c.id, c.name, False, "[no result: the call was not run]"))
+                else:
+                    results.append(ResultRecord(c.id, c.name, r.ok, r.output))
+            newest.results = results
+            strays = list(by_id.values())
+        else:
+            strays = list(obs.results)
+        trailer = self.history.trailer()
+        for r in strays:  # results for calls the model did not make this turn (e.g. operator exec)
+            trailer.notes.append(f"[Runner notice] result of {r.name} ({r.call_id}):\n{r.output}")
+        for n in obs.notices:
+            trailer.notes.append(f"[Runner notice] {n}")
+        for m in obs.operator_messages:
+            trailer.notes.append(f"[Message from the human operator]\n{m}")
+        trailer.time_left = time_left_text(obs.time_left_s)
+
+    async def _trim(self, *, force: bool) -> None:
+        budget = self.context_window - self.max_tokens
+        report = trim(self.history, budget_tokens=max(budget, 1024),
+                      overhead_chars=self._overhead_chars(),
+                      tokens_per_char=self._tokens_per_char, force=force)
+        if report.changed:
+            await self._emit("run.warning", {
+                "code": "history_trimmed",
+                "message": (f"conversation trimmed from ~{report.before_tokens} to "
+                            f"~{report.after_tokens} tokens: {report.elided} outputs elided, "
+                            f"{report.dropped} steps dropped, {report.truncated} outputs cut")})
+
+    async def _call_with_retries(self, step: int) -> Completion | ProviderError:
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                completion = await self._complete()
+            except Exception as exc:  # noqa: BLE001 - every provider failure is an event, not a crash
+                err = classify(exc)
+            else:
+                completion.extra["latency_s"] = round(time.monotonic() - started, 3)
+                return completion
+            retrying = err.retryable and attempt <= self.max_retries
+            await self._emit("agent.error", {
+                "error": err.kind, "detail": self._scrub(err.detail)[:2000], "attempt": attempt,
+                "retrying": retrying, "status": err.status, "step": step,
+                "retry_after_s": err.retry_after_s})
+            if not retrying:
+                return err
+            if err.kind == "context_length":
+                await self._trim(force=True)
+                continue
+            await asyncio.sleep(self._delay(attempt, err))
+
+    def _delay(self, attempt: int, err: ProviderError) -> float:
+        if err.retry_after_s is not None:
+            return min(err.retry_after_s, self.max_retry_after_s)
+        base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+        return base * random.uniform(0.5, 1.0)  # jitter: many runs share one rate limit
+
+    async def _account(self, c: Completion) -> None:
+        cost, priced = pricing.cost_usd(self.model, c.input_tokens, c.output_tokens)
+        self.totals["calls"] += 1
+        self.totals["input_tokens"] += c.input_tokens
+        self.totals["output_tokens"] += c.output_tokens
+        self.totals["cost_usd"] = round(self.totals["cost_usd"] + cost, 8)
+        if c.input_tokens > 0 and c.request_chars > 0:
+            self._tokens_per_char = min(max(c.input_tokens / c.request_chars, 0.05), 1.0)
+        await self._emit("usage", {
+            "model": self.model, "provider": self.provider, "input_tokens": c.input_tokens,
+            "output_tokens": c.output_tokens, "cost_usd": cost, "priced": priced,
+            "latency_s": c.extra.get("latency_s", 0.0), "stop_reason": c.stop_reason})
+
+    async def _check_calls(self, raw: list[RawCall]) -> tuple[list[ToolCall], list[CallRecord]]:
+        """Turn the provider's calls into ToolCalls; a bad one carries its problem in its
+        arguments, so the tool layer answers it with an error the model sees."""
+        calls: list[ToolCall] = []
+        records: list[CallRecord] = []
+        seen: set[str] = set()
+        for rc in raw:
+            cid = rc.id if isinstance(rc.id, str) and 0 < len(rc.id) <= MAX_ID_LEN else ""
+            if not cid or cid in seen:
+                cid = f"call_{uuid.uuid4().hex[:12]}"
+            seen.add(cid)
+            name = rc.name if isinstance(rc.name, str) and rc.name else "unnamed"
+            problem = ""
+            if rc.error or not isinstance(rc.args, dict):
+                raw_text = rc.wire_args if isinstance(rc.wire_args, str) else json.dumps(rc.wire_args)
+                why = rc.error or f"arguments must be a JSON object, not {type(rc.args).__name__}"
+                args: dict[str, Any] = {"__invalid__": raw_text[:4000], "__error__": why}
+                kind, problem = "bad_tool_arguments", why
+            else:
+                args = rc.args
+                kind = ""
+                if name not in self._tool_names:
+                    kind, problem = "unknown_tool", f"unknown tool {name!r}"
+            call = ToolCall(id=cid, name=name, args=args)
+            if not problem:
+                try:
+                    validate(call)
+                except ToolArgsError as exc:
+                    kind, problem = "invalid_tool_arguments", str(exc)
+            if problem:
+                await self._emit("agent.error", {
+                    "error": kind, "detail": self._scrub(problem)[:2000], "call_id": cid,
+                    "tool": name[:200], "retrying": False})
+            calls.append(call)
+            records.append(CallRecord(id=cid, name=name, wire_args=rc.wire_args))
+        return calls, records
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        assert self._ctx is not None
+        await self._ctx.emit(kind, data)
