@@ -1,0 +1,589 @@
+"""The bus: MQTT v5 topics that carry events, control commands, runner state and jobs.
+
+The journal is the source of truth and is written first; the bus publishes after it. A
+runner's `EventPublisher` keeps one long-lived connection, batches events per run, and after
+an outage (or when its bounded in-memory queue overflows) re-reads what was not confirmed
+from the journal, so subscribers see every event. Subscribers dedupe on `(run, seq)`.
+
+Everything that arrives from the bus is untrusted: payloads are size-checked and validated,
+and a bad one is counted in a `RejectCounter`, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from runner.control import ControlCommand, ControlError, parse_control
+from runner.escapes import strip_escapes
+from runner.events import (
+    MAX_PAYLOAD_BYTES,
+    Event,
+    EventError,
+    RejectCounter,
+    decode_payload,
+    valid_run_id,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_EVENTS = 500
+MAX_BATCH_BYTES = 256 * 1024
+MAX_PENDING_EVENTS = 50_000  # per run, in memory; beyond it the journal is re-read instead
+RESEND_PAGE = 2000
+MAX_JOB_BYTES = 64 * 1024
+MAX_STATE_BYTES = 64 * 1024
+PUBLISH_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+INCOMING_QUEUE = 100_000  # aiomqtt's queue of received messages; drained by a sync callback
+
+
+class BusUnavailable(RuntimeError):
+    """The broker cannot be reached."""
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "mlrb/v1"
+
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        if parts.scheme == "mqtts":
+            raise ValueError(f"{self.url}: mqtts:// (TLS) is not supported yet; use mqtt://")
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"{self.url}: the bus URL must look like mqtt://host:port")
+        try:
+            port = parts.port or 1883
+        except ValueError as exc:
+            raise ValueError(f"{self.url}: bad port ({exc})") from None
+        return parts.hostname, port
+
+
+class Topics:
+    """Topic names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        prefix = prefix.strip("/")
+        if not prefix or any(c in prefix for c in "+#\0"):
+            raise ValueError(f"bad topic prefix {prefix!r}")
+        self.prefix = prefix
+        self.jobs = f"{prefix}/jobs"
+        self.shared_jobs = f"$share/mlrb-runners/{prefix}/jobs"
+        self.all_events = f"{prefix}/run/+/event"
+        self.all_controls = f"{prefix}/run/+/control"
+        self.all_runner_states = f"{prefix}/runner/+/state"
+
+    def event(self, run: str) -> str:
+        return f"{self.prefix}/run/{run}/event"
+
+    def control(self, run: str) -> str:
+        return f"{self.prefix}/run/{run}/control"
+
+    def runner_state(self, runner_id: str) -> str:
+        return f"{self.prefix}/runner/{runner_id}/state"
+
+    def run_of(self, topic: str) -> str | None:
+        """The run id in an event or control topic, else None."""
+        head = f"{self.prefix}/run/"
+        if not topic.startswith(head):
+            return None
+        rest = topic[len(head):].split("/")
+        if len(rest) != 2 or rest[1] not in ("event", "control") or not valid_run_id(rest[0]):
+            return None
+        return rest[0]
+
+    def runner_of(self, topic: str) -> str | None:
+        head = f"{self.prefix}/runner/"
+        if not topic.startswith(head) or not topic.endswith("/state"):
+            return None
+        rid = topic[len(head):-len("/state")]
+        return rid if rid and "/" not in rid else None
+
+
+def _client(config: BusConfig, identifier: str, **kw: Any) -> aiomqtt.Client:
+    host, port = config.host_port()
+    return aiomqtt.Client(host, port, identifier=identifier,
+                          protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()
+
+
+@dataclass
+class _RunState:
+    run: str
+    confirmed: int  # every event of this run up to here was acknowledged by the broker
+    pending: deque[Event] = field(default_factory=deque)
+    resend_after: int | None = None  # re-read the journal after this seq before `pending`
+    overflows: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def has_work(self) -> bool:
+        return bool(self.pending) or self.resend_after is not None
+
+    def need_resend(self, after: int) -> None:
+        # what is dropped here is in the journal, which the sender re-reads
+        self.resend_after = after if self.resend_after is None else min(self.resend_after, after)
+        self.pending.clear()
+
+
+class EventPublisher:
+    """Runner side. Owns one long-lived aiomqtt client with reconnect + backoff."""
+
+    def __init__(self, config: BusConfig, runner_id: str,
+                 resend_from: Callable[[str, int, int], list[Event]]) -> None:
+        self.config = config
+        self.topics = Topics(config.prefix)
+        self.runner_id = runner_id
+        self._resend_from = resend_from
+        self._runs: dict[str, _RunState] = {}
+        self._client: aiomqtt.Client | None = None
+        self._main_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._state: dict[str, Any] | None = None
+        self._control_handler: tuple[Callable[[ControlCommand], Awaitable[None]], RejectCounter] | None = None
+        self._job_handler: tuple[Callable[[dict[str, Any]], Awaitable[None]], RejectCounter] | None = None
+        self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=1000)
+        self._worker: asyncio.Task[None] | None = None
+        self.connected = False
+        self.published = 0
+        self.resent = 0
+        self.skipped = 0  # events that could not be encoded (should never happen)
+        self.connects = 0
+        self.last_error = ""
+        self.backoff_min, self.backoff_max = BACKOFF_MIN, BACKOFF_MAX
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start connecting in the background; never fails because the broker is down."""
+        self.config.host_port()  # a malformed URL is a configuration error: raise now
+        if self._main_task is None:
+            self._main_task = asyncio.create_task(self._main(), name=f"bus-{self.runner_id}")
+            self._worker = asyncio.create_task(self._handle_inbox(), name="bus-inbox")
+
+    async def stop(self) -> None:
+        """Flush briefly, publish state `offline`, disconnect cleanly."""
+        if self._main_task is None:
+            return
+        if self.connected:
+            await self.flush(timeout=2.0)
+        client = self._client
+        if client is not None and self.connected:
+            with contextlib.suppress(Exception):
+                await client.publish(self.topics.runner_state(self.runner_id), b"offline",
+                                     qos=1, retain=True, timeout=2.0)
+        self._stopping = True
+        for task in (self._main_task, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._main_task = self._worker = None
+        self.connected = False
+
+    # -- publishing -----------------------------------------------------------------
+    def publish(self, events: Sequence[Event]) -> None:
+        """Queue journaled events for the bus; returns at once. Batches per run."""
+        for ev in events:
+            st = self._runs.get(ev.run)
+            if st is None:
+                st = self._runs[ev.run] = _RunState(ev.run, confirmed=ev.seq - 1)
+            if len(st.pending) >= MAX_PENDING_EVENTS:
+                st.overflows += 1
+                st.need_resend(st.confirmed)
+                continue
+            if st.resend_after is not None and ev.seq <= st.resend_after:
+                continue
+            st.pending.append(ev)
+        if events:
+            self._idle.clear()
+            for run in {e.run for e in events}:
+                self._kick(self._runs[run])
+
+    async def set_state(self, state: dict[str, Any]) -> None:
+        """Publish the retained runner state (re-sent on every reconnect)."""
+        self._state = dict(state)
+        client = self._client
+        if client is not None and self.connected:
+            try:
+                await client.publish(self.topics.runner_state(self.runner_id),
+                                     json.dumps(self._state, default=str).encode(),
+                                     qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
+            except aiomqtt.MqttError as exc:  # re-sent once reconnected
+                log.warning("bus: runner state not published: %s", exc)
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued event is confirmed by the broker; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def outstanding(self) -> int:
+        return sum(len(s.pending) + (s.resend_after is not None) for s in self._runs.values())
+
+    def _check_idle(self) -> None:
+        if not any(s.has_work() or s.task is not None for s in self._runs.values()):
+            self._idle.set()
+
+    def _kick(self, st: _RunState) -> None:
+        client = self._client
+        if client is not None and self.connected and st.task is None and st.has_work():
+            st.task = asyncio.create_task(self._send_run(client, st), name=f"bus-send-{st.run}")
+
+    async def _send_run(self, client: aiomqtt.Client, st: _RunState) -> None:
+        topic = self.topics.event(st.run)
+        try:
+            while True:
+                if st.resend_after is not None:
+                    after, overflows = st.resend_after, st.overflows
+                    page = await asyncio.to_thread(self._resend_from, st.run, after, RESEND_PAGE)
+                    for chunk in self._chunks(page):
+                        await self._send(client, topic, chunk)
+                        st.confirmed = max(st.confirmed, chunk[-1].seq)
+                        if st.resend_after is not None:
+                            st.resend_after = max(st.resend_after, chunk[-1].seq)
+                        self.resent += len(chunk)
+                    if st.resend_after is None:  # pragma: no cover - only this task clears it
+                        continue
+                    upto = st.resend_after
+                    while st.pending and st.pending[0].seq <= upto:
+                        st.pending.popleft()
+                    if not page and overflows == st.overflows:
+                        st.resend_after = None
+                    continue
+                if not st.pending:
+                    return
+                batch: list[Event] = []
+                size = 2
+                while st.pending and len(batch) < MAX_BATCH_EVENTS:
+                    n = len(st.pending[0].to_json()) + 1
+                    if batch and size + n > MAX_BATCH_BYTES:
+                        break
+                    batch.append(st.pending.popleft())
+                    size += n
+                await self._send(client, topic, batch)
+                st.confirmed = max(st.confirmed, batch[-1].seq)
+                self.published += len(batch)
+        except BaseException as exc:  # noqa: BLE001 - cancelled or lost: the journal has it all
+            # unconfirmed: re-read from the journal once the connection is back
+            st.need_resend(st.confirmed)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("bus: publishing run %s failed: %s", st.run, self.last_error)
+        finally:
+            st.task = None
+            self._check_idle()
+
+    def _chunks(self, events: list[Event]) -> list[list[Event]]:
+        out: list[list[Event]] = []
+        cur: list[Event] = []
+        size = 2
+        for ev in events:
+            n = len(ev.to_json()) + 1
+            if cur and (len(cur) >= MAX_BATCH_EVENTS or size + n > MAX_BATCH_BYTES):
+                out.append(cur)
+                cur, size = [], 2
+            cur.append(ev)
+            size += n
+        if cur:
+            out.append(cur)
+        return out
+
+    async def _send(self, client: aiomqtt.Client, topic: str, events: list[Event]) -> None:
+        parts: list[bytes] = []
+        for ev in events:
+            try:
+                parts.append(ev.to_json().encode())
+            except (TypeError, ValueError) as exc:
+                self.skipped += 1
+                log.error("bus: event %s/%s cannot be encoded: %s", ev.run, ev.seq, exc)
+        payload = b"[" + b",".join(parts) + b"]"
+        await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
+
+    # -- the connection -------------------------------------------------------------
+    def retry_now(self) -> None:
+        """Cut the reconnect backoff short (e.g. once a local broker is known to be back)."""
+        self._wake.set()
+
+    async def _main(self) -> None:
+        backoff = self.backoff_min
+        state_topic = self.topics.runner_state(self.runner_id)
+        while not self._stopping:
+            client = _client(
+                self.config, f"mlrb-runner-{self.runner_id}-{uuid.uuid4().hex[:8]}",
+                will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
+                keepalive=15, max_inflight_messages=200,
+                max_queued_incoming_messages=1000,
+            )
+            try:
+                async with client:
+                    self._client = client
+                    self.connected = True
+                    self.connects += 1
+                    backoff = self.backoff_min
+                    log.info("bus: connected to %s", self.config.url)
+                    await self._on_connect(client)
+                    for st in list(self._runs.values()):
+                        self._kick(st)
+                    async for message in client.messages:
+                        try:
+                            self._inbox.put_nowait(message)
+                        except asyncio.QueueFull:
+                            self._reject_message(message, "backlog")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect later"
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("bus: %s unreachable (%s); retrying in %.1fs",
+                            self.config.url, self.last_error, backoff)
+            finally:
+                self.connected = False
+                self._client = None
+                senders = [s.task for s in self._runs.values() if s.task is not None]
+                for task in senders:
+                    task.cancel()
+                for task in senders:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff * (0.8 + 0.4 * random.random()))
+            self._wake.clear()
+            backoff = min(backoff * 2, self.backoff_max)
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        if self._state is not None:
+            await client.publish(self.topics.runner_state(self.runner_id),
+                                 json.dumps(self._state, default=str).encode(),
+                                 qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
+        if self._control_handler is not None:
+            await client.subscribe(self.topics.all_controls, qos=1)
+        if self._job_handler is not None:
+            await client.subscribe(self.topics.shared_jobs, qos=1)
+
+    # -- what arrives ---------------------------------------------------------------
+    async def listen_controls(self, handler: Callable[[ControlCommand], Awaitable[None]],
+                              rejects: RejectCounter) -> None:
+        """Deliver control commands to `handler` (one at a time, in arrival order).
+
+        Registers and subscribes, then returns; the subscription is renewed on reconnect.
+        """
+        self._control_handler = (handler, rejects)
+        await self._subscribe(self.topics.all_controls)
+
+    async def listen_jobs(self, handler: Callable[[dict[str, Any]], Awaitable[None]],
+                          rejects: RejectCounter) -> None:
+        """Take jobs from the shared queue: each job goes to exactly one runner."""
+        self._job_handler = (handler, rejects)
+        await self._subscribe(self.topics.shared_jobs)
+
+    async def _subscribe(self, topic: str) -> None:
+        client = self._client
+        if client is not None and self.connected:
+            try:
+                await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+            except aiomqtt.MqttError as exc:  # renewed by _on_connect
+                log.warning("bus: subscribe %s failed: %s", topic, exc)
+
+    def _reject_message(self, message: aiomqtt.Message, reason: str, detail: str = "") -> None:
+        topic = message.topic.value
+        target = self._control_handler if self.topics.run_of(topic) else self._job_handler
+        if target is not None:
+            target[1].add(reason, detail or topic)
+
+    async def _handle_inbox(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a handler's failure must not stop the next command
+                log.exception("bus: handler failed for %s", message.topic.value)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = _payload_bytes(message.payload)
+        run = self.topics.run_of(topic)
+        if run is not None and topic.endswith("/control") and self._control_handler:
+            handler, rejects = self._control_handler
+            try:
+                command = parse_control(payload)
+            except ControlError as exc:
+                reason = "oversized" if "oversized" in str(exc) else "bad_control"
+                rejects.add(reason, str(exc))
+                return
+            if command.run != run:
+                rejects.add("run_mismatch", f"{command.run} on {topic}")
+                return
+            await handler(command)
+        elif topic == self.topics.jobs and self._job_handler:
+            handler_j, rejects = self._job_handler
+            if len(payload) > MAX_JOB_BYTES:
+                rejects.add("oversized", f"job {len(payload)} bytes")
+                return
+            try:
+                job = json.loads(payload)
+            except (UnicodeDecodeError, ValueError) as exc:
+                rejects.add("bad_json", str(exc)[:80])
+                return
+            if not isinstance(job, dict) or not isinstance(job.get("task"), str):
+                rejects.add("bad_job", "a job is a JSON object with a string 'task'")
+                return
+            await handler_j(job)
+
+
+class EventSubscriber:
+    """Console / recorder side: receives event batches, validates them, hands them on."""
+
+    def __init__(self, config: BusConfig, on_events: Callable[[list[Event]], None],
+                 rejects: RejectCounter | None = None, runs: Sequence[str] | None = None) -> None:
+        self.config = config
+        self.topics = Topics(config.prefix)
+        self.on_events = on_events
+        self.rejects = rejects if rejects is not None else RejectCounter()
+        self.runs = list(runs) if runs is not None else None
+        self.connected = False
+        self.ready = asyncio.Event()
+        self.received = 0  # valid events handed on
+        self.last_error = ""
+
+    async def run(self) -> None:
+        """Connect, subscribe, deliver; reconnect with backoff until cancelled."""
+        self.config.host_port()
+        topics = [self.topics.event(r) for r in self.runs] if self.runs is not None \
+            else [self.topics.all_events]
+        backoff = BACKOFF_MIN
+        while True:
+            client = _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
+                             keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
+            try:
+                async with client:
+                    for topic in topics:
+                        await client.subscribe(topic, qos=1)
+                    self.connected = True
+                    self.ready.set()
+                    backoff = BACKOFF_MIN
+                    async for message in client.messages:
+                        self._deliver(message.topic.value, _payload_bytes(message.payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect later"
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("bus: subscriber lost %s (%s); retrying in %.1fs",
+                            self.config.url, self.last_error, backoff)
+            finally:
+                self.connected = False
+                self.ready.clear()
+            await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            self.rejects.add("oversized", f"{len(payload)} bytes on {topic}")
+            return
+        run = self.topics.run_of(topic)
+        if run is None:
+            self.rejects.add("bad_topic", topic)
+            return
+        try:
+            events = decode_payload(payload)
+        except EventError as exc:
+            self.rejects.add(exc.reason, exc.detail)
+            return
+        if any(e.run != run for e in events):
+            self.rejects.add("run_mismatch", f"events of another run on {topic}")
+            return
+        if not events:
+            return
+        self.received += len(events)
+        try:
+            self.on_events(events)
+        except Exception:  # the consumer's bug must not stop the stream
+            log.exception("bus: on_events failed")
+
+
+async def _publish_once(config: BusConfig, topic: str, payload: bytes, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            async with _client(config, f"mlrb-cli-{uuid.uuid4().hex[:12]}") as client:
+                await client.publish(topic, payload, qos=1, timeout=timeout)
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"cannot reach the MQTT broker at {config.url}: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
+async def send_control(config: BusConfig, command: ControlCommand, timeout: float = 5.0) -> None:
+    """Publish one control command (QoS 1); BusUnavailable if no broker answers."""
+    await _publish_once(config, Topics(config.prefix).control(command.run), command.to_json(),
+                        timeout)
+
+
+async def submit_job(config: BusConfig, job: dict[str, Any], timeout: float = 5.0) -> None:
+    """Queue one job for whichever runner takes it (QoS 1)."""
+    await _publish_once(config, Topics(config.prefix).jobs, json.dumps(job).encode(), timeout)
+
+
+async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[str, dict[str, Any] | str]:
+    """The retained runner states the broker holds now: a dict, or a string such as 'offline'."""
+    topics = Topics(config.prefix)
+    states: dict[str, dict[str, Any] | str] = {}
+    # retained messages follow the SUBACK at once; stop after a short quiet gap
+    quiet = min(0.25, timeout)
+    try:
+        async with asyncio.timeout(timeout + CONNECT_TIMEOUT):
+            async with _client(config, f"mlrb-cli-{uuid.uuid4().hex[:12]}") as client:
+                await client.subscribe(topics.all_runner_states, qos=1, timeout=timeout)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout
+                it = client.messages.__aiter__()
+                while (left := deadline - loop.time()) > 0:
+                    try:
+                        message = await asyncio.wait_for(it.__anext__(), min(quiet, left))
+                    except TimeoutError:
+                        break
+                    rid = topics.runner_of(message.topic.value)
+                    payload = _payload_bytes(message.payload)
+                    if rid is None or not payload or len(payload) > MAX_STATE_BYTES:
+                        continue
+                    try:
+                        value = json.loads(payload)
+                    except (UnicodeDecodeError, ValueError):
+                        value = payload.decode(errors="replace")
+                    if isinstance(value, dict):
+                        states[rid] = value
+                    else:
+                        states[rid] = strip_escapes(str(value))[:200]
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"cannot reach the MQTT broker at {config.url}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return states
+
+
+__all__ = [
+    "BusConfig", "BusUnavailable", "EventPublisher", "EventSubscriber", "Topics",
+    "read_runner_states", "send_control", "submit_job",
+]
