@@ -1,0 +1,186 @@
+"""The embedded broker of a one-machine setup: Mosquitto when installed, else in-process.
+
+Mosquitto runs as a child process on a loopback port, configured from a file in the
+workdir; if the port is taken another free one is chosen. Without Mosquitto the small
+in-process broker (runner.mqtt_broker) serves the same protocol subset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+from runner.mqtt_broker import MqttBroker
+
+log = logging.getLogger(__name__)
+
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+START_TIMEOUT = 10.0
+PORT_ATTEMPTS = 5
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not start."""
+
+
+def find_mosquitto() -> str | None:
+    exe = shutil.which("mosquitto")
+    if exe:
+        return exe
+    for cand in MOSQUITTO_CANDIDATES:
+        if Path(cand).exists():
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+class EmbeddedBroker:
+    """Spawns `mosquitto` on a free loopback port when installed, else runs the in-process broker."""
+
+    def __init__(self, workdir: Path, port: int | None = None, prefer: str = "auto") -> None:
+        if prefer not in ("auto", "mosquitto", "inprocess"):
+            raise ValueError(f"prefer must be auto, mosquitto or inprocess, not {prefer!r}")
+        self.workdir = Path(workdir)
+        self.prefer = prefer
+        self.port = port or 0
+        self.kind = ""
+        self.url = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._inprocess: MqttBroker | None = None
+
+    async def start(self) -> str:
+        """Start the broker; return its URL once it accepts connections."""
+        exe = find_mosquitto() if self.prefer in ("auto", "mosquitto") else None
+        if self.prefer == "mosquitto" and exe is None:
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        wanted = self.port or None
+        last = ""
+        for attempt in range(PORT_ATTEMPTS):
+            # the asked-for port first; if it is taken, any free one
+            port = wanted if (attempt == 0 and wanted and port_is_free(wanted)) else free_port()
+            if attempt == 0 and wanted and port != wanted:
+                log.warning("broker: port %d is taken; using %d", wanted, port)
+            try:
+                if exe is not None:
+                    await self._start_mosquitto(exe, port)
+                    self.kind = "mosquitto"
+                else:
+                    await self._start_inprocess(port)
+                    self.kind = "inprocess"
+            except _PortTaken as exc:
+                last = str(exc)
+                continue
+            self.port = port
+            self.url = f"mqtt://127.0.0.1:{port}"
+            log.info("broker: %s on %s", self.kind, self.url)
+            return self.url
+        raise BrokerError(f"no free port for the broker after {PORT_ATTEMPTS} attempts: {last}")
+
+    async def _start_inprocess(self, port: int) -> None:
+        broker = MqttBroker("127.0.0.1", port)
+        try:
+            await broker.start()
+        except OSError as exc:
+            raise _PortTaken(str(exc)) from None
+        self._inprocess = broker
+
+    async def _start_mosquitto(self, exe: str, port: int) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            # a console that falls behind must not lose events of a burst
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 1000\n"
+            "max_packet_size 8388608\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+        errlog = self.workdir / "mosquitto.log"
+        with open(errlog, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                exe, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                break
+            if await _accepts(port):
+                self._proc = proc
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+            raise BrokerError(f"mosquitto did not accept connections on port {port} "
+                              f"within {START_TIMEOUT:.0f}s")
+        stderr = errlog.read_text(errors="replace")[-2000:].strip()
+        if "in use" in stderr.lower():
+            raise _PortTaken(stderr)
+        raise BrokerError(f"mosquitto exited with {proc.returncode} at start: {stderr}")
+
+    async def stop(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        if self._inprocess is not None:
+            broker, self._inprocess = self._inprocess, None
+            await broker.stop()
+
+    @property
+    def running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.returncode is None
+        return self._inprocess is not None
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class _PortTaken(Exception):
+    pass
