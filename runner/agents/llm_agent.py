@@ -30,6 +30,8 @@ from runner.agents.history import (
     Exchange,
     History,
     ResultRecord,
+    estimate_tokens,
+    history_chars,
     trim,
 )
 from runner.tools import ToolArgsError, validate
@@ -204,8 +206,12 @@ class LLMAgent:
         trailer.time_left = time_left_text(obs.time_left_s)
 
     async def _trim(self, *, force: bool) -> None:
-        budget = self.context_window - self.max_tokens
-        report = trim(self.history, budget_tokens=max(budget, 1024),
+        budget = max(self.context_window - self.max_tokens, 1024)
+        if force:  # the provider said "too long": our estimate is off, so cut from what we sent
+            now = estimate_tokens(history_chars(self.history) + self._overhead_chars(),
+                                  self._tokens_per_char)
+            budget = min(budget, now)
+        report = trim(self.history, budget_tokens=budget,
                       overhead_chars=self._overhead_chars(),
                       tokens_per_char=self._tokens_per_char, force=force)
         if report.changed:
