@@ -7,6 +7,7 @@ loudly that it is not isolated.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,3 +105,50 @@ class Sandbox(Protocol):
     def shell_argv(self) -> list[str]:
         """argv for an interactive shell in the sandbox as the sandbox user."""
         ...
+
+
+class CappedOutput:
+    """A command's interleaved output, bounded: the head and the tail are kept, the middle is
+    counted and replaced by a marker, so a chatty training loop cannot fill the runner's memory.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(cap, 0)
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: deque[str] = deque()
+        self._tail_len = 0
+        self.cut_bytes = 0
+
+    def add(self, text: str) -> None:
+        room = self.cap // 2 - self._head_len
+        if room > 0:
+            self._head.append(text[:room])
+            self._head_len += min(len(text), room)
+            text = text[room:]
+        if not text:
+            return
+        self._tail.append(text)
+        self._tail_len += len(text)
+        keep = self.cap - self.cap // 2
+        while self._tail_len > keep:
+            extra = self._tail_len - keep
+            first = self._tail[0]
+            if len(first) <= extra:
+                self._tail.popleft()
+                self._tail_len -= len(first)
+                self.cut_bytes += len(first.encode("utf-8", "replace"))
+            else:
+                self._tail[0] = first[extra:]
+                self._tail_len -= extra
+                self.cut_bytes += len(first[:extra].encode("utf-8", "replace"))
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut_bytes > 0
+
+    def text(self) -> str:
+        head, tail = "".join(self._head), "".join(self._tail)
+        if not self.truncated:
+            return head + tail
+        return f"{head}\n[... {self.cut_bytes} bytes cut ...]\n{tail}"
