@@ -505,7 +505,7 @@ class MqttBroker:
                 del self.shared[(group, filt)]
         if publish_will and session.will is not None:
             will, session.will = session.will, None
-            self._route(will, origin=None)
+            self._publish(will, origin=None)
 
     # -- packets --------------------------------------------------------------------
     async def _on_publish(self, session: Session, flags: int, body: bytes) -> None:
@@ -528,13 +528,7 @@ class MqttBroker:
         payload = r.take(r.left())
         msg = Message(topic, payload, qos, retain,
                       tuple(p for p in raw if p[0] not in _NOT_FORWARDED))
-        self.stats["published"] += 1
-        if retain:
-            if payload:
-                self.retained[topic] = msg
-            else:
-                self.retained.pop(topic, None)
-        self._route(msg, origin=session.client_id)
+        self._publish(msg, origin=session.client_id)
         if qos == 1:
             self._write(session, packet(PUBACK, 0, struct.pack("!H", pid)))
 
@@ -606,6 +600,15 @@ class MqttBroker:
         self._write(session, packet(UNSUBACK, 0, struct.pack("!H", pid) + b"\x00" + bytes(codes)))
 
     # -- routing --------------------------------------------------------------------
+    def _publish(self, msg: Message, origin: str | None) -> None:
+        self.stats["published"] += 1
+        if msg.retain:
+            if msg.payload:
+                self.retained[msg.topic] = msg
+            else:
+                self.retained.pop(msg.topic, None)
+        self._route(msg, origin)
+
     def _route(self, msg: Message, origin: str | None) -> None:
         for session in list(self.sessions.values()):
             best: Subscription | None = None
@@ -642,6 +645,7 @@ class MqttBroker:
             # a slow client loses its oldest QoS 0 message first; QoS 1 only when it must
             victim = next((i for i, o in enumerate(q) if o.qos == 0), None)
             if victim is not None:
+                self._drop(session, q[victim])
                 del q[victim]
             elif out.qos == 0:
                 self._drop(session, out)
