@@ -1,0 +1,191 @@
+"""Replay of a recorded run: maps wall time to journal time at a chosen speed.
+
+`ReplayController` is Textual-free. It pages events out of the journal
+(`JournalReader.events(after_seq, limit)`), never loading a whole run; seeks find their
+sequence number by timestamp (`seq_at`) and rebuild the view state from a bounded window
+(`events_before`) plus the lifecycle events that decide the run's status.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from mlrb_tui.state import RunState
+from runner.events import Event
+from runner.journal import JournalReader, RunFold
+
+SPEEDS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+PAGE = 500
+WINDOW = 400  # events replayed into the view state after a seek or a step back
+MAX_GAP_S = 2.0  # wall seconds: a longer quiet stretch in the recording is cut short
+ROW_KINDS = (
+    "run.created", "run.started", "run.held", "run.resumed", "run.ended", "sandbox.started",
+    "usage", "score", "integrity.flag", "metric", "resource", "gpu", "agent.step",
+)
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+class ReplayController:
+    """Plays one run's events back in order, at `speed` times real time."""
+
+    def __init__(self, reader: JournalReader, run: str, speed: float = 1.0,
+                 *, page: int = PAGE, window: int = WINDOW) -> None:
+        rng = reader.ts_range(run)
+        if rng is None:
+            raise ReplayError(f"run {run!r} has no events in {reader.path}")
+        self.reader = reader
+        self.run = run
+        self.t0, self.t1 = rng
+        self.max_seq = reader.max_seq(run)
+        self.speed = self._nearest_speed(speed)
+        self.playing = True
+        self.position = 0  # the last seq applied
+        self.now_ts = self.t0  # replay clock, in journal time
+        self._page = page
+        self._window = window
+        self._buffer: deque[Event] = deque()
+        self._buffer_after = 0  # the buffer continues the journal after this seq
+        self.state = RunState(run)
+        self.fold = RunFold()
+
+    # -- reading --------------------------------------------------------------------
+    @property
+    def row(self) -> dict[str, Any]:
+        return self.fold.rows.get(self.run) or {"run": self.run, "status": "queued"}
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= self.max_seq
+
+    @property
+    def fraction(self) -> float:
+        span = self.t1 - self.t0
+        return 1.0 if span <= 0 else min(1.0, max(0.0, (self.now_ts - self.t0) / span))
+
+    # -- playing --------------------------------------------------------------------
+    def _nearest_speed(self, speed: float) -> float:
+        return min(SPEEDS, key=lambda s: abs(s - speed))
+
+    def faster(self) -> float:
+        i = SPEEDS.index(self.speed)
+        self.speed = SPEEDS[min(i + 1, len(SPEEDS) - 1)]
+        return self.speed
+
+    def slower(self) -> float:
+        i = SPEEDS.index(self.speed)
+        self.speed = SPEEDS[max(i - 1, 0)]
+        return self.speed
+
+    def toggle(self) -> bool:
+        self.playing = not self.playing
+        if self.finished:
+            self.playing = False
+        return self.playing
+
+    def _peek(self) -> Event | None:
+        if not self._buffer:
+            page = self.reader.events(self.run, after_seq=max(self.position, self._buffer_after),
+                                      limit=self._page)
+            self._buffer.extend(page)
+            if page:
+                self._buffer_after = page[-1].seq
+        return self._buffer[0] if self._buffer else None
+
+    def _apply(self, ev: Event) -> None:
+        self.fold.apply(ev)
+        self.state.apply(ev)
+        self.position = ev.seq
+
+    def advance(self, wall_dt: float) -> list[Event]:
+        """Move the replay clock by `wall_dt * speed`; apply and return the events passed.
+
+        A quiet stretch in the recording is cut to MAX_GAP_S of wall time, so a replay at 1x
+        of a run that slept for an hour does not show an hour of nothing.
+        """
+        if not self.playing:
+            return []
+        nxt = self._peek()
+        if nxt is not None and nxt.ts - self.now_ts > MAX_GAP_S * self.speed:
+            self.now_ts = nxt.ts - MAX_GAP_S * self.speed  # wait at most MAX_GAP_S of wall time
+        target = self.now_ts + max(0.0, wall_dt) * self.speed
+        out: list[Event] = []
+        while True:
+            ev = self._peek()
+            if ev is None:
+                self.now_ts = min(max(target, self.now_ts), self.t1)
+                self.playing = False
+                break
+            if ev.ts > target:
+                self.now_ts = target
+                break
+            self._buffer.popleft()
+            self._apply(ev)
+            self.now_ts = max(self.now_ts, ev.ts)
+            out.append(ev)
+            if len(out) >= self._page:  # bounded work per tick; the rest comes next tick
+                break
+        return out
+
+    def step_forward(self) -> Event | None:
+        """Apply exactly the next event (and pause)."""
+        self.playing = False
+        ev = self._peek()
+        if ev is None:
+            return None
+        self._buffer.popleft()
+        self._apply(ev)
+        self.now_ts = ev.ts
+        return ev
+
+    def step_back(self) -> int:
+        """Go back one event (and pause); the view state is rebuilt. Returns the new position."""
+        self.playing = False
+        self.seek_seq(max(0, self.position - 1))
+        return self.position
+
+    def seek_fraction(self, fraction: float) -> int:
+        """Jump to a point in the run's time span (0.0 = start, 1.0 = end)."""
+        fraction = min(1.0, max(0.0, fraction))
+        ts = self.t0 + (self.t1 - self.t0) * fraction
+        seq = self.reader.seq_at(self.run, ts)
+        self.seek_seq(seq)
+        self.now_ts = max(ts, self.now_ts) if seq else self.t0
+        return self.position
+
+    def seek_seq(self, seq: int) -> None:
+        """Rebuild the state as it was right after event `seq` (0 = before the first)."""
+        seq = min(max(0, seq), self.max_seq)
+        self.fold = RunFold()
+        self.state.reset()
+        self._buffer.clear()
+        self._buffer_after = seq
+        self.position = 0
+        self.now_ts = self.t0
+        if seq == 0:
+            return
+        window = self.reader.events_before(self.run, seq + 1, limit=self._window)
+        start = window[0].seq if window else seq + 1
+        # the row (status, budget, totals) needs lifecycle events from before the window:
+        # page through those kinds only, which are few next to output and metrics
+        after = 0
+        while after < start - 1:
+            page = self.reader.events(self.run, after_seq=after, limit=self._page, kinds=ROW_KINDS)
+            page = [e for e in page if e.seq < start]
+            if not page:
+                break
+            for ev in page:
+                self.fold.apply(ev)
+            after = page[-1].seq
+        # metrics before the window come from the side table, so charts show the whole run
+        self.state.add_metric_rows(r for r in self.reader.metrics(self.run, limit=20000)
+                                   if r["seq"] < start)
+        for ev in window:
+            self.fold.apply(ev)
+            self.state.apply(ev)
+        self.position = seq
+        self.now_ts = window[-1].ts if window else self.t0
+

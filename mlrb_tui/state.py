@@ -1,0 +1,401 @@
+"""The console's state: plain objects folded from events, with no Textual in them.
+
+`FleetState` holds one row per run (folded by `runner.journal.RunFold`, the same fold the
+journal writer uses), dedupes on `(run, seq)`, detects gaps, and remembers which rows
+changed since the last repaint so the table updates cells in place. `RunState` holds what
+the run view shows for one run: bounded deques of actions, output lines, metric series.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.escapes import strip_escapes
+from runner.events import TERMINAL_STATUSES, Event
+from runner.journal import RunFold
+
+MAX_TIMELINE = 2000
+MAX_OUTPUT_LINES = 5000
+MAX_POINTS = 2000  # per metric series
+MAX_PENDING = 5000  # events held back per run while a gap is being filled
+MAX_LINE_CHARS = 2000
+
+TIMELINE_KINDS = frozenset({
+    "run.created", "run.started", "run.held", "run.resumed", "run.warning", "run.limit",
+    "run.ended", "agent.step", "agent.message", "agent.error", "agent.submit", "tool.call",
+    "tool.result", "tool.approval", "sandbox.started", "sandbox.stopped", "control.ack", "score",
+    "integrity.flag",
+})
+
+
+def clean(text: object, limit: int = MAX_LINE_CHARS) -> str:
+    """Untrusted text made safe for a screen: escapes stripped, length capped."""
+    s = strip_escapes(text if isinstance(text, str) else str(text))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def one_line(text: object, limit: int = 120) -> str:
+    s = " ".join(clean(text, limit * 4).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def elapsed_of(row: dict[str, Any], now: float) -> float:
+    """Time on the run's clock: active_s as of active_ts, plus wall time while running."""
+    active = float(row.get("active_s") or 0.0)
+    ts = row.get("active_ts")
+    if row.get("status") == "running" and isinstance(ts, (int, float)):
+        active += max(0.0, now - float(ts))
+    return active
+
+
+def summarize_args(args: object, limit: int = 100) -> str:
+    """A tool call's arguments in one line: the command or path first, the rest as k=v."""
+    if not isinstance(args, dict):
+        return one_line(args, limit)
+    for key in ("command", "cmd", "code", "path"):
+        if isinstance(args.get(key), str):
+            rest = [k for k in args if k != key]
+            head = one_line(args[key], limit)
+            return head + (f"  (+{', '.join(rest)})" if rest else "")
+    try:
+        return one_line(json.dumps(args, default=str), limit)
+    except (TypeError, ValueError):
+        return one_line(repr(args), limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of a run's action timeline."""
+
+    seq: int
+    ts: float
+    kind: str
+    label: str  # short tag shown in a fixed-width column
+    text: str
+    tone: str = "normal"  # normal | ok | bad | warn | operator | dim
+
+
+def entry_for(ev: Event) -> Entry | None:
+    """The timeline entry of an event, or None for kinds the timeline does not show."""
+    d, k = ev.data, ev.kind
+    if k.startswith("operator."):
+        who = one_line(d.get("operator", "?"), 40)
+        reason = one_line(d.get("reason", ""), 80)
+        return Entry(ev.seq, ev.ts, k, k.split(".", 1)[1], f"{who}: {reason}" if reason else who,
+                     "operator")
+    if k not in TIMELINE_KINDS:
+        return None
+    if k == "tool.call":
+        return Entry(ev.seq, ev.ts, k, "call", f"{one_line(d.get('name', '?'), 30)} "
+                     f"{summarize_args(d.get('args'))}")
+    if k == "tool.result":
+        ok = bool(d.get("ok"))
+        code = d.get("exit_code")
+        dur = d.get("duration_s")
+        head = "ok" if ok else "failed"
+        if code is not None:
+            head += f" exit {code}"
+        if isinstance(dur, (int, float)):
+            head += f" {dur:.1f}s"
+        lines = [line for line in clean(d.get("output", ""), 4000).splitlines() if line.strip()]
+        first = one_line(lines[0], 90) if lines else ""
+        more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+        return Entry(ev.seq, ev.ts, k, "result", f"{head}  {first}{more}".rstrip(),
+                     "ok" if ok else "bad")
+    if k == "tool.approval":
+        return Entry(ev.seq, ev.ts, k, "approval",
+                     f"{one_line(d.get('name', d.get('id', '?')), 40)} {one_line(d.get('state'), 20)}",
+                     "warn")
+    if k == "agent.step":
+        left = d.get("time_left_s")
+        tail = f"  ({fmt_duration(left)} left)" if isinstance(left, (int, float)) else ""
+        return Entry(ev.seq, ev.ts, k, "step", f"step {d.get('step', '?')}{tail}", "dim")
+    if k == "agent.message":
+        return Entry(ev.seq, ev.ts, k, "agent", one_line(d.get("text", ""), 160))
+    if k == "agent.error":
+        return Entry(ev.seq, ev.ts, k, "error",
+                     f"{one_line(d.get('error', ''), 60)} {one_line(d.get('detail', ''), 80)}", "bad")
+    if k == "agent.submit":
+        return Entry(ev.seq, ev.ts, k, "submit", one_line(d.get("summary") or d.get("path", ""), 120),
+                     "ok")
+    if k == "control.ack":
+        accepted = bool(d.get("accepted"))
+        why = one_line(d.get("reason", ""), 80)
+        text = f"{one_line(d.get('action', '?'), 20)} {'accepted' if accepted else 'refused'}"
+        return Entry(ev.seq, ev.ts, k, "ack", f"{text}: {why}" if why else text,
+                     "ok" if accepted else "bad")
+    if k == "score":
+        v = d.get("value")
+        val = f"{v:.4g}" if isinstance(v, (int, float)) else "—"
+        final = " (final)" if d.get("final") else ""
+        return Entry(ev.seq, ev.ts, k, "score", f"{one_line(d.get('metric', ''), 40)} = {val}{final}",
+                     "ok")
+    if k == "integrity.flag":
+        return Entry(ev.seq, ev.ts, k, "flag", f"{one_line(d.get('check', ''), 40)}: "
+                     f"{one_line(d.get('detail', ''), 100)}", "bad")
+    if k == "sandbox.started":
+        iso = "isolated" if d.get("isolated") else "NOT isolated"
+        return Entry(ev.seq, ev.ts, k, "sandbox", f"{one_line(d.get('backend', '?'), 20)} "
+                     f"{one_line(d.get('id', ''), 16)} ({iso})", "dim" if d.get("isolated") else "warn")
+    if k == "sandbox.stopped":
+        return Entry(ev.seq, ev.ts, k, "sandbox", f"stopped exit {d.get('exit_code')} "
+                     f"{one_line(d.get('reason', ''), 80)}", "dim")
+    if k == "run.warning":
+        return Entry(ev.seq, ev.ts, k, "warning", one_line(d.get("message", ""), 140), "warn")
+    if k == "run.limit":
+        frac = d.get("fraction")
+        pct = f" {frac:.0%}" if isinstance(frac, (int, float)) else ""
+        return Entry(ev.seq, ev.ts, k, "limit", f"{one_line(d.get('limit', ''), 20)}{pct} "
+                     f"{one_line(d.get('level', ''), 20)}", "warn")
+    if k == "run.held":
+        return Entry(ev.seq, ev.ts, k, "run", f"{one_line(d.get('level', 'hold'), 10)} in effect", "warn")
+    if k == "run.ended":
+        status = one_line(d.get("status", ""), 20)
+        return Entry(ev.seq, ev.ts, k, "run", f"ended {status}: {one_line(d.get('reason', ''), 100)}",
+                     "ok" if status == "succeeded" else "bad")
+    return Entry(ev.seq, ev.ts, k, "run", k.split(".", 1)[1], "dim")
+
+
+def fmt_duration(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    s = int(max(0, seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_bytes(n: object) -> str:
+    if not isinstance(n, (int, float)):
+        return "—"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit in ("B", "K") else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}T"  # pragma: no cover - the loop returns
+
+
+class RunState:
+    """What the run view shows for one run, every stream bounded."""
+
+    def __init__(self, run: str, *, max_timeline: int = MAX_TIMELINE,
+                 max_output: int = MAX_OUTPUT_LINES, max_points: int = MAX_POINTS) -> None:
+        self.run = run
+        self.timeline: deque[Entry] = deque(maxlen=max_timeline)
+        self.output: deque[tuple[str, str]] = deque(maxlen=max_output)  # (stream, line)
+        self.metrics: dict[str, deque[tuple[float, float]]] = {}
+        self.interventions: deque[Entry] = deque(maxlen=200)
+        self.acks: deque[dict[str, Any]] = deque(maxlen=200)
+        self._partial: dict[str, str] = {}
+        self._max_points = max_points
+        self.last_seq = 0
+        # counters the view compares against what it last drew (deques forget, counters don't)
+        self.timeline_total = 0
+        self.output_total = 0
+        self.metrics_version = 0
+        self.generation = 0  # bumped by reset(): the view redraws from scratch
+
+    def reset(self) -> None:
+        self.timeline.clear()
+        self.output.clear()
+        self.metrics.clear()
+        self.interventions.clear()
+        self.acks.clear()
+        self._partial.clear()
+        self.last_seq = 0
+        self.timeline_total = self.output_total = 0
+        self.metrics_version += 1
+        self.generation += 1
+
+    def apply(self, ev: Event) -> bool:
+        """Apply one event of this run; False when it was already applied."""
+        if ev.run != self.run or ev.seq <= self.last_seq:
+            return False
+        self.last_seq = ev.seq
+        if ev.kind == "sandbox.output":
+            self._output(str(ev.data.get("stream", "stdout"))[:10], ev.data.get("text", ""))
+            return True
+        if ev.kind == "metric":
+            self._metric(ev)
+            return True
+        if ev.kind == "control.ack":
+            self.acks.append(dict(ev.data))
+        entry = entry_for(ev)
+        if entry is not None:
+            self.timeline.append(entry)
+            self.timeline_total += 1
+            if entry.tone == "operator":
+                self.interventions.append(entry)
+        if ev.kind == "tool.result":
+            # a result's output is also the sandbox's output the operator wants to read
+            out = clean(ev.data.get("output", ""), 4000)
+            if out.strip() and not ev.data.get("streamed"):
+                for line in out.splitlines()[-20:]:
+                    self._push_line("result", line)
+        return True
+
+    def add_metric_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Metric points from the journal's `metrics` side table (backfill)."""
+        for r in rows:
+            step, value = r.get("step"), r.get("value")
+            if isinstance(value, (int, float)):
+                self._point(str(r.get("name", "?")), float(step if step is not None else r["seq"]),
+                            float(value))
+        self.metrics_version += 1
+
+    def _metric(self, ev: Event) -> None:
+        values = ev.data.get("values")
+        if not isinstance(values, dict):
+            return
+        step = ev.data.get("step")
+        x = float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else float(ev.seq)
+        for name, value in list(values.items())[:16]:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._point(one_line(name, 40), x, float(value))
+        self.metrics_version += 1
+
+    def _point(self, name: str, x: float, y: float) -> None:
+        series = self.metrics.get(name)
+        if series is None:
+            if len(self.metrics) >= 16:  # a run that logs hundreds of names shows the first 16
+                return
+            series = self.metrics[name] = deque(maxlen=self._max_points)
+        series.append((x, y))
+
+    def _output(self, stream: str, text: object) -> None:
+        s = strip_escapes(text if isinstance(text, str) else str(text))
+        pieces = (self._partial.pop(stream, "") + s).split("\n")
+        for line in pieces[:-1]:
+            self._push_line(stream, line)
+        if pieces[-1]:
+            tail = pieces[-1]
+            if len(tail) > MAX_LINE_CHARS:
+                self._push_line(stream, tail)
+            else:
+                self._partial[stream] = tail
+
+    def _push_line(self, stream: str, line: str) -> None:
+        self.output.append((stream, line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"))
+        self.output_total += 1
+
+    def partial_lines(self) -> list[tuple[str, str]]:
+        """Output not yet ended by a newline (shown, but still open)."""
+        return list(self._partial.items())
+
+
+@dataclass
+class Gap:
+    run: str
+    after_seq: int  # the journal holds what comes after this
+
+
+@dataclass
+class FleetState:
+    """Every run's row, folded from events; which rows changed since the last repaint."""
+
+    fold: RunFold = field(default_factory=RunFold)
+    changed: set[str] = field(default_factory=set)
+    added: list[str] = field(default_factory=list)  # new runs since the last repaint, in order
+    watched: dict[str, RunState] = field(default_factory=dict)
+    pending: dict[str, dict[int, Event]] = field(default_factory=dict)
+    acks: deque[Event] = field(default_factory=lambda: deque(maxlen=200))  # control.ack seen
+    duplicates: int = 0
+    gaps: int = 0
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        return self.fold.rows
+
+    def load_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Rows read from the journal's `runs` table (backfill); newer rows replace older."""
+        for row in rows:
+            run = row.get("run")
+            if not isinstance(run, str):
+                continue
+            have = self.fold.rows.get(run)
+            if have is not None and int(have.get("last_seq") or 0) >= int(row.get("last_seq") or 0):
+                continue
+            if have is None:
+                self.added.append(run)
+            self.fold.load(row)
+            self.changed.add(run)
+
+    def last_seq(self, run: str) -> int:
+        row = self.fold.rows.get(run)
+        return int(row["last_seq"] or 0) if row else 0
+
+    def apply(self, events: Iterable[Event]) -> list[Gap]:
+        """Fold events in; return the gaps found (each wants a backfill from the journal).
+
+        An event past a gap is held back (bounded) until the gap is filled, so the fold never
+        skips a sequence number; `flush_pending` applies what is held when no backfill comes.
+        """
+        gaps: dict[str, Gap] = {}
+        for ev in sorted(events, key=lambda e: (e.run, e.seq)):
+            last = self.last_seq(ev.run)
+            if ev.seq <= last:
+                self.duplicates += 1
+                continue
+            if ev.seq > last + 1:
+                held = self.pending.setdefault(ev.run, {})
+                if len(held) < MAX_PENDING:
+                    held[ev.seq] = ev
+                if ev.run not in gaps:
+                    self.gaps += 1
+                    gaps[ev.run] = Gap(ev.run, last)
+                continue
+            self._apply_one(ev)
+            self._drain(ev.run)
+        return list(gaps.values())
+
+    def _apply_one(self, ev: Event) -> None:
+        new = ev.run not in self.fold.rows
+        if self.fold.apply(ev) is None:
+            return
+        if new:
+            self.added.append(ev.run)
+        self.changed.add(ev.run)
+        if ev.kind == "control.ack":
+            self.acks.append(ev)
+        rs = self.watched.get(ev.run)
+        if rs is not None:
+            rs.apply(ev)
+
+    def _drain(self, run: str) -> None:
+        held = self.pending.get(run)
+        while held:
+            nxt = held.pop(self.last_seq(run) + 1, None)
+            if nxt is None:
+                break
+            self._apply_one(nxt)
+        if held is not None and not held:
+            self.pending.pop(run, None)
+
+    def flush_pending(self, run: str) -> None:
+        """Apply held-back events even across a gap the journal could not fill."""
+        held = self.pending.pop(run, {})
+        for seq in sorted(held):
+            self._apply_one(held[seq])
+
+    def take_changes(self) -> tuple[list[str], set[str]]:
+        """(runs added, runs changed) since the last call; the repaint consumes them."""
+        added, changed = self.added, self.changed
+        self.added, self.changed = [], set()
+        return added, changed
+
+    def watch(self, run: str) -> RunState:
+        rs = self.watched.get(run)
+        if rs is None:
+            rs = self.watched[run] = RunState(run)
+        return rs
+
+    def unwatch(self, run: str) -> None:
+        self.watched.pop(run, None)
+
+    def active_count(self) -> int:
+        return sum(1 for r in self.fold.rows.values() if r.get("status") not in TERMINAL_STATUSES)
