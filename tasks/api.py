@@ -16,6 +16,8 @@ This module knows nothing of the engine: the runner calls it.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import shutil
 import subprocess
 import sys
@@ -45,6 +47,7 @@ class ScaleModel(BaseModel):
     tokens: int | None = Field(default=None, gt=0)
     cost_usd: float | None = Field(default=None, gt=0)
     hardware: str = ""
+    data: str = Field(default="", description="where this scale's data and models are; {data} in the prompt")
     score_timeout_s: float = Field(gt=0, default=600)
 
 
@@ -115,6 +118,7 @@ class TaskSpec:
             "hardware": s.hardware or ("CPU only" if s.gpus == 0 else f"{s.gpus} GPU"),
             "metric": self.metric,
             "workspace": "/workspace",
+            "data": s.data or self.data,
         }
         try:
             return template.format_map(_Strict(values))
@@ -206,3 +210,48 @@ def scripted_plan(spec: TaskSpec, scale: str) -> list[dict[str, Any]]:
     ):
         raise TaskSpecError(f"{path}: plan() must return a list of {{'name', 'args'}} dicts")
     return plan
+
+
+def score_command(spec: TaskSpec, scale: str, model: str | None = None,
+                  workspace: str = "/workspace", scorer: str = "/scorer") -> list[str]:
+    """The scorer's argv, as run in the scoring container (workspace and scorer read-only).
+
+    `model` is the submitted folder relative to the workspace; without it the scorer looks
+    for `.mlrb/submission.json`, then `model/`, then the one model folder it can find.
+    """
+    spec.scale(scale)
+    argv = ["python3", f"{scorer}/score.py", "--workspace", workspace, "--scale", scale]
+    if model:
+        argv += ["--model", model]
+    return argv
+
+
+class ScoreOutputError(ValueError):
+    """A scorer's output that holds no usable result."""
+
+
+def parse_score_output(stdout: str) -> dict[str, Any]:
+    """The scorer's result: the last stdout line that is a JSON object, checked for shape."""
+    lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        tail = stdout.strip()[-300:] or "(nothing)"
+        raise ScoreOutputError(f"scorer printed no JSON result line; output ends: {tail}")
+    try:
+        out = json.loads(lines[-1])
+    except ValueError as exc:
+        raise ScoreOutputError(f"scorer's last JSON line does not parse: {exc}") from None
+    if not isinstance(out, dict):
+        raise ScoreOutputError("scorer's result is not a JSON object")
+    for key in ("metric", "value"):
+        if key not in out:
+            raise ScoreOutputError(f"scorer's result has no {key!r} field")
+    value = out["value"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise ScoreOutputError(f"scorer's value is not a finite number: {value!r}")
+    if not isinstance(out.get("metrics", {}), dict) or not isinstance(out.get("details", {}), dict):
+        raise ScoreOutputError("scorer's metrics and details must be objects")
+    out.setdefault("metrics", {})
+    out.setdefault("details", {})
+    out.setdefault("error", None)
+    return out
