@@ -203,8 +203,9 @@ class DockerSandbox:
         # `timeout` makes itself a process-group leader; its pid is recorded so a cancelled
         # exec can kill that whole group from a second exec.
         argv = ["bash", "-c",
-                f'timeout -k {KILL_GRACE_S} {max(timeout_s, 0.1):.3f}s bash -lc "$0" & p=$!; '
-                f'echo "$p" > {pidfile}; wait "$p"; rc=$?; rm -f {pidfile}; exit "$rc"', command]
+                f'timeout -k {KILL_GRACE_S} {max(timeout_s, 0.1):.3f}s bash -lc "$1" & p=$!; '
+                f'echo "$p" > {pidfile}; wait "$p" 2>/dev/null; rc=$?; rm -f {pidfile}; exit "$rc"',
+                "mlrb-exec", command]
         out = CappedOutput(output_cap)
         started = time.monotonic()
 
