@@ -1,0 +1,320 @@
+"""The MQTT bus against real brokers: Mosquitto and the in-process fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+import runner.bus as bus
+from runner.broker import EmbeddedBroker, find_mosquitto
+from runner.bus import (
+    BusConfig,
+    BusUnavailable,
+    EventPublisher,
+    EventSubscriber,
+    Topics,
+    read_runner_states,
+    send_control,
+    submit_job,
+)
+from runner.control import ControlCommand
+from runner.events import Event, EventFactory, RejectCounter
+from runner.journal import Journal, JournalReader
+from tests.conftest import Mosquitto, free_port, require
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["mosquitto", "inprocess"])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
+    if request.param == "mosquitto":
+        require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path / "broker", prefer=request.param)
+    await b.start()
+    assert b.kind == request.param
+    yield b
+    await b.stop()
+
+
+class Sink:
+    """A subscriber's view: every event by (run, seq), and the order they came in."""
+
+    def __init__(self) -> None:
+        self.order: dict[str, list[int]] = {}
+        self.keys: set[tuple[str, int]] = set()
+
+    def __call__(self, events: list[Event]) -> None:
+        for e in events:
+            self.order.setdefault(e.run, []).append(e.seq)
+            self.keys.add(e.key)
+
+
+async def subscribe(config: BusConfig, sink: Sink, rejects: RejectCounter | None = None
+                    ) -> tuple[EventSubscriber, asyncio.Task[None]]:
+    sub = EventSubscriber(config, sink, rejects)
+    task = asyncio.create_task(sub.run())
+    await asyncio.wait_for(sub.ready.wait(), 10)
+    return sub, task
+
+
+def make_events(run: str, n: int, start: int = 1) -> list[Event]:
+    f = EventFactory(run, next_seq=start)
+    return [f.make("sandbox.output", {"stream": "stdout", "text": f"line {i}"}) for i in range(n)]
+
+
+def test_config_and_topics() -> None:
+    assert BusConfig("mqtt://10.0.0.2:1999").host_port() == ("10.0.0.2", 1999)
+    assert BusConfig("mqtt://broker").host_port() == ("broker", 1883)
+    with pytest.raises(ValueError, match="TLS"):
+        BusConfig("mqtts://broker:8883").host_port()
+    with pytest.raises(ValueError):
+        BusConfig("http://broker").host_port()
+    t = Topics("lab/x")
+    assert t.event("r1") == "lab/x/run/r1/event" and t.control("r1") == "lab/x/run/r1/control"
+    assert t.shared_jobs == "$share/mlrb-runners/lab/x/jobs" and t.jobs == "lab/x/jobs"
+    assert t.all_events == "lab/x/run/+/event" and t.runner_state("h1") == "lab/x/runner/h1/state"
+    assert t.run_of("lab/x/run/r1/event") == "r1" and t.run_of("lab/x/run/r1/control") == "r1"
+    assert t.run_of("lab/x/run/r1/other") is None and t.run_of("lab/x/run/$bad/event") is None
+    assert t.run_of("lab/y/run/r1/event") is None
+
+
+async def test_round_trip_of_batches_in_order(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BusConfig(broker.url)
+    journal = Journal(tmp_path / "j.db")
+    reader = JournalReader(tmp_path / "j.db")
+    sink = Sink()
+    sub, task = await subscribe(config, sink)
+    pub = EventPublisher(config, "host-a", reader.events)
+    await pub.start()
+    try:
+        runs = {f"run-{i}": make_events(f"run-{i}", 1200) for i in range(3)}
+        for k in range(0, 1200, 100):  # interleaved, as several supervisors would write
+            for evs in runs.values():
+                chunk = evs[k:k + 100]
+                await journal.write(chunk)
+                pub.publish(chunk)
+        assert await pub.flush(15)
+        await until(lambda: len(sink.keys) == 3600)
+        for run in runs:  # per run, in seq order: a subscriber can dedupe and spot gaps
+            assert sink.order[run] == list(range(1, 1201))
+        assert pub.published == 3600 and pub.resent == 0
+        assert sub.rejects.total == 0
+    finally:
+        await pub.stop()
+        task.cancel()
+        journal.close()
+
+
+async def test_outage_events_are_resent_from_the_journal(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus, "MAX_PENDING_EVENTS", 100)  # the outage overflows memory
+    config = BusConfig(broker.url)
+    journal = Journal(tmp_path / "j.db")
+    reader = JournalReader(tmp_path / "j.db")
+    sink = Sink()
+    sub, task = await subscribe(config, sink)
+    pub = EventPublisher(config, "host-a", reader.events)
+    pub.backoff_min = pub.backoff_max = 30.0  # reconnects only when told, after the subscriber
+    await pub.start()
+    try:
+        await until(lambda: pub.connected)
+        first = make_events("run-a", 200)
+        await journal.write(first)
+        pub.publish(first)
+        assert await pub.flush(10)
+        await broker.stop()
+        await until(lambda: not pub.connected and not sub.connected)
+        during = make_events("run-a", 500, start=201) + make_events("run-b", 50)
+        await journal.write(during)
+        pub.publish(during)
+        assert not await pub.flush(0.2)
+        again = EmbeddedBroker(tmp_path / "broker2", port=broker.port, prefer=broker.kind)
+        assert await again.start() == broker.url
+        try:
+            await asyncio.wait_for(sub.ready.wait(), 15)
+            pub.retry_now()
+            assert await pub.flush(15)
+            await until(lambda: len(sink.keys) == 750)
+            assert sink.keys == {("run-a", s) for s in range(1, 701)} | {
+                ("run-b", s) for s in range(1, 51)}
+            assert pub.resent >= 500 - 100
+        finally:
+            await pub.stop()
+            await again.stop()
+    finally:
+        task.cancel()
+        journal.close()
+
+
+async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> None:
+    config = BusConfig(broker.url)
+    rejects = RejectCounter()
+    sink = Sink()
+    sub, task = await subscribe(config, sink, rejects)
+    t = Topics(config.prefix)
+    good = make_events("run-a", 1)[0]
+    other = make_events("run-b", 1)[0]
+    unknown = {**good.to_dict(), "kind": "agent.teleport"}
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port,
+                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish(t.event("run-a"), b"{not json", qos=1)
+            await c.publish(t.event("run-a"), b"[" + b" " * (4 * 1024 * 1024) + b"]", qos=1)
+            await c.publish(t.event("run-a"), json.dumps([unknown]).encode(), qos=1)
+            await c.publish(t.event("run-a"), json.dumps([other.to_dict()]).encode(), qos=1)
+            await c.publish(t.event("run-a"), b"\xff\xfe", qos=1)
+            await c.publish(t.event("run-a"), json.dumps([good.to_dict()]).encode(), qos=1)
+        await until(lambda: sub.received == 1)
+        await until(lambda: rejects.total == 5)
+        assert dict(rejects.counts) == {"bad_json": 2, "oversized": 1, "unknown_kind": 1,
+                                        "run_mismatch": 1}
+        assert sink.keys == {("run-a", 1)} and sub.connected
+    finally:
+        task.cancel()
+
+
+async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BusConfig(broker.url)
+    reader = JournalReader(tmp_path / "j.db")
+    runners = [EventPublisher(config, f"host-{i}", reader.events) for i in range(2)]
+    jobs: dict[str, list[dict[str, object]]] = {"host-0": [], "host-1": []}
+    commands: list[ControlCommand] = []
+    rejects = RejectCounter()
+    for r in runners:
+        await r.start()
+    try:
+        await until(lambda: all(r.connected for r in runners))
+        for r in runners:
+            async def take(job: dict[str, object], rid: str = r.runner_id) -> None:
+                jobs[rid].append(job)
+            await r.listen_jobs(take, rejects)
+
+        async def on_command(cmd: ControlCommand) -> None:
+            commands.append(cmd)
+        await runners[0].listen_controls(on_command, rejects)
+        for i in range(10):
+            await submit_job(config, {"task": "llm_merging", "n": i})
+        await until(lambda: len(jobs["host-0"]) + len(jobs["host-1"]) == 10)
+        got = sorted(int(j["n"]) for js in jobs.values() for j in js)  # type: ignore[call-overload]
+        assert got == list(range(10))  # each job to exactly one runner
+        assert jobs["host-0"] and jobs["host-1"]  # and the queue is shared
+
+        await submit_job(config, {"no_task": True})
+        t = Topics(config.prefix)
+        async with aiomqtt.Client("127.0.0.1", broker.port,
+                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish(t.jobs, b"[1, 2]", qos=1)
+            await c.publish(t.control("run-a"), b'{"run": "run-a", "action": "explode"}', qos=1)
+            spoof = ControlCommand(run="run-b", action="kill", operator="eve")
+            await c.publish(t.control("run-a"), spoof.to_json(), qos=1)
+        cmd = ControlCommand(run="run-a", action="hold", operator="ana@lab", reason="look")
+        await send_control(config, cmd)
+        await until(lambda: len(commands) == 1 and rejects.total == 4)
+        assert commands[0] == cmd
+        assert dict(rejects.counts) == {"bad_job": 2, "bad_control": 1, "run_mismatch": 1}
+    finally:
+        for r in runners:
+            await r.stop()
+
+
+RUNNER_SCRIPT = """
+import asyncio, sys
+from runner.bus import BusConfig, EventPublisher
+async def main():
+    pub = EventPublisher(BusConfig(sys.argv[1]), "doomed", lambda run, after, limit: [])
+    await pub.start()
+    while not pub.connected:
+        await asyncio.sleep(0.01)
+    await pub.set_state({"online": True, "runs": ["run-a"]})
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_runner_state_is_retained_and_the_will_says_offline(broker: EmbeddedBroker) -> None:
+    config = BusConfig(broker.url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RUNNER_SCRIPT, broker.url, stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+        states = await read_runner_states(config)
+        assert states["doomed"] == {"online": True, "runs": ["run-a"]}
+    finally:
+        proc.kill()  # the connection drops without DISCONNECT: the broker sends the will
+        await proc.wait()
+
+    async def offline() -> bool:
+        return (await read_runner_states(config, timeout=0.3)).get("doomed") == "offline"
+    for _ in range(50):
+        if await offline():
+            break
+    assert await offline()
+
+
+async def test_a_clean_stop_publishes_offline(broker: EmbeddedBroker) -> None:
+    config = BusConfig(broker.url)
+    pub = EventPublisher(config, "tidy", lambda run, after, limit: [])
+    await pub.start()
+    await until(lambda: pub.connected)
+    await pub.set_state({"online": True})
+    assert (await read_runner_states(config))["tidy"] == {"online": True}
+    await pub.stop()
+    assert (await read_runner_states(config))["tidy"] == "offline"
+
+
+async def test_missing_broker(tmp_path: Path) -> None:
+    config = BusConfig(f"mqtt://127.0.0.1:{free_port()}")
+    cmd = ControlCommand(run="run-a", action="kill", operator="ana")
+    with pytest.raises(BusUnavailable, match=config.url.replace(".", r"\.")):
+        await send_control(config, cmd, timeout=2)
+    with pytest.raises(BusUnavailable):
+        await submit_job(config, {"task": "x"}, timeout=2)
+    with pytest.raises(BusUnavailable):
+        await read_runner_states(config, timeout=0.5)
+    pub = EventPublisher(config, "lonely", lambda run, after, limit: [])
+    await pub.start()  # does not fail: it keeps retrying in the background
+    pub.publish(make_events("run-a", 3))
+    assert not pub.connected and not await pub.flush(0.3)
+    await pub.stop()
+
+
+async def test_with_the_conftest_mosquitto(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    config = BusConfig(mosquitto.url, prefix="lab/v9")
+    journal = Journal(tmp_path / "j.db")
+    sink = Sink()
+    sub = EventSubscriber(config, sink, runs=["run-b"])
+    task = asyncio.create_task(sub.run())
+    await asyncio.wait_for(sub.ready.wait(), 10)
+    pub = EventPublisher(config, "h", JournalReader(tmp_path / "j.db").events)
+    await pub.start()
+    try:
+        evs = make_events("run-a", 5) + make_events("run-b", 5)
+        await journal.write(evs)
+        pub.publish(evs)
+        assert await pub.flush(10)
+        await until(lambda: len(sink.keys) == 5)
+        assert sink.keys == {("run-b", s) for s in range(1, 6)}  # only the runs asked for
+    finally:
+        await pub.stop()
+        task.cancel()
+        journal.close()
