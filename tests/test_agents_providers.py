@@ -42,6 +42,7 @@ class Loop:
 
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         assert kind in KINDS, kind
+        assert kind in ("agent.error", "agent.message", "usage"), f"an agent may not emit {kind}"
         Event("r1", len(self.events) + 1, 1.0, kind, data).to_json()  # JSON-clean, contract kind
         self.events.append((kind, data))
 
@@ -228,7 +229,7 @@ async def test_context_length_error_trims_and_retries(provider: str, srv: LLMSer
     turn = await loop.turn(answer(turn, big))
     assert turn.text == "fits now"
     assert [e["error"] for e in loop.of("agent.error")] == ["context_length"]
-    assert any(w["code"] == "history_trimmed" for w in loop.of("run.warning"))
+    assert any(m.get("code") == "history_trimmed" for m in loop.of("agent.message"))
     assert len(json.dumps(srv.requests[-1].body)) < len(json.dumps(srv.requests[-2].body)) - 10_000
     assert srv.refusals == []
     await loop.agent.close()
@@ -347,7 +348,8 @@ async def test_long_runs_are_trimmed_and_pairs_stay_intact(provider: str, srv: L
         turn = await loop.turn(answer(turn, "log line\n" * 400))
     assert srv.refusals == []  # every request paired each tool call with its result
     assert len(srv.requests) == steps
-    assert loop.of("run.warning") and all(w["code"] == "history_trimmed" for w in loop.of("run.warning"))
+    trims = [m for m in loop.of("agent.message") if m["role"] == "system"]
+    assert trims and all(m["code"] == "history_trimmed" for m in trims)
     last = srv.requests[-1].body
     assert len(json.dumps(last)) < 12_000 * 4
     text = json.dumps(last)

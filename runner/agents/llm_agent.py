@@ -215,11 +215,14 @@ class LLMAgent:
                       overhead_chars=self._overhead_chars(),
                       tokens_per_char=self._tokens_per_char, force=force)
         if report.changed:
-            await self._emit("run.warning", {
-                "code": "history_trimmed",
-                "message": (f"conversation trimmed from ~{report.before_tokens} to "
-                            f"~{report.after_tokens} tokens: {report.elided} outputs elided, "
-                            f"{report.dropped} steps dropped, {report.truncated} outputs cut")})
+            # An agent may emit only agent.* and usage events; a system-role message
+            # shows the trim in the transcript where the operator reads the conversation.
+            await self._emit("agent.message", {
+                "role": "system", "code": "history_trimmed",
+                "elided": report.elided, "dropped": report.dropped, "truncated": report.truncated,
+                "text": (f"[conversation trimmed from ~{report.before_tokens} to "
+                         f"~{report.after_tokens} tokens: {report.elided} outputs elided, "
+                         f"{report.dropped} steps dropped, {report.truncated} outputs cut]")})
 
     async def _call_with_retries(self, step: int) -> Completion | ProviderError:
         attempt = 0
