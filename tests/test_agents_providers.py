@@ -167,7 +167,8 @@ async def test_rate_limit_waits_as_told_then_succeeds(provider: str, srv: LLMSer
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_server_error_then_success(provider: str, srv: LLMServer) -> None:
-    srv.script(Reply.error(500, "internal"), Reply.error(529 if provider == "anthropic" else 503),
+    srv.script(Reply.error(500, "internal \x1b[2J\x1b]0;pwned\x07"),
+               Reply.error(529 if provider == "anthropic" else 503),
                Reply.say("Thinking."))
     loop = await started(provider, srv)
     turn = await loop.turn()
@@ -176,6 +177,7 @@ async def test_server_error_then_success(provider: str, srv: LLMServer) -> None:
     kinds = ["server_error", "overloaded" if provider == "anthropic" else "server_error"]
     assert [e["error"] for e in errs] == kinds
     assert [e["attempt"] for e in errs] == [1, 2] and all(e["retrying"] for e in errs)
+    assert "internal" in errs[0]["detail"] and "\x1b" not in errs[0]["detail"]
     await loop.agent.close()
 
 

@@ -34,6 +34,7 @@ from runner.agents.history import (
     history_chars,
     trim,
 )
+from runner.escapes import strip_escapes
 from runner.tools import ToolArgsError, validate
 
 SCAFFOLD = """You are an autonomous machine-learning research agent working on a task from \
@@ -299,15 +300,16 @@ class LLMAgent:
             if problem:
                 await self._emit("agent.error", {
                     "error": kind, "detail": self._scrub(problem)[:2000], "call_id": cid,
-                    "tool": name[:200], "retrying": False})
+                    "tool": self._scrub(name[:200]), "retrying": False})
             calls.append(call)
             records.append(CallRecord(id=cid, name=name, wire_args=rc.wire_args))
         return calls, records
 
     def _scrub(self, text: str) -> str:
+        """Provider and model text bound for events: no key, no terminal escapes."""
         for s in self._secrets:
             text = text.replace(s, "***")
-        return text
+        return strip_escapes(text)
 
     async def _emit(self, kind: str, data: dict[str, Any]) -> None:
         assert self._ctx is not None
