@@ -131,3 +131,8 @@ def test_make_agent_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (agent.name, agent.model) == ("openai", "gpt-4o")
     agent = make_agent("anthropic", None, {"api_key": "k"})
     assert (agent.name, agent.model) == ("anthropic", "claude-3-5-sonnet-20240620")
+    # The config may name a default model; the environment wins over the config's endpoint.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    agent = make_agent("openai", None, {"model": "gpt-4o-mini", "base_url": "http://elsewhere/v1"})
+    assert agent.model == "gpt-4o-mini"
+    assert str(agent.client.base_url).startswith("http://127.0.0.1:9/v1")  # type: ignore[attr-defined]

@@ -1,18 +1,23 @@
 """LLM agents: Claude through the Anthropic Messages API, GPT through OpenAI Chat Completions.
 
-`make_agent(kind, model, config)` builds one; keys and endpoints come from `config`, else the
-providers' environment variables (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY /
-OPENAI_BASE_URL), read on the host only. The scripted baseline lives in `runner.agent`.
+`make_agent(kind, model, config)` builds one; keys and endpoints come from the providers'
+environment variables (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY /
+OPENAI_BASE_URL), which win, else from `config` (the `[providers.<kind>]` table of the
+config file, which may also name a default `model`); they are read on the host only. The
+scripted baseline lives in `runner.agent`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from runner.agent import Agent
 from runner.agents.errors import AgentConfigError
 
 DEFAULT_MODELS = {"anthropic": "claude-3-5-sonnet-20240620", "openai": "gpt-4o"}
+_ENV = {"anthropic": {"api_key": "ANTHROPIC_API_KEY", "base_url": "ANTHROPIC_BASE_URL"},
+        "openai": {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}}
 OPTIONS = frozenset({"api_key", "base_url", "max_tokens", "context_window", "max_retries",
                      "timeout_s", "backoff_s", "max_backoff_s", "client"})
 
@@ -23,11 +28,17 @@ def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | Non
         raise ValueError(f"unknown agent kind {kind!r}; LLM agents are: {', '.join(DEFAULT_MODELS)}"
                          " (the scripted baseline is built by the runner)")
     opts = dict(config or {})
+    default_model = opts.pop("model", None)
+    # As the config file promises, the provider's environment variables win over it.
+    env = _ENV[kind]
+    for opt, var in env.items():
+        if os.environ.get(var):
+            opts.pop(opt, None)
     unknown = set(opts) - OPTIONS
     if unknown:
         raise AgentConfigError(f"unknown option(s) for the {kind} agent: {', '.join(sorted(unknown))};"
                                f" known: {', '.join(sorted(OPTIONS))}")
-    name = model or DEFAULT_MODELS[kind]
+    name = model or default_model or DEFAULT_MODELS[kind]
     if kind == "anthropic":
         from runner.agents.anthropic_agent import AnthropicAgent
 
