@@ -164,8 +164,11 @@ class EventPublisher:
         self._state: dict[str, Any] | None = None
         self._control_handler: tuple[Callable[[ControlCommand], Awaitable[None]], RejectCounter] | None = None
         self._job_handler: tuple[Callable[[dict[str, Any]], Awaitable[None]], RejectCounter] | None = None
-        self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=1000)
-        self._worker: asyncio.Task[None] | None = None
+        # controls and jobs wait in separate queues, so a job that waits for a free slot
+        # never holds up a kill
+        self._inboxes: dict[str, asyncio.Queue[aiomqtt.Message]] = {
+            "control": asyncio.Queue(maxsize=1000), "job": asyncio.Queue(maxsize=1000)}
+        self._workers: list[asyncio.Task[None]] = []
         self.connected = False
         self.published = 0
         self.resent = 0
@@ -180,7 +183,8 @@ class EventPublisher:
         self.config.host_port()  # a malformed URL is a configuration error: raise now
         if self._main_task is None:
             self._main_task = asyncio.create_task(self._main(), name=f"bus-{self.runner_id}")
-            self._worker = asyncio.create_task(self._handle_inbox(), name="bus-inbox")
+            self._workers = [asyncio.create_task(self._handle_inbox(q), name=f"bus-{name}s")
+                             for name, q in self._inboxes.items()]
 
     async def stop(self) -> None:
         """Flush briefly, publish state `offline`, disconnect cleanly."""
@@ -194,12 +198,11 @@ class EventPublisher:
                 await client.publish(self.topics.runner_state(self.runner_id), b"offline",
                                      qos=1, retain=True, timeout=2.0)
         self._stopping = True
-        for task in (self._main_task, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._main_task = self._worker = None
+        for task in (self._main_task, *self._workers):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._main_task, self._workers = None, []
         self.connected = False
 
     # -- publishing -----------------------------------------------------------------
@@ -350,8 +353,10 @@ class EventPublisher:
                     for st in list(self._runs.values()):
                         self._kick(st)
                     async for message in client.messages:
+                        inbox = self._inboxes[
+                            "control" if self.topics.run_of(message.topic.value) else "job"]
                         try:
-                            self._inbox.put_nowait(message)
+                            inbox.put_nowait(message)
                         except asyncio.QueueFull:
                             self._reject_message(message, "backlog")
             except asyncio.CancelledError:
@@ -414,9 +419,9 @@ class EventPublisher:
         if target is not None:
             target[1].add(reason, detail or topic)
 
-    async def _handle_inbox(self) -> None:
+    async def _handle_inbox(self, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
         while True:
-            message = await self._inbox.get()
+            message = await inbox.get()
             try:
                 await self._dispatch(message)
             except asyncio.CancelledError:
