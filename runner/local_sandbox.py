@@ -1,0 +1,250 @@
+"""The local-process sandbox: the fallback when no Docker engine answers. NOT isolated.
+
+Commands run as subprocesses of the runner, each in its own process group (so pause, stop
+and timeouts reach every child), with the host workspace as the working directory and a
+clean environment: nothing of the host's is passed on, so provider keys never reach the
+agent's commands. There is no `/workspace` here: the runner passes relative paths, and
+commands find the workspace in $MLRB_WORKSPACE and as their working directory. Memory is
+bounded by an address-space rlimit; CPU count and network are not limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from runner.sandbox import (
+    METRICS_FILE,
+    WORKSPACE,
+    CappedOutput,
+    ExecResult,
+    OutputCallback,
+    SandboxError,
+    SandboxSpec,
+    SandboxStatus,
+)
+
+KILL_GRACE_S = 5  # SIGTERM first, SIGKILL this long after, as the Docker sandbox does
+READ_CHUNK = 64 * 1024
+HELPER_DIR = Path(__file__).with_name("sandbox_image")  # where mlrb_metrics.py lives
+
+
+def address_space_limit(memory_bytes: int) -> int:
+    # Allocators and thread stacks reserve address space they never touch, so the rlimit
+    # gets slack above the memory budget; a runaway allocation still fails.
+    return max(2 * memory_bytes, memory_bytes + 2 * 1024**3)
+
+
+class LocalSandbox:
+    backend = "local"
+    isolated = False
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.cwd: Path = spec.workspace.resolve()  # where shell_argv() must be started
+        self.env: dict[str, str] = self._environment()
+        self._groups: set[int] = set()  # process-group ids of the commands now running
+        self._paused = False
+        self._started = False
+        self._stopped = False
+
+    @property
+    def id(self) -> str:
+        return f"local-{self.spec.run}"
+
+    def _environment(self) -> dict[str, str]:
+        path = os.pathsep.join(dict.fromkeys(
+            [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]))
+        env = {
+            "PATH": path,
+            "HOME": str(self.cwd),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(HELPER_DIR),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "MLRB_WORKSPACE": str(self.cwd),
+            "MLRB_METRICS_FILE": str(self.cwd / METRICS_FILE),
+        }
+        env.update(dict(self.spec.env))
+        return env
+
+    def _host_dir(self, workdir: str) -> Path:
+        if workdir == WORKSPACE or workdir.startswith(WORKSPACE + "/"):
+            return self.cwd / workdir[len(WORKSPACE):].lstrip("/")
+        return Path(workdir)
+
+    async def start(self) -> None:
+        await asyncio.to_thread((self.cwd / METRICS_FILE).parent.mkdir, parents=True, exist_ok=True)
+        self._started = True
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float = 600,
+        output_cap: int = 64 * 1024,
+        on_output: OutputCallback | None = None,
+        workdir: str = WORKSPACE,
+    ) -> ExecResult:
+        if not self._started or self._stopped:
+            raise SandboxError(f"cannot run a command: local sandbox {self.id} is "
+                               f"{'stopped' if self._stopped else 'not started'}")
+        if self._paused:
+            raise SandboxError(f"cannot run a command: local sandbox {self.id} is paused "
+                               "(resume it first)")
+        kb = address_space_limit(self.spec.limits.memory_bytes) // 1024
+        argv = ["bash", "-c", f'ulimit -v {kb} 2>/dev/null; ulimit -c 0; exec bash -c "$1"',
+                "mlrb-exec", command]
+        started = time.monotonic()
+        cwd = self._host_dir(workdir)
+        if not cwd.is_dir():
+            # as docker exec does: a missing working directory is exit 126, not an exception
+            return ExecResult(exit_code=126, output=f"cannot change to {workdir}: no such directory\n")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=self.env, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise SandboxError(f"cannot run a command in {self.cwd}: {exc}") from None
+        group = proc.pid  # start_new_session: the shell leads its own group
+        self._groups.add(group)
+        out = CappedOutput(output_cap)
+
+        async def pump(stream: asyncio.StreamReader, name: str) -> None:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            while True:
+                data = await stream.read(READ_CHUNK)
+                text = decoder.decode(data, final=not data)
+                if text:
+                    out.add(text)
+                    if on_output is not None:
+                        with contextlib.suppress(Exception):
+                            on_output(name, text)
+                if not data:
+                    return
+
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"),
+                                 proc.wait())
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(readers), timeout_s)
+        except TimeoutError:
+            timed_out = True
+            await self._terminate(group, proc)
+            try:
+                await asyncio.wait_for(asyncio.shield(readers), KILL_GRACE_S)
+            except TimeoutError:
+                readers.cancel()  # a daemonised grandchild still holds the pipes: stop reading
+        except asyncio.CancelledError:
+            await asyncio.shield(self._terminate(group, proc))
+            readers.cancel()
+            raise
+        finally:
+            self._groups.discard(group)
+        if self._stopped:
+            raise SandboxError(f"local sandbox {self.id} stopped while a command ran")
+        code = proc.returncode
+        if code is not None and code < 0:
+            code = 128 - code  # killed by a signal: report it as a shell would (137 for KILL)
+        return ExecResult(
+            exit_code=None if timed_out else code,
+            output=out.text(),
+            truncated=out.truncated,
+            timed_out=timed_out,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+
+    async def _terminate(self, group: int, proc: asyncio.subprocess.Process) -> None:
+        self._signal(group, signal.SIGTERM)
+        self._signal(group, signal.SIGCONT)  # a frozen group must wake to die of SIGTERM
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        except TimeoutError:
+            pass
+        self._signal(group, signal.SIGKILL)  # children that outlived the shell, too
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+
+    @staticmethod
+    def _signal(group: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+    async def pause(self) -> None:
+        self._paused = True
+        for group in list(self._groups):
+            self._signal(group, signal.SIGSTOP)
+
+    async def unpause(self) -> None:
+        self._paused = False
+        for group in list(self._groups):
+            self._signal(group, signal.SIGCONT)
+
+    async def status(self) -> SandboxStatus:
+        if self._stopped:
+            return SandboxStatus(running=False, reason="stopped")
+        if not self._started:
+            return SandboxStatus(running=False, reason="not started")
+        return SandboxStatus(running=not self._paused, paused=self._paused)
+
+    async def stats(self) -> dict[str, float | int | None]:
+        return await asyncio.to_thread(self._stats)
+
+    def _members(self) -> list[psutil.Process]:
+        groups = set(self._groups)
+        found: list[psutil.Process] = []
+        if not groups:
+            return found
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(proc.pid) in groups:
+                    found.append(proc)
+        return found
+
+    def _stats(self, interval: float = 0.5) -> dict[str, float | int | None]:
+        members = self._members()
+
+        def cpu_seconds() -> float:
+            total = 0.0
+            for proc in members:
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+            return total
+
+        before, t0 = cpu_seconds(), time.monotonic()
+        if members:
+            time.sleep(interval)
+        elapsed = time.monotonic() - t0
+        used = cpu_seconds() - before
+        rss = 0
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                rss += proc.memory_info().rss
+        return {
+            "cpu_pct": round(max(used, 0.0) / elapsed * 100.0, 2) if elapsed > 0 else 0.0,
+            "mem_bytes": rss,
+            "mem_limit": self.spec.limits.memory_bytes,
+            "cpu_limit": self.spec.limits.cpus,
+            "pids": len(members),
+        }
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for group in list(self._groups):
+            self._signal(group, signal.SIGKILL)
+
+    def shell_argv(self) -> list[str]:
+        """`bash`, to be started with cwd=self.cwd and env=self.env (no /workspace here)."""
+        return ["bash"]
