@@ -139,9 +139,12 @@ async def test_outage_events_are_resent_from_the_journal(
         await journal.write(first)
         pub.publish(first)
         assert await pub.flush(10)
+        burst = make_events("run-a", 2000, start=201)  # in flight when the broker goes
+        await journal.write(burst)
+        pub.publish(burst)
         await broker.stop()
         await until(lambda: not pub.connected and not sub.connected)
-        during = make_events("run-a", 500, start=201) + make_events("run-b", 50)
+        during = make_events("run-a", 500, start=2201) + make_events("run-b", 50)
         await journal.write(during)
         pub.publish(during)
         assert not await pub.flush(0.2)
@@ -151,8 +154,8 @@ async def test_outage_events_are_resent_from_the_journal(
             await asyncio.wait_for(sub.ready.wait(), 15)
             pub.retry_now()
             assert await pub.flush(15)
-            await until(lambda: len(sink.keys) == 750)
-            assert sink.keys == {("run-a", s) for s in range(1, 701)} | {
+            await until(lambda: len(sink.keys) == 2750)
+            assert sink.keys == {("run-a", s) for s in range(1, 2701)} | {
                 ("run-b", s) for s in range(1, 51)}
             assert pub.resent >= 500 - 100
         finally:
