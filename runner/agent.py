@@ -74,6 +74,8 @@ class Agent(Protocol):
     name: str  # "scripted" | "anthropic" | "openai"
     model: str
 
+    # An agent records its own words (agent.message), usage and provider errors through
+    # ctx.emit as they happen; AgentTurn.text is for the runner's own decisions only.
     async def start(self, ctx: AgentContext) -> None: ...
 
     async def turn(self, obs: Observation) -> AgentTurn: ...
@@ -101,12 +103,16 @@ class ScriptedAgent:
     async def turn(self, obs: Observation) -> AgentTurn:
         failed = [r for r in obs.results if not r.ok]
         if failed:
-            return AgentTurn(calls=[], text=f"step failed: {failed[0].output[-300:]}", done=True)
+            text = f"step failed: {failed[0].output[-300:]}"
+            await self._emit("agent.message", {"role": "assistant", "text": text})
+            return AgentTurn(calls=[], text=text, done=True)
         if self._next >= len(self._plan):
             return AgentTurn(calls=[], done=True)
         call = self._plan[self._next]
         self._next += 1
-        return AgentTurn(calls=[call], text=f"plan step {self._next}/{len(self._plan)}: {call.name}")
+        text = f"plan step {self._next}/{len(self._plan)}: {call.name}"
+        await self._emit("agent.message", {"role": "assistant", "text": text})
+        return AgentTurn(calls=[call], text=text)
 
     async def close(self) -> None:
         return None

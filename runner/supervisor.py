@@ -314,9 +314,6 @@ class RunSupervisor:
             messages, self._messages = self._messages, []
             notices, self._notices = self._notices, []
             turn = await self.agent.turn(Observation(self._steps, time_left, results, messages, notices))
-            if turn.text:
-                await self.emit("agent.message", {"role": "assistant",
-                                                  "text": strip_escapes(turn.text)[:64_000]})
             if not turn.calls:
                 failures = failures + 1 if not turn.done else 0
                 if turn.done:

@@ -16,6 +16,7 @@ This module knows nothing of the engine: the runner calls it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import json
 import math
 import shutil
@@ -156,17 +157,32 @@ def load_spec_file(path: Path) -> TaskSpec:
     )
 
 
-def list_tasks(root: Path = TASKS_ROOT) -> list[TaskSpec]:
-    return [load_spec_file(p) for p in sorted(root.glob("*/task.toml"))]
+def task_roots() -> list[Path]:
+    """Where bundles are looked up: the seven shipped ones, then MLRB_TASKS_PATH (a
+    colon-separated list of folders of extra bundles, e.g. a lab's own tasks)."""
+    extra = [Path(p).expanduser() for p in os.environ.get("MLRB_TASKS_PATH", "").split(os.pathsep) if p]
+    return [TASKS_ROOT, *extra]
 
 
-def task_names(root: Path = TASKS_ROOT) -> list[str]:
-    return [p.parent.name for p in sorted(root.glob("*/task.toml"))]
+def _spec_paths(root: Path | None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for r in [root] if root is not None else task_roots():
+        for p in sorted(r.glob("*/task.toml")):
+            found.setdefault(p.parent.name, p)
+    return found
 
 
-def load_task(name: str, root: Path = TASKS_ROOT) -> TaskSpec:
-    path = root / name / "task.toml"
-    if not path.is_file():
+def list_tasks(root: Path | None = None) -> list[TaskSpec]:
+    return [load_spec_file(p) for p in _spec_paths(root).values()]
+
+
+def task_names(root: Path | None = None) -> list[str]:
+    return list(_spec_paths(root))
+
+
+def load_task(name: str, root: Path | None = None) -> TaskSpec:
+    path = _spec_paths(root).get(name)
+    if path is None:
         known = ", ".join(task_names(root)) or "none"
         raise TaskSpecError(f"unknown task {name!r} (known: {known})")
     return load_spec_file(path)
