@@ -16,9 +16,9 @@ This module knows nothing of the engine: the runner calls it.
 from __future__ import annotations
 
 import importlib.util
-import os
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
