@@ -1,0 +1,318 @@
+"""The MLRB Console app: one client of the headless engine.
+
+It reads the SQLite journal for backfill and history, follows the MQTT bus for live events
+(falling back to polling the journal when the bus is down), and sends control commands over
+the bus. Repaints are batched on a timer at `repaint_hz` and nothing animates, so it stays
+light over SSH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import App
+from textual.binding import Binding
+
+from mlrb_tui.replay import ReplayController, ReplayError
+from mlrb_tui.screens.confirm_kill import KillConfirm
+from mlrb_tui.screens.dashboard import DashboardScreen
+from mlrb_tui.screens.help import HelpScreen
+from mlrb_tui.screens.run_view import RunScreen
+from mlrb_tui.source import LiveSource, SendFailed
+from mlrb_tui.state import FleetState, one_line
+from runner.bus import BusConfig
+from runner.control import ControlCommand, default_operator
+from runner.events import TERMINAL_STATUSES
+from runner.journal import JournalReader
+
+CONTROL_ACTIONS = ("hold", "freeze", "resume", "kill")
+KEY_NAMES = {
+    "question_mark": "?", "slash": "/", "left_square_bracket": "[", "right_square_bracket": "]",
+    "plus": "+", "equals_sign": "=", "minus": "-", "escape": "esc", "space": "space",
+}
+
+
+def key_label(keys: str) -> str:
+    return " ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
+
+
+class MLRBApp(App[None]):
+    CSS_PATH = "console.tcss"
+    TITLE = "MLRB Console"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("p", "control('hold')", "Hold", id="hold"),
+        Binding("f", "control('freeze')", "Freeze", id="freeze"),
+        Binding("r", "control('resume')", "Resume", id="resume"),
+        Binding("ctrl+k", "kill", "Kill", id="kill"),
+    ]
+
+    def __init__(self, journal_path: Path, bus: BusConfig | None = None, *,
+                 readonly: bool = False, replay_run: str | None = None,
+                 replay_speed: float = 1.0, operator: str | None = None,
+                 clock: Callable[[], float] = time.time, repaint_hz: float = 4.0,
+                 keymap: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.journal_path = Path(journal_path)
+        self.bus = bus
+        self.readonly = readonly or replay_run is not None
+        self.replay_run = replay_run
+        self.replay_speed = replay_speed
+        self.operator = operator or default_operator()
+        self.clock = clock
+        self.repaint_hz = max(0.5, min(float(repaint_hz), 30.0))
+        self._keymap = dict(keymap or {})
+        self.animation_level = "none"  # over SSH every frame costs; nothing here animates
+        self.fleet = FleetState()
+        self.source = LiveSource(self.journal_path, bus, fleet=self.fleet,
+                                 on_change=self.request_repaint)
+        self.dashboard: DashboardScreen | None = None
+        self.sent: dict[str, ControlCommand] = {}  # command id -> command, to match acks
+        self.acks_seen = 0
+        self._dirty = True
+        self._last_full = 0.0
+        self._replay_reader: JournalReader | None = None
+
+    # -- setup ----------------------------------------------------------------------
+    def use_source(self, source: LiveSource) -> None:
+        """Replace the live source before the app starts (tests inject feeds and senders)."""
+        source.fleet = self.fleet
+        source.on_change = self.request_repaint
+        self.source = source
+
+    def now(self) -> float:
+        return self.clock()
+
+    async def on_mount(self) -> None:
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        if self.replay_run is not None:
+            await self._open_replay(self.replay_run)
+        else:
+            self.dashboard = DashboardScreen()
+            await self.push_screen(self.dashboard)
+            self.run_worker(self._start_source(), name="live-source", group="source")
+        self.set_interval(1.0 / self.repaint_hz, self._tick, name="repaint")
+
+    async def _start_source(self) -> None:
+        try:
+            await self.source.start()
+        except Exception as exc:  # a broken journal or bus URL is shown, not raised
+            self.notify(f"cannot open the journal: {one_line(exc, 200)}", severity="error",
+                        timeout=30)
+        self.request_repaint()
+        self._tick()
+
+    async def _open_replay(self, run: str) -> None:
+        def build() -> ReplayController:
+            self._replay_reader = reader = JournalReader(self.journal_path)
+            row = reader.find_run(run)
+            return ReplayController(reader, row["run"] if row else run, speed=self.replay_speed)
+
+        try:
+            ctl = await asyncio.to_thread(build)
+        except (ReplayError, OSError, Exception) as exc:
+            self.exit(message=f"cannot replay {run}: {exc}")
+            return
+        await self.push_screen(RunScreen(ctl.run, replay=ctl))
+
+    async def on_unmount(self) -> None:
+        await self.source.stop()
+        if self._replay_reader is not None:
+            self._replay_reader.close()
+
+    # -- repainting -----------------------------------------------------------------
+    def request_repaint(self) -> None:
+        self._dirty = True
+
+    def _tick(self) -> None:
+        now = self.now()
+        screen = self.screen
+        if isinstance(screen, RunScreen):
+            screen.tick()
+        second = now - self._last_full >= 1.0
+        if not self._dirty and not second and not (isinstance(screen, RunScreen) and screen.replay):
+            return
+        self._dirty = False
+        added, changed = self.fleet.take_changes()
+        runs = added + sorted(changed.difference(added))
+        if second:
+            # elapsed time moves on for running runs without any event
+            self._last_full = now
+            runs += [r for r, row in self.fleet.rows.items()
+                     if row.get("status") == "running" and r not in changed]
+        if self.dashboard is not None and self.dashboard.is_mounted:
+            with self.batch_update():
+                self.dashboard.sync(self.fleet, now, runs)
+        if isinstance(screen, RunScreen):
+            screen.repaint(now)
+        self._show_acks()
+
+    def _show_acks(self) -> None:
+        acks = list(self.fleet.acks)
+        self.fleet.acks.clear()
+        for ev in acks:
+            cmd = self.sent.pop(str(ev.data.get("command_id")), None)
+            if cmd is None:
+                continue
+            self.acks_seen += 1
+            why = one_line(ev.data.get("reason", ""), 120)
+            if ev.data.get("accepted"):
+                self.notify(f"{cmd.action} {cmd.run}: accepted" + (f" ({why})" if why else ""),
+                            title="runner", timeout=6)
+            else:
+                self.notify(f"{cmd.action} {cmd.run}: refused — {why or 'no reason given'}",
+                            title="runner", severity="warning", timeout=10)
+
+    def topbar_text(self) -> Text:
+        text = Text()
+        text.append(" MLRB Console ", style="bold reverse")
+        if self.replay_run is not None:
+            text.append("  REPLAY ", style="bold magenta")
+            text.append(one_line(self.replay_run, 64))
+            text.append(f"   journal: {self.journal_path.name}", style="dim")
+            return text
+        text.append(f"  journal: {self.journal_path.name}", style="dim")
+        state = self.source.bus_state
+        style = {"online": "green", "offline": "bold red", "none": "yellow"}[state]
+        label = {"online": "online", "offline": "offline (polling the journal)",
+                 "none": "none (journal only)"}[state]
+        text.append("   bus: ", style="dim")
+        text.append(label, style=style)
+        text.append(f"   operator: {one_line(self.operator, 40)}", style="dim")
+        if self.readonly:
+            text.append("   READONLY", style="bold yellow")
+        return text
+
+    # -- navigation -----------------------------------------------------------------
+    def open_run(self, run: str) -> None:
+        self.push_screen(RunScreen(run))
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        keys: list[tuple[str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        screen = self.screen
+        for key, active in self.active_bindings.items():
+            b = active.binding
+            # the app's, the screen's and the runs table's keys; not every widget's scrolling
+            if not active.enabled or b.system or not (
+                    active.node is self or active.node is screen
+                    or type(active.node).__name__ == "RunsTable"):
+                continue
+            label = b.description or b.action
+            if (key, label) in seen:
+                continue
+            seen.add((key, label))
+            keys.append((key_label(b.key_display or key), label))
+        keys.append(("ctrl+p", "command palette"))
+        notes = ["Controls act on the marked runs (space), else on the run under the cursor.",
+                 "Hold stops the agent at its next step (the clock stops); freeze also pauses"
+                 " the sandbox.", "Keys can be remapped by binding id in the config (keys)."]
+        if self.readonly:
+            notes.insert(0, "Read-only: the controls that change a run are hidden.")
+        where = type(self.screen).__name__.removesuffix("Screen").lower()
+        self.push_screen(HelpScreen(keys, f"Keys ({where})", notes))
+
+    # -- controls -------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("control", "kill"):
+            if self.readonly:
+                return False
+            return isinstance(self.screen, (DashboardScreen, RunScreen))
+        return True
+
+    def targets(self) -> list[str]:
+        screen = self.screen
+        if isinstance(screen, RunScreen):
+            return [screen.run]
+        if isinstance(screen, DashboardScreen):
+            return screen.table.targets()
+        return []
+
+    def action_control(self, action: str) -> None:
+        if self.readonly or action not in CONTROL_ACTIONS:
+            return
+        runs = self.targets()
+        if not runs:
+            self.notify("no run selected", severity="warning")
+            return
+        for run in runs:
+            row = self.fleet.rows.get(run, {})
+            if row.get("status") in TERMINAL_STATUSES:
+                self.notify(f"{run} has ended ({row.get('status')})", severity="warning")
+                continue
+            self.send(ControlCommand(run=run, action=action, operator=self.operator,
+                                     reason=f"{action} from the console"))
+
+    def action_kill(self) -> None:
+        if self.readonly:
+            return
+        runs = [r for r in self.targets()
+                if self.fleet.rows.get(r, {}).get("status") not in TERMINAL_STATUSES]
+        if not runs:
+            self.notify("no live run selected to kill", severity="warning")
+            return
+        detail = ""
+        if len(runs) == 1:
+            row = self.fleet.rows.get(runs[0], {})
+            detail = (f"{one_line(row.get('task') or '?', 40)} · {one_line(row.get('agent') or '?', 20)}"
+                      f" · {one_line(row.get('status') or '?', 12)}")
+        modal = KillConfirm(runs, detail)
+
+        def done(confirmed: bool | None) -> None:
+            if not confirmed:
+                self.notify("kill cancelled", timeout=2)
+                return
+            for run in runs:
+                self.send(ControlCommand(run=run, action="kill", operator=self.operator,
+                                         reason=modal.reason))
+
+        self.push_screen(modal, done)
+
+    def send(self, command: ControlCommand) -> None:
+        self.sent[command.id] = command
+        if len(self.sent) > 500:  # commands never answered are forgotten, oldest first
+            self.sent.pop(next(iter(self.sent)))
+        self.run_worker(self._send(command), group="controls")
+
+    async def _send(self, command: ControlCommand) -> None:
+        try:
+            await self.source.send(command)
+        except SendFailed as exc:
+            self.sent.pop(command.id, None)
+            self.notify(f"{command.action} {command.run} not sent: {one_line(exc, 200)}",
+                        severity="error", timeout=10)
+            return
+        except Exception as exc:  # any failure to send is the operator's to see, not a crash
+            self.sent.pop(command.id, None)
+            self.notify(f"{command.action} {command.run} failed: {one_line(exc, 200)}",
+                        severity="error", timeout=10)
+            return
+        self.notify(f"{command.action} sent to {command.run}; waiting for the runner", timeout=3)
+
+
+def run_console(journal_path: Path, bus: BusConfig | None = None, *, readonly: bool = False,
+                replay_run: str | None = None, replay_speed: float = 1.0,
+                operator: str | None = None, clock: Callable[[], float] = time.time,
+                repaint_hz: float = 4.0, keymap: dict[str, str] | None = None) -> None:
+    """Open the console and return when the operator quits."""
+    app = MLRBApp(journal_path, bus, readonly=readonly, replay_run=replay_run,
+                  replay_speed=replay_speed, operator=operator, clock=clock,
+                  repaint_hz=repaint_hz, keymap=keymap)
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)
+
+
+__all__ = ["MLRBApp", "run_console"]
+
+

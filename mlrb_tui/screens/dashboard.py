@@ -1,0 +1,105 @@
+"""The runs dashboard: every run in one table, a status line, a filter."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from mlrb_tui.state import FleetState
+from mlrb_tui.widgets.runs_table import RunsTable
+
+if TYPE_CHECKING:
+    from mlrb_tui.app import MLRBApp
+
+
+class DashboardScreen(Screen[None]):
+    BINDINGS = [
+        Binding("enter", "open_run", "Open", id="open"),
+        Binding("slash", "filter", "Filter", id="filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
+    ]
+
+    app: MLRBApp
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar")
+        yield RunsTable(id="runs")
+        yield Input(placeholder="filter runs (run, task, agent, status; !text inverts)",
+                    id="filter")
+        yield Static(id="summary")
+        yield Footer()
+
+    @property
+    def table(self) -> RunsTable:
+        return self.query_one("#runs", RunsTable)
+
+    @property
+    def filter_input(self) -> Input:
+        return self.query_one("#filter", Input)
+
+    def on_mount(self) -> None:
+        self.filter_input.display = False
+        self.table.focus()
+
+    def sync(self, fleet: FleetState, now: float, runs: list[str]) -> None:
+        self.table.sync(fleet, now, runs)
+        self.query_one("#topbar", Static).update(self.app.topbar_text())
+        self.query_one("#summary", Static).update(self._summary(fleet))
+
+    def _summary(self, fleet: FleetState) -> Text:
+        counts: dict[str, int] = {}
+        for row in fleet.rows.values():
+            counts[str(row.get("status"))] = counts.get(str(row.get("status")), 0) + 1
+        text = Text(f" {len(fleet.rows)} runs", style="bold")
+        for status in ("running", "held", "frozen", "queued", "succeeded", "failed", "killed",
+                       "limit"):
+            if counts.get(status):
+                text.append(f" · {counts[status]} {status}")
+        table = self.table
+        if table.filter_text:
+            text.append(f"   filter: {table.filter_text!r} ({table.row_count} shown)",
+                        style="yellow")
+        if table.marked:
+            text.append(f"   {len(table.marked)} marked", style="magenta")
+        return text
+
+    # -- actions --------------------------------------------------------------------
+    def action_open_run(self) -> None:
+        run = self.table.current_run
+        if run is not None:
+            self.app.open_run(run)
+
+    @on(DataTable.RowSelected, "#runs")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.app.open_run(event.row_key.value)
+
+    def action_filter(self) -> None:
+        box = self.filter_input
+        box.display = True
+        box.value = self.table.filter_text
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        if self.table.filter_text or self.filter_input.display:
+            self.filter_input.value = ""
+            self.filter_input.display = False
+            self.table.set_filter("")
+            self.table.focus()
+            self.app.request_repaint()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.table.set_filter(event.value)
+        self.app.request_repaint()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.filter_input.display = bool(event.value)
+        self.table.focus()

@@ -1,0 +1,169 @@
+"""The run view: header, the agent's actions, metric charts, sandbox output; live or replay."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from mlrb_tui.replay import ReplayController
+from mlrb_tui.state import RunState
+from mlrb_tui.widgets.metric_charts import MetricCharts
+from mlrb_tui.widgets.output_log import OutputLog
+from mlrb_tui.widgets.run_header import RunHeader
+from mlrb_tui.widgets.scrubber import Scrubber
+from mlrb_tui.widgets.timeline import ActionLog
+
+if TYPE_CHECKING:
+    from mlrb_tui.app import MLRBApp
+
+REPLAY_BINDINGS = [
+    Binding("space", "play_pause", "Play/pause", id="replay.play"),
+    Binding("plus,equals_sign", "faster", "Faster", id="replay.faster"),
+    Binding("minus", "slower", "Slower", id="replay.slower"),
+    Binding("left_square_bracket", "step_back", "Step back", id="replay.step_back"),
+    Binding("right_square_bracket", "step_forward", "Step", id="replay.step_forward"),
+    Binding("home", "seek(0)", "Start", show=False, id="replay.start"),
+    Binding("end", "seek(1)", "End", show=False, id="replay.end"),
+    *[Binding(str(d), f"seek({d / 10})", f"{d * 10}%", show=False, id=f"replay.seek{d}")
+      for d in range(10)],
+]
+
+
+class RunScreen(Screen[None]):
+    """One run. With a ReplayController it plays the recording; else it follows live."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="back"),
+        *REPLAY_BINDINGS,
+    ]
+
+    app: MLRBApp
+
+    def __init__(self, run: str, replay: ReplayController | None = None) -> None:
+        super().__init__()
+        self.run = run
+        self.replay = replay
+        self.state: RunState | None = replay.state if replay is not None else None
+        self._last_tick = time.monotonic()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar")
+        yield RunHeader(id="run-header")
+        with Horizontal(id="panes"):
+            with Vertical(id="left"):
+                yield Static("Actions", classes="pane-title")
+                yield ActionLog(id="actions")
+            with Vertical(id="right"):
+                yield Static("Metrics", classes="pane-title")
+                yield MetricCharts(id="charts")
+                yield Static("Sandbox output", classes="pane-title")
+                yield OutputLog(id="output")
+        if self.replay is not None:
+            yield Scrubber(id="scrubber")
+        yield Footer()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("play_pause", "faster", "slower", "step_back", "step_forward", "seek"):
+            return self.replay is not None
+        return True
+
+    def on_mount(self) -> None:
+        if self.replay is None:
+            self._load()
+        else:
+            self.repaint(self.app.now())
+
+    @work(exclusive=True, group="run-backfill")
+    async def _load(self) -> None:
+        self.state = await self.app.source.open_run(self.run)
+        self.repaint(self.app.now())
+
+    def on_unmount(self) -> None:
+        if self.replay is None:
+            self.app.source.close_run(self.run)
+
+    # -- painting -------------------------------------------------------------------
+    def row(self) -> dict[str, Any]:
+        if self.replay is not None:
+            return self.replay.row
+        return self.app.fleet.rows.get(self.run) or {"run": self.run, "status": "?"}
+
+    def tick(self) -> None:
+        """Called at the repaint rate; advances a playing replay."""
+        if self.replay is None:
+            return
+        mono = time.monotonic()
+        dt, self._last_tick = mono - self._last_tick, mono
+        if self.replay.playing:
+            self.replay.advance(dt)
+
+    def repaint(self, now: float) -> None:
+        if self.replay is not None:
+            now = self.replay.now_ts
+        self.query_one("#topbar", Static).update(self.app.topbar_text())
+        self.query_one(RunHeader).show(self.row(), now)
+        state = self.state
+        if state is not None:
+            if self.query_one(ActionLog).origin == 0.0:
+                created = self.row().get("created_ts")
+                if isinstance(created, (int, float)):
+                    self.query_one(ActionLog).origin = float(created)
+            self.query_one(ActionLog).sync(state)
+            self.query_one(OutputLog).sync(state)
+            self.query_one(MetricCharts).sync(state)
+        if self.replay is not None:
+            self.query_one(Scrubber).show(self.replay)
+
+    # -- actions --------------------------------------------------------------------
+    def action_back(self) -> None:
+        if self.app.replay_run is not None and len(self.app.screen_stack) <= 2:
+            self.app.exit()
+            return
+        self.dismiss(None)
+
+    def _after_replay_action(self) -> None:
+        self._last_tick = time.monotonic()
+        self.repaint(self.app.now())
+
+    def action_play_pause(self) -> None:
+        if self.replay is not None:
+            if self.replay.finished and not self.replay.playing:
+                self.replay.seek_seq(0)
+            self.replay.toggle()
+            self._after_replay_action()
+
+    def action_faster(self) -> None:
+        if self.replay is not None:
+            self.replay.faster()
+            self._after_replay_action()
+
+    def action_slower(self) -> None:
+        if self.replay is not None:
+            self.replay.slower()
+            self._after_replay_action()
+
+    def action_step_back(self) -> None:
+        if self.replay is not None:
+            self.replay.step_back()
+            self._after_replay_action()
+
+    def action_step_forward(self) -> None:
+        if self.replay is not None:
+            self.replay.step_forward()
+            self._after_replay_action()
+
+    def action_seek(self, fraction: float) -> None:
+        if self.replay is not None:
+            self.replay.seek_fraction(float(fraction))
+            self._after_replay_action()
+
+    @on(Scrubber.Seek)
+    def _scrub(self, event: Scrubber.Seek) -> None:
+        self.action_seek(event.fraction)

@@ -1,0 +1,57 @@
+"""The run view's header: who, what, status, time on the clock, and where it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from mlrb_tui.cells import elapsed_text, metric_text, status_text
+from mlrb_tui.state import fmt_bytes, one_line
+
+NOT_ISOLATED = "local sandbox — NOT isolated"
+
+
+def header_text(row: dict[str, Any], now: float) -> Text:
+    text = Text()
+    text.append(one_line(row.get("run", "?"), 64), style="bold")
+    text.append("  ")
+    text.append(one_line(row.get("task") or "—", 40), style="bold cyan")
+    text.append(f"  {one_line(row.get('agent') or '—', 20)}")
+    if row.get("model"):
+        text.append(f" ({one_line(row['model'], 40)})", style="dim")
+    text.append("   ")
+    text.append_text(status_text(row.get("status")))
+    text.append("   ")
+    text.append_text(elapsed_text(row, now))
+    text.append(f"   step {row.get('steps') or 0}", style="dim")
+    text.append("\n")
+    sandbox = row.get("sandbox")
+    if row.get("isolated") == 0:
+        text.append(f" ⚠ {NOT_ISOLATED} ", style="bold white on red")
+    elif sandbox:
+        text.append(f"sandbox: {one_line(sandbox, 20)} (isolated)", style="dim")
+    else:
+        text.append("sandbox: not started", style="dim")
+    text.append("   ")
+    text.append_text(metric_text(row))
+    if row.get("gpu_util") is not None:
+        text.append(f"   GPU {row['gpu_util']:.0f}%", style="")
+    if row.get("mem_bytes") is not None:
+        text.append(f"   mem {fmt_bytes(row['mem_bytes'])}", style="dim")
+    tokens = int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
+    if tokens:
+        text.append(f"   {tokens:,} tok ${float(row.get('cost_usd') or 0):.3f}", style="dim")
+    if row.get("score") is not None:
+        text.append(f"   score {row['score']:.4g}", style="bold green")
+    if row.get("flags"):
+        text.append(f"   ⚑ {row['flags']} integrity flag(s)", style="bold red")
+    if row.get("reason") and row.get("ended_ts"):
+        text.append(f"\nended: {one_line(row['reason'], 160)}", style="dim")
+    return text
+
+
+class RunHeader(Static):
+    def show(self, row: dict[str, Any], now: float) -> None:
+        self.update(header_text(row, now))
