@@ -292,6 +292,90 @@ def message(run: str, text: str) -> None:
     _control(run, "message", "operator message", {"text": text})
 
 
+@cli.command()
+@click.argument("run")
+@click.option("--reason", default="", help="Why (recorded).")
+def score(run: str, reason: str) -> None:
+    """Score RUN's current output now, off the clock."""
+    _control(run, "score", reason)
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("name", type=click.Choice(["time_s", "steps", "tokens", "cost_usd"]))
+@click.argument("value", type=float)
+@click.option("--reason", required=True, help="Why (recorded).")
+def limit(run: str, name: str, value: float, reason: str) -> None:
+    """Change one of RUN's limits mid-run."""
+    _control(run, "limit", reason, {"name": name, "value": value})
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--reason", default="", help="Why (recorded).")
+def approval(run: str, state: str, reason: str) -> None:
+    """Switch approval mode: every tool call of RUN waits for an operator."""
+    _control(run, "approval_mode", reason, {"on": state == "on"})
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("call_id")
+@click.option("--args", "edited", default=None, help="Edited arguments, as a JSON object.")
+@click.option("--reason", default="", help="Why (recorded).")
+def approve(run: str, call_id: str, edited: str | None, reason: str) -> None:
+    """Approve a waiting tool call (optionally with edited arguments)."""
+    args: dict[str, Any] = {"call_id": call_id}
+    if edited is not None:
+        try:
+            parsed = json.loads(edited)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--args")
+        args["args"] = parsed
+    _control(run, "approve", reason, args)
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("call_id")
+@click.option("--reason", required=True, help="Why: the agent sees it.")
+def reject(run: str, call_id: str, reason: str) -> None:
+    """Reject a waiting tool call; the agent sees the reason."""
+    _control(run, "reject", reason, {"call_id": call_id})
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--reason", default="", help="Why (recorded).")
+def shell(run: str, reason: str) -> None:
+    """Open an interactive shell in RUN's sandbox as the sandbox user (recorded)."""
+    import subprocess
+
+    from runner.journal import JournalReader
+    from runner.shell import ShellError, shell_command
+
+    cfg = _cfg()
+    reader = JournalReader(cfg.db_path)
+    try:
+        row = reader.find_run(run)
+        if row is None:
+            raise click.ClickException(f"no run {run!r}")
+        argv, cwd = shell_command(reader, row["run"], cfg.runs_dir)
+    except ShellError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        reader.close()
+    _control(row["run"], "shell", reason, {"state": "start"})
+    try:
+        code = subprocess.call(argv, cwd=cwd)
+    finally:
+        _control(row["run"], "shell", reason, {"state": "end"})
+    sys.exit(code)
+
+
 @cli.group()
 def image() -> None:
     """Build the sandbox images."""
