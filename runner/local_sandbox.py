@@ -185,6 +185,21 @@ class LocalSandbox:
         self._paused = True
         for group in list(self._groups):
             self._signal(group, signal.SIGSTOP)
+        # Signals land asynchronously; like `docker pause`, return once everything is frozen.
+        await asyncio.to_thread(self._wait_stopped)
+
+    def _wait_stopped(self, timeout_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            running = 0
+            for proc in self._members():
+                with contextlib.suppress(psutil.Error):
+                    if proc.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE,
+                                             psutil.STATUS_DEAD):
+                        running += 1
+            if not running:
+                return
+            time.sleep(0.01)
 
     async def unpause(self) -> None:
         self._paused = False
