@@ -13,6 +13,7 @@ import pytest
 
 from runner.docker_sandbox import DockerSandbox, container_name
 from runner.image import build_image
+from runner.local_sandbox import LocalSandbox
 from runner.metrics import parse_metrics_line
 from runner.sandbox import (
     METRICS_FILE,
@@ -21,8 +22,7 @@ from runner.sandbox import (
     SandboxLimits,
     SandboxSpec,
 )
-
-pytestmark = pytest.mark.docker
+from runner.sandbox_factory import SandboxUnavailable, create_sandbox, docker_available
 
 
 @pytest.fixture(scope="session")
@@ -299,3 +299,28 @@ def test_shell_argv(tmp_path: Path) -> None:
     sb = DockerSandbox(SandboxSpec(run="r-42", workspace=tmp_path))
     assert sb.shell_argv() == ["docker", "exec", "-it", "-u", "1000:1000", "-w", "/workspace",
                                "mlrb-r-42", "bash"]
+
+
+# -- choosing a backend ----------------------------------------------------------------------
+
+def test_docker_available_with_an_engine(docker_client: Any) -> None:
+    ok, reason = docker_available()
+    assert ok and reason == ""
+
+
+def test_auto_picks_docker_when_an_engine_answers(tmp_path: Path, docker_client: Any) -> None:
+    sb = create_sandbox(SandboxSpec(run="r", workspace=tmp_path))
+    assert isinstance(sb, DockerSandbox) and sb.isolated and sb.backend == "docker"
+    assert isinstance(create_sandbox(SandboxSpec(run="r", workspace=tmp_path), "local"), LocalSandbox)
+
+
+def test_without_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-docker.sock")
+    ok, reason = docker_available()
+    assert not ok and reason.startswith("no Docker engine answers")
+    sb = create_sandbox(SandboxSpec(run="r", workspace=tmp_path))
+    assert isinstance(sb, LocalSandbox) and sb.isolated is False
+    with pytest.raises(SandboxUnavailable, match="docker sandbox was asked for but no Docker engine"):
+        create_sandbox(SandboxSpec(run="r", workspace=tmp_path), "docker")
+    with pytest.raises(SandboxUnavailable, match="unknown sandbox backend"):
+        create_sandbox(SandboxSpec(run="r", workspace=tmp_path), "vm")
