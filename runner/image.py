@@ -71,12 +71,19 @@ def base_exists(name: str | None = None, client: Any = None) -> bool:
     return True
 
 
+def find_debootstrap() -> str | None:
+    # /usr/sbin is not on a non-login root PATH on some systems
+    found = shutil.which("debootstrap")
+    if found is None and Path("/usr/sbin/debootstrap").exists():
+        found = "/usr/sbin/debootstrap"
+    return found
+
+
 def build_base(name: str | None = None, suite: str = "bookworm", mirror: str | None = None,
                log: Callable[[str], None] = print) -> None:
     """debootstrap a minbase with python3 and pip, and import it into Docker as `name`."""
     name = name or default_base()
-    debootstrap = shutil.which("debootstrap") or (
-        "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None)
+    debootstrap = find_debootstrap()
     if debootstrap is None:
         raise ImageError("debootstrap is not installed (apt-get install debootstrap)")
     if os.geteuid() != 0:
