@@ -204,7 +204,7 @@ class MLRBApp(App[None]):
         for key, active in self.active_bindings.items():
             b = active.binding
             # the app's, the screen's and the runs table's keys; not every widget's scrolling
-            if not active.enabled or b.system or not (
+            if not active.enabled or b.system or b.id is None or not (
                     active.node is self or active.node is screen
                     or type(active.node).__name__ == "RunsTable"):
                 continue

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 class DashboardScreen(Screen[None]):
     BINDINGS = [
-        Binding("enter", "open_run", "Open", id="open"),
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
     ]

@@ -24,13 +24,14 @@ if TYPE_CHECKING:
     from mlrb_tui.app import MLRBApp
 
 REPLAY_BINDINGS = [
-    Binding("space", "play_pause", "Play/pause", id="replay.play"),
+    Binding("space", "play_pause", "Play/pause", id="replay.play", priority=True),
     Binding("plus,equals_sign", "faster", "Faster", id="replay.faster"),
     Binding("minus", "slower", "Slower", id="replay.slower"),
     Binding("left_square_bracket", "step_back", "Step back", id="replay.step_back"),
     Binding("right_square_bracket", "step_forward", "Step", id="replay.step_forward"),
-    Binding("home", "seek(0)", "Start", show=False, id="replay.start"),
-    Binding("end", "seek(1)", "End", show=False, id="replay.end"),
+    # priority: the logs' own home/end (scroll) would take these keys first
+    Binding("home", "seek(0)", "Start", show=False, id="replay.start", priority=True),
+    Binding("end", "seek(1)", "End", show=False, id="replay.end", priority=True),
     *[Binding(str(d), f"seek({d / 10})", f"{d * 10}%", show=False, id=f"replay.seek{d}")
       for d in range(10)],
 ]

@@ -31,6 +31,7 @@ class RunsTable(DataTable[Text | str]):
     """A DataTable that never rebuilds: rows are added, updated in place, sorted, removed."""
 
     BINDINGS = [
+        Binding("enter", "select_cursor", "Open", id="open"),
         Binding("space", "toggle_mark", "Mark", id="mark"),
         Binding("s", "cycle_sort", "Sort", id="sort"),
         Binding("S", "reverse_sort", "Reverse", show=False, id="reverse_sort"),
