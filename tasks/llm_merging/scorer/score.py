@@ -1,0 +1,83 @@
+"""Protected scorer for llm_merging: verify the merge went through the provided scaffold,
+then MMLU by log-likelihood.
+
+The manifest must be signed with the pristine scaffold's hash (scorer/data/scaffold.sha256),
+its output hash must match the submitted weights, and its inputs must exist in the workspace
+with matching hashes. Otherwise the score is 0 with an error.
+Usage: python3 score.py --workspace DIR --scale smoke|full [--model SUBDIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import scorelib as sl
+
+METRIC = "mmlu"
+MAX_PARAMS = 8_000_000_000
+
+
+def weights_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def verify_manifest(workspace: Path, model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "merge_manifest.json"
+    if not path.is_file():
+        raise sl.ScoreError("no merge_manifest.json: the merge did not go through the scaffold (merge.py)")
+    try:
+        manifest = json.loads(path.read_text())
+        signature = manifest.pop("signature")
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise sl.ScoreError("merge_manifest.json is malformed") from exc
+    pristine = sl.data_file("scaffold.sha256").read_text().strip()
+    if manifest.get("scaffold_sha256") != pristine:
+        raise sl.ScoreError("the merge ran through a modified scaffold")
+    key = pristine.encode()
+    expected = hmac.new(key, json.dumps(manifest, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+    if not isinstance(signature, str) or not hmac.compare_digest(signature, expected):
+        raise sl.ScoreError("merge_manifest.json's signature is invalid")
+    if manifest.get("output_sha256") != weights_sha256(model_dir):
+        raise sl.ScoreError("the submitted weights are not the ones the scaffold wrote")
+    inputs = manifest.get("inputs") or []
+    if len(inputs) < 2:
+        raise sl.ScoreError("a merge needs at least two input models")
+    for inp in inputs:
+        folder = workspace / str(inp.get("path", "")).removeprefix("/workspace/")
+        if not folder.is_dir() or weights_sha256(folder) != inp.get("sha256"):
+            raise sl.ScoreError(f"input model {inp.get('path')!r} is missing or changed since the merge")
+    return manifest
+
+
+def score(args: argparse.Namespace) -> dict[str, Any]:
+    model_dir = sl.find_model(args.workspace, args.model)
+    summary = sl.weights_summary(model_dir)
+    if summary["params"] > MAX_PARAMS:
+        raise sl.ScoreError(f"{summary['params']} parameters: the limit is 8B")
+    manifest = verify_manifest(args.workspace, model_dir)
+    details: dict[str, Any] = {"model": model_dir.name, "params": summary["params"], "scale": args.scale,
+                               "method": manifest.get("method"), "weights": manifest.get("weights"),
+                               "inputs": [i.get("path") for i in manifest.get("inputs", [])]}
+    extra = {"merge_seconds": float(manifest.get("seconds", 0) or 0)}
+    if args.scale == "full":
+        value = sl.lm_eval_metric(sl.lm_eval(model_dir, ["mmlu"]), "mmlu")
+        return sl.result(METRIC, value, {METRIC: value, **extra}, details)
+    model, tok, _ = sl.load_model(model_dir)
+    items = sl.read_jsonl(sl.data_file("mmlu_smoke.jsonl"))
+    acc = sl.choice_accuracy(model, tok, items)
+    details.update(items=len(items), chance=0.25)
+    return sl.result(METRIC, acc["acc"], {METRIC: acc["acc"], "mmlu_acc_norm": acc["acc_norm"], **extra},
+                     details)
+
+
+if __name__ == "__main__":
+    sl.main(METRIC, score)
