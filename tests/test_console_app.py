@@ -13,7 +13,7 @@ from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.scrubber import Scrubber
 from mlrb_tui.widgets.timeline import ActionLog
 from runner.events import EventFactory
-from tests.console_helpers import SIZE, Catcher, Feed, make_app, started, until
+from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, started, until
 from tests.fixtures.demo_journal import HELD, KILLED, NOW, RUNNING
 
 

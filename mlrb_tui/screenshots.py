@@ -1,0 +1,138 @@
+"""Regenerates screenshots/*.svg, one per screen, from the demo journal, deterministically.
+
+Run from the repository root: `python -m mlrb_tui.screenshots [OUT_DIR]`. The scenes here
+are also what the SVG snapshot tests compare, so the screenshots and the tests agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textual.pilot import Pilot
+
+from mlrb_tui.app import MLRBApp
+
+SIZE = (150, 40)
+Steps = Callable[[Pilot[None]], Awaitable[None]]
+
+
+async def _until(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise TimeoutError("the console did not reach the scene in time")
+        await pilot.pause(0.02)
+
+
+async def _dashboard(pilot: Pilot[None]) -> None:
+    app = pilot.app
+    assert isinstance(app, MLRBApp)
+    await _until(pilot, lambda: app.source.started.is_set() and app.dashboard is not None
+                 and app.dashboard.table.row_count == 3)
+    await _settle(pilot)
+
+
+async def _settle(pilot: Pilot[None]) -> None:
+    """Let pending repaints land, then redraw the table from scratch, so that the SVG does not
+    depend on which cells happened to be updated in place before the shot."""
+    app = pilot.app
+    assert isinstance(app, MLRBApp)
+    await pilot.pause()
+    if app.dashboard is not None:
+        app.dashboard.table._clear_caches()
+        app.dashboard.table.refresh()
+    await pilot.pause()
+
+
+async def _run_view(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("enter")
+    app = pilot.app
+    await _until(pilot, lambda: getattr(app.screen, "state", None) is not None
+                 and len(app.screen.query(".chart")) == 2)
+    await pilot.pause(0.2)  # charts draw after the layout refresh
+    await pilot.pause()
+
+
+async def _kill(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("down", "ctrl+k")
+    await pilot.pause()
+
+
+async def _help(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("question_mark")
+    await pilot.pause()
+
+
+async def _replay(pilot: Pilot[None]) -> None:
+    app = pilot.app
+    await _until(pilot, lambda: getattr(app.screen, "replay", None) is not None)
+    await pilot.press("space", "6")  # pause, then seek to 60%
+    await _until(pilot, lambda: len(app.screen.query(".chart")) == 2)
+    await pilot.pause(0.2)
+    await pilot.press("6")  # seek again so the charts show the same point after mounting
+    await pilot.pause()
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    steps: Steps
+    app_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+SCENES: tuple[Scene, ...] = (
+    Scene("dashboard", _dashboard),
+    Scene("run_view", _run_view),
+    Scene("kill_confirm", _kill),
+    Scene("help", _help),
+    Scene("replay", _replay, {"replay_run": "r-mini-pile-01", "replay_speed": 1.0}),
+)
+
+
+def scene_app(journal: Path, scene: Scene) -> MLRBApp:
+    """The app for a scene: the demo journal, a pinned clock, a fixed operator."""
+    from tests.fixtures.demo_journal import NOW, OPERATOR
+
+    return MLRBApp(journal, None, operator=OPERATOR, clock=lambda: NOW, **scene.app_kwargs)
+
+
+async def _shoot(journal: Path, scene: Scene, out: Path) -> Path:
+    app = scene_app(journal, scene)
+    async with app.run_test(size=SIZE) as pilot:
+        await scene.steps(pilot)
+        name = app.save_screenshot(f"{scene.name}.svg", str(out))
+    return Path(name)
+
+
+async def generate(out: Path) -> list[Path]:
+    from tests.fixtures.demo_journal import write_demo_journal
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = write_demo_journal(Path(tmp) / "demo-journal.db")
+        return [await _shoot(journal, scene, out) for scene in SCENES]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0]) if args else Path("screenshots")
+    try:
+        import tests.fixtures.demo_journal  # noqa: F401 - the demo journal lives with the tests
+    except ImportError:
+        sys.exit("run this from the repository root (it needs tests/fixtures/demo_journal.py)")
+    for path in asyncio.run(generate(out)):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
