@@ -317,7 +317,7 @@ async def test_journal_poll_is_the_live_source_without_a_bus(tmp_path: Path) -> 
     app = MLRBApp(path, BusConfig(f"mqtt://127.0.0.1:{free_port()}"), operator="ada@ops",
                   clock=lambda: NOW)
     app.source.poll_s = 0.1
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await started(pilot)
         assert "bus: offline" in app.topbar_text().plain
         f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
@@ -325,3 +325,8 @@ async def test_journal_poll_is_the_live_source_without_a_bus(tmp_path: Path) -> 
         journal.write_sync([f.make("metric", {"step": 900, "values": {"loss": 0.5}}, ts=NOW)])
         journal.close()
         await until(pilot, lambda: cell(app, RUNNING, "metric") == "loss=0.5@900")
+        # a control with no broker to take it is reported, not raised
+        await pilot.press("p")
+        await until(pilot, lambda: any("hold r-mini-pile-01 not sent" in n.message
+                                       for n in app._notifications))
+        assert app.sent == {} and app.is_running

@@ -1,0 +1,65 @@
+"""The console against a real Mosquitto: live events in, control commands out, acks back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from mlrb_tui.app import MLRBApp
+from runner.bus import BusConfig, Topics
+from runner.control import ControlCommand, parse_control
+from runner.events import EventFactory, encode_batch
+from tests.conftest import Mosquitto
+from tests.fixtures.console_app import SIZE, started, until
+from tests.fixtures.demo_journal import NOW, OPERATOR, RUNNING, write_demo_journal
+
+pytestmark = pytest.mark.mosquitto
+
+
+async def test_console_over_a_real_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    bus = BusConfig(mosquitto.url)
+    topics = Topics(bus.prefix)
+    app = MLRBApp(write_demo_journal(tmp_path / "journal.db"), bus, operator=OPERATOR,
+                  clock=lambda: NOW)
+    received: asyncio.Queue[ControlCommand] = asyncio.Queue()
+
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port,
+                              protocol=aiomqtt.ProtocolVersion.V5) as runner_side:
+        await runner_side.subscribe(topics.all_controls, qos=1)
+
+        async def listen() -> None:
+            async for message in runner_side.messages:
+                received.put_nowait(parse_control(bytes(message.payload)))  # type: ignore[arg-type]
+
+        listener = asyncio.create_task(listen())
+        try:
+            async with app.run_test(size=SIZE, notifications=True) as pilot:
+                await started(pilot)
+                await until(pilot, lambda: app.source.bus_state == "online")
+                assert "bus: online" in app.topbar_text().plain
+                # a live event published by "the runner" reaches the table
+                f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+                await runner_side.publish(topics.event(RUNNING), encode_batch(
+                    [f.make("metric", {"step": 640, "values": {"loss": 1.25}}, ts=NOW)]), qos=1)
+                await until(pilot, lambda: app.fleet.rows[RUNNING]["metric_value"] == 1.25)
+                # `p` sends a hold over the bus
+                await pilot.press("p")
+                await until(pilot, lambda: not received.empty())
+                cmd = received.get_nowait()
+                assert (cmd.run, cmd.action, cmd.operator) == (RUNNING, "hold", OPERATOR)
+                # the runner's ack comes back as an event and is shown
+                await runner_side.publish(topics.event(RUNNING), encode_batch([f.make(
+                    "control.ack", {"command_id": cmd.id, "action": "hold", "accepted": True,
+                                    "reason": "held at the next step"}, ts=NOW)]), qos=1)
+                await until(pilot, lambda: app.acks_seen == 1)
+                assert any("hold r-mini-pile-01: accepted" in n.message
+                           for n in app._notifications)
+                # a malformed payload is counted, never fatal
+                await runner_side.publish(topics.event(RUNNING), b"{not json", qos=1)
+                await until(pilot, lambda: app.source.rejects.total == 1)
+                assert app.is_running
+        finally:
+            listener.cancel()
