@@ -250,8 +250,9 @@ class MLRBApp(App[None]):
             if row.get("status") in TERMINAL_STATUSES:
                 self.notify(f"{run} has ended ({row.get('status')})", severity="warning")
                 continue
-            self.send(ControlCommand(run=run, action=action, operator=self.operator,
-                                     reason=f"{action} from the console"))
+            self.send(ControlCommand.model_validate(
+                {"run": run, "action": action, "operator": self.operator,
+                 "reason": f"{action} from the console"}))
 
     def action_kill(self) -> None:
         if self.readonly:
