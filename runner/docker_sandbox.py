@@ -238,10 +238,14 @@ class DockerSandbox:
                                f"({status.reason or 'not running'})")
         timed_out = code in (124, 137) and duration >= timeout_s * 0.98
         if not timed_out and code == 137:
-            status = await self.status()
-            if not status.running:
-                raise SandboxError(f"sandbox {self.name} stopped while a command ran "
-                                   f"({status.reason or 'not running'})")
+            # Killed: by the kernel inside a live container (an OOM kill of one process), or
+            # with the whole container, whose state lags the exec's by a moment.
+            for _ in range(10):
+                status = await self.status()
+                if not status.running and not status.paused:
+                    raise SandboxError(f"sandbox {self.name} stopped while a command ran "
+                                       f"({status.reason or 'not running'})")
+                await asyncio.sleep(0.05)
         return ExecResult(
             exit_code=None if timed_out else int(code),
             output=out.text(),

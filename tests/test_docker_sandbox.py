@@ -166,6 +166,13 @@ async def test_timeout_kills_the_command(sandbox: DockerSandbox) -> None:
     assert "sleep 60" not in left.output
 
 
+async def test_a_killed_command_is_an_exit_code_not_an_error(sandbox: DockerSandbox) -> None:
+    res = await sandbox.exec("echo before; sh -c 'kill -9 $$'; exit $?")
+    assert res.exit_code == 137 and not res.timed_out
+    assert res.output.startswith("before\n") and "Killed" in res.output  # bash's own notice
+    assert (await sandbox.status()).running
+
+
 async def test_output_is_capped_with_head_and_tail(sandbox: DockerSandbox) -> None:
     seen: list[str] = []
     res = await sandbox.exec("seq 1 200000", output_cap=1000, on_output=lambda s, t: seen.append(t))
