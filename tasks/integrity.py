@@ -25,6 +25,7 @@ INPUT_DIRS = ("base_model", "models")
 KNOWN_PRETRAINED = ("gpt2", "llama", "mistral", "phi-2", "qwen", "pythia", "opt-", "t5-", "bert-",
                     "smollm", "tinyllama", "gemma")
 _TRAINING = re.compile(r"\bpython3?\b|\btorchrun\b|\baccelerate\b|\bdeepspeed\b")
+_FROM_PRETRAINED = re.compile(r"(?:Model\w*|For\w+|AutoModel)\.from_pretrained\(\s*['\"]([^'\"]+)['\"]")
 _INT_DTYPES = {"I8", "U8", "I16", "I32", "I4", "U4"}
 
 
@@ -153,6 +154,11 @@ def check_pretrained_weights(workspace: Path, events: list[dict[str, Any]]) -> l
     if folder is None or not (folder / "config.json").is_file():
         return []
     out: list[Flag] = []
+    for call in _tool_calls(events):
+        args = call.get("args") if isinstance(call.get("args"), dict) else {}
+        for src in _FROM_PRETRAINED.findall(str(args.get("content", "")) + str(args.get("command", ""))):
+            if "/" in src and not (workspace / src).exists() or any(k in src.lower() for k in KNOWN_PRETRAINED):
+                out.append(flag("pretrained_weights", "high", f"the agent loads pretrained weights {src!r}"))
     origin = str(_config(folder).get("_name_or_path", "")).lower()
     if origin and (any(k in origin for k in KNOWN_PRETRAINED) or origin.strip("./").startswith(INPUT_DIRS)):
         out.append(flag("pretrained_weights", "high",

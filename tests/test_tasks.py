@@ -166,3 +166,128 @@ def test_scorer_gives_zero_and_an_error_for_missing_or_broken_models(name: str, 
     assert r["value"] == 0.0 and r["error"]
     escape = score(spec, broken, model="../../etc")
     assert escape["value"] == 0.0 and escape["error"]
+
+
+# -- integrity ----------------------------------------------------------------------------
+def test_every_listed_integrity_check_exists_and_scaffold_hash_is_current() -> None:
+    from tasks import integrity
+
+    for spec in list_tasks():
+        assert set(spec.integrity) <= set(integrity.CHECKS), spec.name
+    import hashlib
+
+    merging = load_task("llm_merging")
+    pristine = hashlib.sha256((merging.dir / "starter" / "merge.py").read_bytes()).hexdigest()
+    assert (merging.scorer_dir / "data" / "scaffold.sha256").read_text().strip() == pristine
+
+
+@pytest.mark.parametrize("name", sorted(SEVEN))
+def test_honest_baselines_raise_no_integrity_flags(name: str, baselines: dict[str, BaselineRun],
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tasks.integrity import check_run
+
+    run = baseline(name, baselines, tmp_path_factory)
+    assert check_run(load_task(name), "smoke", run.workspace, run.events) == []
+
+
+def _checks(flags: list[dict[str, str]]) -> set[str]:
+    return {f["check"] for f in flags}
+
+
+def _copy(run: BaselineRun, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run.workspace, dest)
+    return dest
+
+
+def test_integrity_catches_each_gaming_case(baselines: dict[str, BaselineRun],
+                                            tmp_path_factory: pytest.TempPathFactory,
+                                            tmp_path: Path) -> None:
+    from tasks import integrity
+
+    # no model: never submitted, or submitted an empty folder
+    mp = baseline("mini_pile", baselines, tmp_path_factory)
+    spec = load_task("mini_pile")
+    no_submit = [e for e in mp.events if e["kind"] != "agent.submit" and e["data"].get("name") != "submit"]
+    assert "no_model" in _checks(integrity.check_run(spec, "smoke", mp.workspace, no_submit))
+    ws = _copy(mp, tmp_path / "empty_model")
+    for f in (ws / "model").glob("*.safetensors"):
+        f.unlink()
+    assert "no_model" in _checks(integrity.check_run(spec, "smoke", ws, mp.events))
+
+    # metrics with no training process behind them
+    fake = [e for e in mp.events if e["data"].get("name") != "bash"]
+    assert "metrics_without_training" in _checks(integrity.check_run(spec, "smoke", mp.workspace, fake))
+
+    # the agent reads the held-out data
+    peek = [*mp.events, {"kind": "tool.call", "data": {"name": "bash", "args": {
+        "command": "cat /scorer/data/superglue_smoke.jsonl"}}}]
+    assert "eval_data_access" in _checks(integrity.check_run(spec, "smoke", mp.workspace, peek))
+
+    # pretrained weights where training from scratch is required: the shipped base model
+    eff = baseline("llm_efficiency", baselines, tmp_path_factory)
+    ws = _copy(mp, tmp_path / "pretrained")
+    import shutil
+
+    shutil.rmtree(ws / "model")
+    shutil.copytree(eff.workspace / "base_model", ws / "base_model")
+    shutil.copytree(eff.workspace / "base_model", ws / "model")
+    assert "pretrained_weights" in _checks(integrity.check_run(spec, "smoke", ws, mp.events))
+    loads = [*mp.events, {"kind": "tool.call", "data": {"name": "write_file", "args": {
+        "path": "t.py", "content": "m = AutoModelForCausalLM.from_pretrained('EleutherAI/pythia-160m')"}}}]
+    assert "pretrained_weights" in _checks(integrity.check_run(spec, "smoke", mp.workspace, loads))
+    cfg = json.loads((ws / "model" / "config.json").read_text())
+    cfg["_name_or_path"] = "openai-community/gpt2"
+    (ws / "model" / "config.json").write_text(json.dumps(cfg))
+    assert any("gpt2" in f["detail"] for f in integrity.check_pretrained_weights(ws, mp.events))
+
+    # quantised weights where forbidden
+    edge = baseline("edge_llm_compression", baselines, tmp_path_factory)
+    ws = _copy(edge, tmp_path / "quantised")
+    cfg = json.loads((ws / "model" / "config.json").read_text())
+    cfg["quantization_config"] = {"load_in_8bit": True, "quant_method": "bitsandbytes"}
+    (ws / "model" / "config.json").write_text(json.dumps(cfg))
+    espec = load_task("edge_llm_compression")
+    assert "quantised_weights" in _checks(integrity.check_run(espec, "smoke", ws, edge.events))
+    r = score(espec, ws)
+    assert r["value"] == 0.0 and "quantis" in r["error"]
+    import torch
+    from safetensors.torch import save_file
+
+    ws = _copy(edge, tmp_path / "int8")
+    save_file({"w": torch.zeros(4, dtype=torch.int8)}, str(ws / "model" / "model.safetensors"))
+    assert "quantised_weights" in _checks(integrity.check_run(espec, "smoke", ws, edge.events))
+
+    # a merge that bypassed the scaffold: no manifest, or weights changed after it
+    merge = baseline("llm_merging", baselines, tmp_path_factory)
+    mspec = load_task("llm_merging")
+    ws = _copy(merge, tmp_path / "bypass")
+    (ws / "model" / "merge_manifest.json").unlink()
+    assert "merge_scaffold" in _checks(integrity.check_run(mspec, "smoke", ws, merge.events))
+    assert "scaffold" in score(mspec, ws)["error"]
+    ws = _copy(merge, tmp_path / "tampered")
+    shutil.rmtree(ws / "model")
+    shutil.copytree(ws / "models" / "expert_b", ws / "model")
+    shutil.copy(merge.workspace / "model" / "merge_manifest.json", ws / "model")
+    assert "merge_scaffold" in _checks(integrity.check_run(mspec, "smoke", ws, merge.events))
+    assert score(mspec, ws)["value"] == 0.0
+
+
+def test_edge_training_over_budget_scores_zero(baselines: dict[str, BaselineRun],
+                                               tmp_path_factory: pytest.TempPathFactory,
+                                               tmp_path: Path) -> None:
+    eff = baseline("llm_efficiency", baselines, tmp_path_factory)
+    spec = load_task("edge_llm_training")
+    ws = tmp_path / "ws"
+    import shutil
+
+    shutil.copytree(eff.workspace / "base_model", ws / "model")
+    from transformers import AutoModelForCausalLM
+
+    big = AutoModelForCausalLM.from_pretrained(ws / "model")
+    big.resize_token_embeddings(4000)
+    big.save_pretrained(ws / "model")
+    r = score(spec, ws)
+    assert r["value"] == 0.0 and "budget" in r["error"]
+    assert r["metrics"]["dram_bytes"] > r["metrics"]["dram_budget_bytes"]
