@@ -35,7 +35,7 @@ def main() -> None:
     Y = torch.tensor([t + [-100] * (wt - len(t)) for t in tgt])
     config = T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2,
                       num_decoder_layers=2, num_heads=4, pad_token_id=pad, eos_token_id=eos,
-                      decoder_start_token_id=pad)
+                      decoder_start_token_id=pad)  # type: ignore[call-arg]
     model = T5ForConditionalGeneration(config)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     start = time.monotonic()

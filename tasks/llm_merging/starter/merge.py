@@ -36,7 +36,10 @@ def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict
     out = {}
     for k in states[0]:
         if states[0][k].is_floating_point():
-            out[k] = sum(w * s[k].float() for w, s in zip(weights, states, strict=True)).to(states[0][k].dtype)
+            total = torch.zeros_like(states[0][k], dtype=torch.float32)
+            for w, s in zip(weights, states, strict=True):
+                total += w * s[k].float()
+            out[k] = total.to(states[0][k].dtype)
         else:
             out[k] = states[0][k]
     return out

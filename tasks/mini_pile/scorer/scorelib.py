@@ -154,7 +154,7 @@ def weights_summary(model_dir: Path) -> dict[str, Any]:
         files = bins
     if not tensors:
         raise ScoreError(f"{model_dir.name}/ holds no weights (*.safetensors or pytorch_model.bin)")
-    dtypes = Counter()
+    dtypes: Counter[str] = Counter()
     nbytes = 0
     params = 0
     for dtype, numel in tensors.values():
@@ -206,7 +206,7 @@ def load_model(model_dir: Path) -> tuple[Any, Any, bool]:
         raise ScoreError(f"cannot load the model in {model_dir.name}/: "
                          f"{exc.__class__.__name__}: {str(exc)[:500]}") from exc
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]
     return model, tok, seq2seq
 
 
