@@ -103,6 +103,11 @@ class DockerSandbox:
     def _gone(self, action: str) -> SandboxError:
         return SandboxError(f"cannot {action}: sandbox container {self.name} is gone (removed)")
 
+    def _died(self, status: SandboxStatus) -> SandboxError:
+        code = f", exit code {status.exit_code}" if status.exit_code is not None else ""
+        return SandboxError(f"sandbox died while a command ran ({self.name}: "
+                            f"{status.reason or 'not running'}{code})")
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._start)
@@ -233,9 +238,7 @@ class DockerSandbox:
         duration = time.monotonic() - started
         code = info.get("ExitCode")
         if code is None or info.get("Running"):
-            status = await self.status()
-            raise SandboxError(f"sandbox {self.name} stopped while a command ran "
-                               f"({status.reason or 'not running'})")
+            raise self._died(await self.status())
         timed_out = code in (124, 137) and duration >= timeout_s * 0.98
         if not timed_out and code == 137:
             # Killed: by the kernel inside a live container (an OOM kill of one process), or
@@ -243,8 +246,7 @@ class DockerSandbox:
             for _ in range(10):
                 status = await self.status()
                 if not status.running and not status.paused:
-                    raise SandboxError(f"sandbox {self.name} stopped while a command ran "
-                                       f"({status.reason or 'not running'})")
+                    raise self._died(status)
                 await asyncio.sleep(0.05)
         return ExecResult(
             exit_code=None if timed_out else int(code),

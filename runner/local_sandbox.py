@@ -153,7 +153,7 @@ class LocalSandbox:
         finally:
             self._groups.discard(group)
         if self._stopped:
-            raise SandboxError(f"local sandbox {self.id} stopped while a command ran")
+            raise SandboxError(f"sandbox died while a command ran ({self.id}: stopped)")
         code = proc.returncode
         if code is not None and code < 0:
             code = 128 - code  # killed by a signal: report it as a shell would (137 for KILL)

@@ -237,7 +237,7 @@ async def test_container_killed_during_exec_raises(sandbox: DockerSandbox,
                                             on_output=lambda s, t: started.set()))
     await asyncio.wait_for(started.wait(), 30)
     await asyncio.to_thread(docker_client.containers.get(sandbox.name).kill)
-    with pytest.raises(SandboxError, match="stopped while a command ran"):
+    with pytest.raises(SandboxError, match="sandbox died while a command ran"):
         await asyncio.wait_for(task, 30)
 
 

@@ -115,7 +115,7 @@ async def test_stop_kills_the_process_group(sandbox: LocalSandbox) -> None:
     assert sample["pids"] == 2 and isinstance(sample["mem_bytes"], int) and sample["mem_bytes"] > 0
     assert sample["mem_limit"] == 256 * 1024**2
     await sandbox.stop()
-    with pytest.raises(SandboxError, match="stopped while a command ran"):
+    with pytest.raises(SandboxError, match="sandbox died while a command ran"):
         await asyncio.wait_for(task, 30)
     proc = psutil.Process(child) if psutil.pid_exists(child) else None
     assert proc is None or proc.status() == psutil.STATUS_ZOMBIE
