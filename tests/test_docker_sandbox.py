@@ -211,6 +211,10 @@ async def test_freeze_pauses_the_container(sandbox: DockerSandbox, docker_client
     assert state["Paused"] is False and state["Running"] is True
     assert (await sandbox.status()).running
     assert (await sandbox.exec("echo back")).output == "back\n"
+    await sandbox.pause()
+    await sandbox.stop()  # a frozen sandbox can be killed without resuming it first
+    assert not docker_client.containers.list(all=True, filters={"name": sandbox.name})
+    assert (await sandbox.status()).reason == "removed"
 
 
 async def test_status_after_a_kill_from_outside(sandbox: DockerSandbox, docker_client: Any) -> None:
