@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import shlex
 import tempfile
@@ -242,6 +241,10 @@ class RunSupervisor:
             if not self._ending:
                 await self._finish("failed", "runner stopped")
             raise
+        except SandboxError as exc:  # e.g. the container died under a running command
+            if not self._ending:
+                why = str(exc)
+                await self._finish("failed", why if why.startswith("sandbox") else f"sandbox: {why}")
         except Exception as exc:  # the run fails; the runner lives on
             log.exception("run %s failed", self.run_id)
             await self._finish("failed", f"{exc.__class__.__name__}: {exc}")
@@ -572,11 +575,15 @@ class RunSupervisor:
             readonly_mounts=((self.workspace, "/submission"), (task.scorer_dir, "/scorer")),
         )
         sb = self._score_sandbox(spec)
+        from tasks.api import ScoreOutputError, parse_score_output, score_command
+
+        model = self.toolbox.submission.path if self.toolbox and self.toolbox.submission else None
+        if model is not None and model.startswith(WORKSPACE + "/"):
+            model = model[len(WORKSPACE) + 1:]
         if sb.isolated:
-            argv = ["python3", "/scorer/score.py", "--workspace", "/submission", "--scale", self.req.scale]
+            argv = score_command(task, self.req.scale, model, "/submission", "/scorer")
         else:
-            argv = ["python3", str(task.scorer_dir / "score.py"), "--workspace", str(self.workspace),
-                    "--scale", self.req.scale]
+            argv = score_command(task, self.req.scale, model, str(self.workspace), str(task.scorer_dir))
         try:
             await sb.start()
             res = await sb.exec(" ".join(shlex.quote(a) for a in argv),
@@ -587,15 +594,12 @@ class RunSupervisor:
         finally:
             with contextlib.suppress(Exception):
                 await sb.stop()
-        lines = [ln for ln in res.output.strip().splitlines() if ln.strip().startswith("{")]
-        if not lines:
-            return {"value": None, "error": f"scorer printed no result (exit {res.exit_code}): "
-                                            f"{strip_escapes(res.output)[-500:]}"}
         try:
-            out = json.loads(lines[-1])
-        except ValueError:
-            return {"value": None, "error": "scorer output is not JSON"}
-        return out if isinstance(out, dict) else {"value": None, "error": "scorer output is not an object"}
+            return parse_score_output(res.output)
+        except ScoreOutputError as exc:
+            return {"value": None, "error": f"{exc} (scorer exit {res.exit_code}): "
+                                            f"{strip_escapes(res.output)[-500:]}"}
+
 
     async def _finish(self, status: str, reason: str, submitted: bool = False) -> None:
         if self._ending:
@@ -605,20 +609,22 @@ class RunSupervisor:
         self.status = status
         for t in self._bg_fixed:
             t.cancel()
+        # a frozen sandbox cannot even be told to stop a command: thaw it first
+        if self.sandbox is not None and self._hold == "freeze":
+            with contextlib.suppress(Exception):
+                await self.sandbox.unpause()
+        self._hold = None
+        self._resumed.set()
         current = asyncio.current_task()
         if self._loop_task is not None and self._loop_task is not current and not self._loop_task.done():
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
+            await asyncio.wait([self._loop_task], timeout=30)
         for fut in self._approvals.values():
             if not fut.done():
                 fut.cancel()
         with contextlib.suppress(Exception):
             await self._flush_output()
         if self.sandbox is not None:
-            if self._hold == "freeze":
-                with contextlib.suppress(Exception):
-                    await self.sandbox.unpause()
             with contextlib.suppress(Exception):
                 await self.sandbox.stop()
         # metrics written in the last moments still count
