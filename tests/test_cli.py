@@ -1,0 +1,106 @@
+"""The `mlrb` command line end to end, as a user runs it: a real daemon process with its
+embedded Mosquitto, real sandboxes, control over the bus, the journal in sqlite3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+
+def mlrb(env, *args, timeout=300, check=True):
+    proc = subprocess.run([sys.executable, "-m", "mlrb_tui.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mlrb {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = {**os.environ, "MLRB_HOME": str(tmp_path / "home"), "MLRB_TASKS_PATH": str(FIXTURE_TASKS),
+         "MLRB_OPERATOR": "ana@ops", "PYTHONUNBUFFERED": "1"}
+    e.pop("MLRB_BUS_URL", None)
+    yield e
+    subprocess.run([sys.executable, "-m", "mlrb_tui.cli", "down"], env=e, capture_output=True, timeout=120)
+
+
+def runs_json(env):
+    return {r["run"]: r for r in json.loads(mlrb(env, "runs", "--json").stdout)}
+
+
+def wait_status(env, run, statuses, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = runs_json(env).get(run)
+        if row and row["status"] in statuses:
+            return row
+        time.sleep(0.5)
+    raise AssertionError(f"{run} never reached {statuses}: {runs_json(env).get(run)}")
+
+
+def test_tasks_listing_and_a_clear_error_for_an_unknown_task(env):
+    out = mlrb(env, "tasks").stdout
+    assert "tiny_train" in out
+    bad = mlrb(env, "submit", "no_such_task", check=False)
+    assert bad.returncode != 0 and "unknown task 'no_such_task'" in bad.stderr
+    assert "no runner daemon" in mlrb(env, "pause", "x", check=False).stderr
+
+
+def test_headless_demo_runs_to_the_end_and_prints_a_summary(env, tmp_path):
+    proc = mlrb(env, "demo", "--headless", "--task", "tiny_train", "--runs", "2", timeout=600)
+    assert proc.stdout.count("succeeded") == 2, proc.stdout + proc.stderr
+    assert "mse_score=" in proc.stdout
+    db = tmp_path / "home" / "mlrb.db"
+    out = subprocess.run(["sqlite3", str(db), "select status, count(*) from runs group by status"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "succeeded|2"
+
+
+@pytest.mark.docker
+def test_daemon_submit_freeze_resume_kill_down(env, tmp_path, docker_client):
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
+    env = {**env, "TINY_STEPS": "400", "TINY_DELAY": "0.1"}
+    up = mlrb(env, "up").stdout
+    assert "up (pid" in up and "mosquitto" in up
+    info = json.loads((tmp_path / "home" / "daemon.json").read_text())
+    run = mlrb(env, "submit", "tiny_train").stdout.strip()
+    assert run.startswith("tiny_train-")
+    row = wait_status(env, run, {"running"})
+    while not runs_json(env)[run]["metric_name"]:
+        time.sleep(0.3)
+    assert row["sandbox"] == "docker"
+
+    mlrb(env, "pause", run, "--freeze", "--reason", "inspect the loss")
+    wait_status(env, run, {"frozen"})
+    paused = subprocess.run(["docker", "inspect", "-f", "{{.State.Paused}}", f"mlrb-{run}"],
+                            capture_output=True, text=True).stdout.strip()
+    assert paused == "true"
+    mlrb(env, "resume", run)
+    wait_status(env, run, {"running"})
+    mlrb(env, "kill", run, "--reason", "enough for today")
+    row = wait_status(env, run, {"killed"})
+    assert row["reason"] == "enough for today"
+
+    db = tmp_path / "home" / "mlrb.db"
+    audit = subprocess.run(["sqlite3", str(db), f"select action, operator, reason from interventions "
+                            f"where run = '{run}' order by seq"], capture_output=True, text=True).stdout
+    assert audit.split("\n")[:3] == ["freeze|ana@ops|inspect the loss", "resume|ana@ops|", "kill|ana@ops|enough for today"]
+    acks = subprocess.run(["sqlite3", str(db), f"select count(*) from events where run = '{run}' "
+                           "and kind = 'control.ack' and json_extract(data, '$.accepted')"],
+                          capture_output=True, text=True).stdout.strip()
+    assert acks == "3"
+
+    assert "stopped" in mlrb(env, "down").stdout
+    assert not (tmp_path / "home" / "daemon.json").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(info["pid"], 0)
