@@ -81,6 +81,7 @@ class DockerSandbox:
         self._client = client
         self._container: Any = None
         self._stopped = False
+        self._stats_stream: Any = None  # runner.telemetry.StatsStream once started
 
     # -- helpers -----------------------------------------------------------------------
     @property
@@ -175,6 +176,7 @@ class DockerSandbox:
                     f"({exc.explanation or exc})") from None
             raise SandboxError(f"cannot start sandbox {self.name}: {exc.explanation or exc}") from None
         self._container = container
+        self._follow_stats()
 
     async def stop(self) -> None:
         if self._container is None or self._stopped:
@@ -182,6 +184,8 @@ class DockerSandbox:
         await asyncio.to_thread(self._stop)
 
     def _stop(self) -> None:
+        if self._stats_stream is not None:
+            self._stats_stream.stop()
         try:
             self._container.remove(force=True)
         except docker.errors.NotFound:
@@ -361,8 +365,23 @@ class DockerSandbox:
         reason = "OOMKilled" if state.get("OOMKilled") else str(state.get("Status") or "exited")
         return SandboxStatus(running=False, exit_code=state.get("ExitCode"), reason=reason)
 
+    def _follow_stats(self) -> None:
+        from runner.telemetry import StatsStream
+
+        cpus = self.spec.limits.cpus
+        self._stats_stream = StatsStream(self._container, lambda raw: stats_sample(raw, cpus),
+                                         name=self.name).start()
+
     async def stats(self) -> dict[str, float | int | None]:
         container = self._require()
+        # the streamed sample is free; a one-shot read takes the engine one to two seconds
+        stream = self._stats_stream
+        if stream is not None:
+            latest = stream.latest()
+            if latest is not None:
+                return latest
+            if not stream.alive and not self._stopped:
+                self._follow_stats()  # the stream broke (engine restart): follow it again
         return await asyncio.to_thread(self._stats, container)
 
     def _stats(self, container: Any) -> dict[str, float | int | None]:

@@ -60,6 +60,11 @@ class LocalSandbox:
     def id(self) -> str:
         return f"local-{self.spec.run}"
 
+    @property
+    def process_groups(self) -> frozenset[int]:
+        """The process groups of the commands now running (the GPU sampler's view of a run)."""
+        return frozenset(self._groups)
+
     def _environment(self) -> dict[str, str]:
         path = os.pathsep.join(dict.fromkeys(
             [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]))
