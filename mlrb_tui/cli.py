@@ -409,10 +409,11 @@ def image_build(base: str | None, tag: str | None, force: bool) -> None:
         if not img.base_exists(base):
             click.echo(f"base image {base} is missing; building it with debootstrap")
             img.build_base(base)
-        result = img.build_image(tag=tag, base=base, force=force, log=lambda s: click.echo(s, nl=False))
+        result = img.build_image(tag=tag, base=base, force=force,
+                                 log=lambda s: click.echo(s.rstrip("\n")) if s.strip() else None)
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"\nsandbox image ready: {result}")
+    click.echo(f"sandbox image ready: {result}")
 
 
 @cli.group(invoke_without_command=True)
