@@ -25,6 +25,7 @@ from runner.agent import Agent, AgentContext, Observation, ToolCall, ToolResult
 from runner.control import ControlCommand
 from runner.escapes import strip_escapes
 from runner.events import Event, EventFactory
+from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
 from runner.journal import Journal
 from runner.metrics import MetricsTail, parse_trainer_line
 from runner.sandbox import (
@@ -35,6 +36,7 @@ from runner.sandbox import (
     SandboxLimits,
     SandboxSpec,
 )
+from runner.telemetry import TelemetryWindow
 from runner.tools import TOOL_SPECS, ToolBox
 from tasks.api import TaskSpec
 
@@ -115,6 +117,7 @@ class RunSupervisor:
         runner_id: str,
         image: str = "mlrb-sandbox:latest",
         score_sandbox: SandboxFactory | None = None,
+        gpu_sampler: GpuSampler | None = None,
     ) -> None:
         self.req = request
         self.run_id = request.run
@@ -159,6 +162,9 @@ class RunSupervisor:
         self._bg_fixed: list[asyncio.Task[None]] = []
         self.end_status: str | None = None
         self.end_reason = ""
+        self.gpu_sampler = gpu_sampler
+        self.gpu_ids: tuple[int, ...] = ()  # NVML indices the engine's allocator assigned
+        self.telemetry = TelemetryWindow()  # recent resource/gpu samples; older ones are in SQLite
 
     # -- events ----------------------------------------------------------------------
     async def emit(self, kind: str, data: dict[str, Any] | None = None) -> Event:
@@ -171,7 +177,9 @@ class RunSupervisor:
         return ev
 
     def _observe(self, ev: Event) -> None:
-        if ev.kind == "usage":
+        if ev.kind in ("resource", "gpu"):
+            self.telemetry.add(ev.kind, ev.data, ev.ts)
+        elif ev.kind == "usage":
             self._tokens += int(ev.data.get("input_tokens") or 0) + int(ev.data.get("output_tokens") or 0)
             self._cost += float(ev.data.get("cost_usd") or 0.0)
 
@@ -266,7 +274,7 @@ class RunSupervisor:
         spec = SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
-                                 gpus=scale.gpus),
+                                 gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
             env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale)),
         )
         try:
@@ -285,6 +293,7 @@ class RunSupervisor:
                 "code": "not_isolated",
                 "message": "local sandbox: no Docker engine answered, so the agent's commands "
                            "run on this host without isolation"})
+        await self._watch_gpus(scale.gpus)
         self.toolbox = ToolBox(sb, on_output=self._on_output)
         self.clock.start()
         self.status = "running"
@@ -426,6 +435,24 @@ class RunSupervisor:
                                               "max": self.limits.time_s, "fraction": 1.0,
                                               "level": "reached"})
                 self._spawn(self._finish("limit", f"time_s limit reached ({self.limits.time_s:g} s)"))
+
+    async def _watch_gpus(self, wanted: int) -> None:
+        """Have the runner's GPU sampler report this run's devices; say once if it cannot."""
+        sampler = self.gpu_sampler
+        if sampler is not None and sampler.available and self.sandbox is not None:
+            sampler.watch(watch_for_sandbox(self.run_id, self.sandbox, self.gpu_ids, self._on_gpu))
+        elif wanted > 0:
+            why = sampler.state if sampler is not None else "none: no GPU sampler"
+            await self.emit("run.warning", {"code": "no_gpu",
+                                            "message": f"the run asked for {wanted} GPU"
+                                                       f"{'s' if wanted != 1 else ''} but this "
+                                                       f"runner has no GPU telemetry ({why})"})
+
+    async def _on_gpu(self, samples: list[GpuSample]) -> None:
+        for sample in samples:
+            if self._ending:
+                return
+            await self.emit("gpu", sample)
 
     async def _watch(self) -> None:
         while True:
@@ -571,7 +598,8 @@ class RunSupervisor:
         spec = SandboxSpec(
             run=f"{self.run_id}-score", workspace=scratch, image=self.image,
             limits=SandboxLimits(cpus=2.0, memory_bytes=8 * 1024**3,
-                                 gpus=task.scale(self.req.scale).gpus),
+                                 gpus=task.scale(self.req.scale).gpus,
+                                 gpu_ids=tuple(str(i) for i in self.gpu_ids)),
             readonly_mounts=((self.workspace, "/submission"), (task.scorer_dir, "/scorer")),
         )
         sb = self._score_sandbox(spec)
@@ -607,6 +635,8 @@ class RunSupervisor:
             return
         self._ending = True
         self.status = status
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.unwatch(self.run_id)
         for t in self._bg_fixed:
             t.cancel()
         # a frozen sandbox cannot even be told to stop a command: thaw it first
