@@ -23,6 +23,7 @@ from runner.agent import Agent, ScriptedAgent
 from runner.config import Config
 from runner.control import ControlCommand
 from runner.events import Event, EventFactory, RejectCounter
+from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
 from runner.sandbox import Sandbox, SandboxSpec
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
@@ -81,6 +82,8 @@ class Engine:
         self._bg: list[asyncio.Task[Any]] = []
         self._backend: str = cfg.backend
         self.docker_note = ""
+        self.gpu_sampler = GpuSampler()
+        self.gpus = GpuAllocator()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,6 +93,8 @@ class Engine:
         self.reader = JournalReader(self.cfg.db_path)
         self._slots = asyncio.Semaphore(self.cfg.max_runs)
         await self._settle_orphans()
+        await self.gpu_sampler.start()
+        self.gpus.set_devices(self.gpu_sampler.devices)
         self._backend = await asyncio.to_thread(self._choose_backend)
         if self.use_bus:
             from runner.broker import EmbeddedBroker
@@ -142,6 +147,7 @@ class Engine:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self.tasks.values(), *self._bg, return_exceptions=True)
+        await self.gpu_sampler.stop()
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.flush(timeout=5)
@@ -192,6 +198,10 @@ class Engine:
             raise SubmitError(str(exc)) from None
         run_id = f"{task.name}-{secrets.token_hex(3)}"
         scale = task.scale(job.scale)
+        try:
+            self.gpus.check(scale.gpus)
+        except GpuRequestError as exc:
+            raise SubmitError(str(exc)) from None
         limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,
                            cost_usd=scale.cost_usd)
         for k, v in (job.limits or {}).items():
@@ -203,15 +213,21 @@ class Engine:
                        submitted_by=job.submitted_by),
             journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
-            runner_id=self.runner_id, image=self.cfg.image)
+            runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler)
         self.supervisors[run_id] = sup
         self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
         return run_id
 
     async def _run(self, sup: RunSupervisor) -> str:
         assert self._slots is not None
-        async with self._slots:
-            return await sup.run()
+        # GPUs first, then a slot: a run waiting for a GPU must not hold a slot that a
+        # CPU-only run could use
+        try:
+            sup.gpu_ids = await self.gpus.acquire(sup.run_id, sup.req.task.scale(sup.req.scale).gpus)
+            async with self._slots:
+                return await sup.run()
+        finally:
+            self.gpus.release(sup.run_id)
 
     async def wait(self, run_ids: Sequence[str] | None = None) -> dict[str, str]:
         ids = list(run_ids) if run_ids is not None else list(self.tasks)
@@ -261,7 +277,9 @@ class Engine:
         live = [r for r, s in self.supervisors.items() if not s.ended]
         return {"state": "online", "runner": self.runner_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "runs": live, "max_runs": self.cfg.max_runs, "backend": self._backend,
-                "broker": self.broker_kind, "ts": time.time(), "note": self.docker_note}
+                "broker": self.broker_kind, "ts": time.time(), "note": self.docker_note,
+                "gpu": self.gpu_sampler.state, "gpus_free": self.gpus.free,
+                "gpus_waiting": self.gpus.waiting}
 
     async def _state_loop(self) -> None:
         while True:
