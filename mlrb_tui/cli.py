@@ -87,7 +87,7 @@ def up() -> None:
 
 @cli.command()
 def down() -> None:
-    """Stop the runner daemon; its live runs end as failed with the reason."""
+    """Stop the runner daemon; its live runs end as killed, with the reason."""
     from runner.daemon import stop_daemon
 
     cfg = _cfg()
