@@ -1,8 +1,9 @@
 """The journal: one SQLite file (WAL) per runner or recorder, the source of truth.
 
 Writes go through one dedicated writer thread that drains its queue into batched
-transactions (sqlite-utils `insert_all`), so the event loop never blocks on disk and many
-small writes cost one commit. `(run, seq)` is the primary key of `events` and of every
+transactions, so the event loop never blocks on disk and many small writes cost one commit.
+The `runs` rows are upserted with sqlite-utils; the hot tables (events and the side tables)
+take `executemany` directly. `(run, seq)` is the primary key of `events` and of every
 side table, so re-sent events are no-ops. The `runs` table is derived from events.
 
 Readers (`JournalReader`) open their own connections; WAL lets them read while the writer
@@ -333,11 +334,8 @@ class Journal:
     def _write_batch(self, events: list[Event]) -> None:
         if not events:
             return
-        rows = [
-            {"run": e.run, "seq": e.seq, "ts": e.ts, "kind": e.kind,
-             "data": json.dumps(e.data, separators=(",", ":"))}
-            for e in events
-        ]
+        dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+        rows = [(e.run, e.seq, e.ts, e.kind, dumps(e.data)) for e in events]
         side: dict[str, list[dict[str, Any]]] = {}
         changed: dict[str, dict[str, Any]] = {}
         for e in sorted(events, key=lambda e: (e.run, e.seq)):
@@ -349,9 +347,16 @@ class Journal:
                 side.setdefault(table, []).append(r)
         self._conn.execute("BEGIN")
         try:
-            self._db["events"].insert_all(rows, ignore=True, batch_size=2000)
+            # the hot tables take plain executemany: sqlite-utils' per-row conversion costs
+            # more than the insert itself at tens of thousands of events a second
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO events (run, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)", rows)
             for table, trs in side.items():
-                self._db[table].insert_all(trs, ignore=True, batch_size=2000)
+                cols = list(trs[0])
+                self._conn.executemany(
+                    f"INSERT OR IGNORE INTO {table} ({', '.join(f'[{c}]' for c in cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})",
+                    [tuple(r[c] for c in cols) for r in trs])
             if changed:
                 self._db["runs"].upsert_all(list(changed.values()), pk="run", batch_size=500)
             self._conn.execute("COMMIT")
