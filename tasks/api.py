@@ -112,7 +112,7 @@ class TaskSpec:
             "name": self.name,
             "title": self.title,
             "scale": scale,
-            "time_h": f"{s.time_s / 3600:g}",
+            "time_h": f"{s.time_s / 3600:.3g}",
             "time_min": f"{s.time_s / 60:g}",
             "time_s": f"{s.time_s:g}",
             "gpus": str(s.gpus),
