@@ -289,7 +289,7 @@ class GpuSampler:
             self._task = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            if self.available:
+            if self.available and self._nvml is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.get_running_loop().run_in_executor(pool, self._nvml.nvmlShutdown)
             pool.shutdown(wait=False)
