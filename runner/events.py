@@ -44,7 +44,7 @@ KINDS: frozenset[str] = frozenset(
         "sandbox.stopped",  # data: exit_code, reason
         # telemetry
         "metric",  # data: step, values {name: number}, source
-        "gpu",  # data: device, util, mem_used, mem_total, power_w, temp_c
+        "gpu",  # data: device, util, mem_used, mem_total, power_w, temp_c, proc_mem (the run's own)
         "resource",  # data: cpu_pct, mem_bytes, mem_limit, cpu_limit
         "usage",  # data: model, input_tokens, output_tokens, cost_usd, latency_s
         # operators
