@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import click
@@ -374,6 +375,29 @@ def shell(run: str, reason: str) -> None:
     finally:
         _control(row["run"], "shell", reason, {"state": "end"})
     sys.exit(code)
+
+
+@cli.command()
+@click.option("--db", type=click.Path(dir_okay=False, path_type=str), required=True,
+              help="The central SQLite journal to write.")
+@click.option("--bus", "bus_url", default=None, help="Broker URL (default: the configured one).")
+def record(db: str, bus_url: str | None) -> None:
+    """Record every run's events from the bus into one SQLite file (a fleet's journal)."""
+    from runner.bus import BusConfig
+    from runner.recorder import Recorder
+
+    cfg = _cfg()
+    info = read_daemon_info(cfg)
+    url = bus_url or cfg.bus_url or (info.bus_url if info else None)
+    if not url:
+        raise click.ClickException("no broker: pass --bus mqtt://host:port or configure [bus] url")
+    rec = Recorder(BusConfig(url, info.prefix if info and not bus_url else cfg.prefix), Path(db))
+    click.echo(f"recording {url} into {db} (ctrl+c stops)")
+    try:
+        asyncio.run(rec.run())
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"recorded {rec.received} events; rejected {rec.rejects.total}")
 
 
 @cli.group()
