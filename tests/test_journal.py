@@ -88,3 +88,14 @@ def test_the_file_opens_in_sqlite3(journal, tmp_path):
     if out.returncode == 127:
         pytest.skip("sqlite3 CLI missing")
     assert out.stdout.strip() == "demo-1|succeeded"
+
+
+async def test_the_file_opens_in_datasette(journal, tmp_path):
+    from datasette.app import Datasette
+
+    journal.write_sync(_run_events())
+    ds = Datasette([str(tmp_path / "j.db")])
+    runs = (await ds.client.get("/j/runs.json?_shape=array")).json()
+    assert [(r["run"], r["status"], r["task"]) for r in runs] == [("demo-1", "succeeded", "mini_pile")]
+    audit = (await ds.client.get("/j/interventions.json?_shape=array")).json()
+    assert audit[0]["action"] == "hold" and audit[0]["operator"] == "ana@host"

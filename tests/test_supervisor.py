@@ -280,3 +280,16 @@ async def test_a_container_that_dies_fails_the_run_with_the_reason(docker_h):
     subprocess.run(["docker", "kill", sup.sandbox.id], check=True, capture_output=True)
     assert await asyncio.wait_for(runner, 60) == "failed"
     assert "sandbox died" in docker_h.events(run)[-1].data["reason"]
+
+
+@pytest.mark.docker
+async def test_a_gpu_run_on_a_host_without_gpus_fails_clearly(docker_h):
+    run = f"tiny-g{uuid.uuid4().hex[:6]}"
+    agent = ScriptedAgent(plan())
+    sup = RunSupervisor(
+        RunRequest(run=run, task=task(), scale="full", agent_kind="scripted"),
+        journal=docker_h.journal, publish=None, make_sandbox=docker_h.make_sandbox, agent=agent,
+        workspace=docker_h.tmp / run / "workspace", runner_id="test", image=IMAGE)
+    assert await asyncio.wait_for(sup.run(), 120) == "failed"
+    end = docker_h.events(run)[-1]
+    assert end.kind == "run.ended" and "GPU" in end.data["reason"], end.data
