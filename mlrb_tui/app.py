@@ -9,18 +9,30 @@ light over SSH.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
-from textual.app import App
+from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
 
 from mlrb_tui.replay import ReplayController, ReplayError
 from mlrb_tui.screens.confirm_kill import KillConfirm
 from mlrb_tui.screens.dashboard import DashboardScreen
 from mlrb_tui.screens.help import HelpScreen
+from mlrb_tui.screens.interventions import (
+    BulkConfirm,
+    EditCallDialog,
+    Entered,
+    LimitDialog,
+    MessageDialog,
+    RejectDialog,
+)
 from mlrb_tui.screens.run_view import RunScreen
 from mlrb_tui.source import LiveSource, SendFailed
 from mlrb_tui.state import FleetState, one_line
@@ -28,8 +40,13 @@ from runner.bus import BusConfig
 from runner.control import ControlCommand, default_operator
 from runner.events import TERMINAL_STATUSES
 from runner.journal import JournalReader
+from runner.shell import ShellError, shell_command
 
 CONTROL_ACTIONS = ("hold", "freeze", "resume", "kill")
+# the actions that change a run: hidden in --readonly and in a replay
+OPERATOR_ACTIONS = frozenset({"control", "kill", "message", "approval_mode", "shell", "score",
+                              "limit", "approve", "edit_approve", "reject"})
+BULK_CONFIRMED = ("hold", "freeze")  # bulk kill is confirmed too, by its own dialog
 KEY_NAMES = {
     "question_mark": "?", "slash": "/", "left_square_bracket": "[", "right_square_bracket": "]",
     "plus": "+", "equals_sign": "=", "minus": "-", "escape": "esc", "space": "space",
@@ -52,14 +69,20 @@ class MLRBApp(App[None]):
         Binding("f", "control('freeze')", "Freeze", id="freeze"),
         Binding("r", "control('resume')", "Resume", id="resume"),
         Binding("ctrl+k", "kill", "Kill", id="kill"),
+        Binding("m", "message", "Message", id="message"),
+        Binding("a", "approval_mode", "Approval mode", id="approval_mode"),
+        Binding("s", "shell", "Shell", id="shell"),
+        Binding("g", "score", "Score now", show=False, id="score"),
+        Binding("L", "limit", "Limit", show=False, id="limit"),
     ]
 
     def __init__(self, journal_path: Path, bus: BusConfig | None = None, *,
                  readonly: bool = False, replay_run: str | None = None,
                  replay_speed: float = 1.0, operator: str | None = None,
                  clock: Callable[[], float] = time.time, repaint_hz: float = 4.0,
-                 keymap: dict[str, str] | None = None) -> None:
+                 keymap: dict[str, str] | None = None, runs_dir: Path | None = None) -> None:
         super().__init__()
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else Path(journal_path).parent / "runs"
         self.journal_path = Path(journal_path)
         self.bus = bus
         self.readonly = readonly or replay_run is not None
@@ -79,6 +102,8 @@ class MLRBApp(App[None]):
         self._dirty = True
         self._last_full = 0.0
         self._replay_reader: JournalReader | None = None
+        # runs a shell's argv with the terminal handed over; tests replace it
+        self.run_shell: Callable[[list[str], Path | None], int] = self._run_shell_suspended
 
     # -- setup ----------------------------------------------------------------------
     def use_source(self, source: LiveSource) -> None:
@@ -91,6 +116,9 @@ class MLRBApp(App[None]):
         return self.clock()
 
     async def on_mount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # the SSH session went away: end cleanly instead of writing to a dead terminal
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         if self._keymap:
             self.set_keymap(self._keymap)
         if self.replay_run is not None:
@@ -224,7 +252,7 @@ class MLRBApp(App[None]):
 
     # -- controls -------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("control", "kill"):
+        if action in OPERATOR_ACTIONS:
             if self.readonly:
                 return False
             return isinstance(self.screen, (DashboardScreen, RunScreen))
@@ -238,21 +266,133 @@ class MLRBApp(App[None]):
             return screen.table.targets()
         return []
 
-    def action_control(self, action: str) -> None:
-        if self.readonly or action not in CONTROL_ACTIONS:
-            return
-        runs = self.targets()
-        if not runs:
-            self.notify("no run selected", severity="warning")
-            return
-        for run in runs:
+    def live_targets(self) -> list[str]:
+        """The targeted runs that have not ended (each ended one is named in a notice)."""
+        runs = []
+        for run in self.targets():
             row = self.fleet.rows.get(run, {})
             if row.get("status") in TERMINAL_STATUSES:
                 self.notify(f"{run} has ended ({row.get('status')})", severity="warning")
                 continue
-            self.send(ControlCommand.model_validate(
-                {"run": run, "action": action, "operator": self.operator,
-                 "reason": f"{action} from the console"}))
+            runs.append(run)
+        if not runs and not self.targets():
+            self.notify("no run selected", severity="warning")
+        return runs
+
+    def command(self, run: str, action: str, reason: str, **args: Any) -> None:
+        self.send(ControlCommand.model_validate(
+            {"run": run, "action": action, "operator": self.operator, "reason": reason,
+             "args": args}))
+
+    def action_control(self, action: str) -> None:
+        if self.readonly or action not in CONTROL_ACTIONS:
+            return
+        runs = self.live_targets()
+        if len(runs) > 1 and action in BULK_CONFIRMED:
+            def confirmed(result: Entered | None) -> None:
+                if result is None:
+                    self.notify(f"bulk {action} cancelled", timeout=2)
+                    return
+                for run in runs:
+                    self.command(run, action, result.reason)
+
+            self.push_screen(BulkConfirm(action, runs), confirmed)
+            return
+        for run in runs:
+            self.command(run, action, f"{action} from the console")
+
+    def action_message(self) -> None:
+        runs = self.live_targets()
+        if not runs:
+            return
+
+        def done(result: Entered | None) -> None:
+            if result is not None:
+                for run in runs:
+                    self.command(run, "message", result.reason, text=result.value)
+
+        self.push_screen(MessageDialog(runs), done)
+
+    def action_approval_mode(self) -> None:
+        for run in self.live_targets():
+            on = not bool(self.fleet.signals_of(run).approval_mode)
+            self.command(run, "approval_mode", f"approval mode {'on' if on else 'off'} from the console",
+                         on=on)
+
+    def action_score(self) -> None:
+        for run in self.live_targets():
+            self.command(run, "score", "score requested from the console")
+
+    def action_limit(self) -> None:
+        runs = self.live_targets()
+        if not runs:
+            return
+
+        def done(result: Entered | None) -> None:
+            if result is not None:
+                name, value = result.value
+                for run in runs:
+                    self.command(run, "limit", result.reason, name=name, value=value)
+
+        self.push_screen(LimitDialog(runs), done)
+
+    # -- approvals (the run view's queue) ---------------------------------------------
+    def approve(self, run: str, call_id: str) -> None:
+        self.command(run, "approve", "approved from the console", call_id=call_id)
+
+    def edit_then_approve(self, run: str, call_id: str, name: str, args_json: str) -> None:
+        def done(result: Entered | None) -> None:
+            if result is not None:
+                self.command(run, "approve", result.reason, call_id=call_id, args=result.value)
+
+        self.push_screen(EditCallDialog(run, name, args_json), done)
+
+    def reject(self, run: str, call_id: str, name: str) -> None:
+        def done(result: Entered | None) -> None:
+            if result is not None:
+                self.command(run, "reject", result.reason, call_id=call_id)
+
+        self.push_screen(RejectDialog(run, name), done)
+
+    # -- shell ----------------------------------------------------------------------
+    def action_shell(self) -> None:
+        runs = self.live_targets()
+        if len(runs) != 1:
+            if runs:
+                self.notify("a shell opens in one run: unmark the others", severity="warning")
+            return
+        self.run_worker(self._shell(runs[0]), group="shell", exclusive=True)
+
+    async def _shell(self, run: str) -> None:
+        def find() -> tuple[list[str], Path | None]:
+            reader = JournalReader(self.journal_path)
+            try:
+                return shell_command(reader, run, self.runs_dir)
+            finally:
+                reader.close()
+
+        try:
+            argv, cwd = await asyncio.to_thread(find)
+        except ShellError as exc:
+            self.notify(f"no shell: {one_line(exc, 200)}", severity="warning", timeout=8)
+            return
+        self.command(run, "shell", "shell opened from the console", state="start")
+        try:
+            code = self.run_shell(argv, cwd)
+        except SuspendNotSupported:
+            self.notify(f"this terminal cannot be handed over; run: {' '.join(argv)}",
+                        severity="warning", timeout=15)
+            code = None
+        except OSError as exc:
+            self.notify(f"shell failed: {one_line(exc, 200)}", severity="error", timeout=10)
+            code = None
+        self.command(run, "shell", "shell closed", state="end",
+                     **({"exit_code": code} if code is not None else {}))
+        self.refresh(layout=True)
+
+    def _run_shell_suspended(self, argv: list[str], cwd: Path | None) -> int:
+        with self.suspend():
+            return subprocess.call(argv, cwd=cwd)
 
     def action_kill(self) -> None:
         if self.readonly:
@@ -261,6 +401,16 @@ class MLRBApp(App[None]):
                 if self.fleet.rows.get(r, {}).get("status") not in TERMINAL_STATUSES]
         if not runs:
             self.notify("no live run selected to kill", severity="warning")
+            return
+        if len(runs) > 1:
+            def typed(result: Entered | None) -> None:
+                if result is None:
+                    self.notify("kill cancelled", timeout=2)
+                    return
+                for run in runs:
+                    self.command(run, "kill", result.reason)
+
+            self.push_screen(BulkConfirm("kill", runs), typed)
             return
         detail = ""
         if len(runs) == 1:
@@ -304,11 +454,12 @@ class MLRBApp(App[None]):
 def run_console(journal_path: Path, bus: BusConfig | None = None, *, readonly: bool = False,
                 replay_run: str | None = None, replay_speed: float = 1.0,
                 operator: str | None = None, clock: Callable[[], float] = time.time,
-                repaint_hz: float = 4.0, keymap: dict[str, str] | None = None) -> None:
+                repaint_hz: float = 4.0, keymap: dict[str, str] | None = None,
+                runs_dir: Path | None = None) -> None:
     """Open the console and return when the operator quits."""
     app = MLRBApp(journal_path, bus, readonly=readonly, replay_run=replay_run,
                   replay_speed=replay_speed, operator=operator, clock=clock,
-                  repaint_hz=repaint_hz, keymap=keymap)
+                  repaint_hz=repaint_hz, keymap=keymap, runs_dir=runs_dir)
     app.run()
     if app.return_code:
         raise SystemExit(app.return_code)

@@ -27,6 +27,9 @@ Send = Callable[[ControlCommand], Awaitable[None]]
 BACKFILL_EVENTS = 400  # the run view opens on the last N events, not the whole run
 CATCH_UP_PAGE = 2000
 POLL_S = 2.0
+SIGNAL_EVENTS = 200  # per run, read when the console first sees it
+SIGNAL_KINDS = ("resource", "gpu", "tool.call", "tool.approval", "tool.result", "run.limit",
+                "operator.limit", "operator.approval_mode", "run.ended")
 
 
 class SendFailed(RuntimeError):
@@ -160,10 +163,27 @@ class LiveSource:
             elif int(row.get("last_seq") or 0) > self.fleet.last_seq(run):
                 behind.append(run)
         self.fleet.load_rows(fresh)
+        if fresh:
+            wanted = [(row["run"], self.fleet.last_seq(row["run"])) for row in fresh]
+            for run, events in await asyncio.to_thread(self._read_signals, wanted):
+                sig = self.fleet.signals_of(run)
+                for ev in events:
+                    sig.apply(ev)
         for run in behind:
             await self.catch_up(run)
         self.polls += 1
         self.on_change()
+
+    def _read_signals(self, wanted: list[tuple[str, int]]) -> list[tuple[str, list[Event]]]:
+        """Recent telemetry, pending approvals and limit warnings of runs first seen in a poll
+        (their rows come from the runs table, which does not hold these), up to the row's seq."""
+        reader = self.reader
+        out = []
+        for run, upto in wanted:
+            first = reader.events(run, 0, 1, kinds=["run.created"])
+            recent = reader.events_before(run, upto + 1, limit=SIGNAL_EVENTS, kinds=SIGNAL_KINDS)
+            out.append((run, [*first, *recent]))
+        return out
 
     async def _poll(self) -> None:
         while True:

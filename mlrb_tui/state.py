@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlrb_tui.signals import RunSignals
 from runner.escapes import strip_escapes
 from runner.events import TERMINAL_STATUSES, Event
 from runner.journal import RunFold
@@ -67,6 +68,22 @@ def summarize_args(args: object, limit: int = 100) -> str:
         return one_line(repr(args), limit)
 
 
+MAX_DETAIL_LINES = 60
+
+
+def args_detail(args: object) -> str:
+    """A tool call's arguments in full, for the expanded timeline entry."""
+    if isinstance(args, dict):
+        lines = []
+        for key, value in list(args.items())[:20]:
+            text = clean(value if isinstance(value, str) else json.dumps(value, default=str), 4000)
+            body = text.splitlines() or [""]
+            lines.append(f"{one_line(key, 30)}: {body[0]}")
+            lines += [f"    {x}" for x in body[1:MAX_DETAIL_LINES]]
+        return "\n".join(lines[:MAX_DETAIL_LINES])
+    return clean(args, 4000)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One line of a run's action timeline."""
@@ -77,6 +94,7 @@ class Entry:
     label: str  # short tag shown in a fixed-width column
     text: str
     tone: str = "normal"  # normal | ok | bad | warn | operator | dim
+    detail: str = ""  # what the entry shows when expanded (arguments, full output)
 
 
 def entry_for(ev: Event) -> Entry | None:
@@ -91,7 +109,7 @@ def entry_for(ev: Event) -> Entry | None:
         return None
     if k == "tool.call":
         return Entry(ev.seq, ev.ts, k, "call", f"{one_line(d.get('name', '?'), 30)} "
-                     f"{summarize_args(d.get('args'))}")
+                     f"{summarize_args(d.get('args'))}", detail=args_detail(d.get("args")))
     if k == "tool.result":
         ok = bool(d.get("ok"))
         code = d.get("exit_code")
@@ -105,7 +123,7 @@ def entry_for(ev: Event) -> Entry | None:
         first = one_line(lines[0], 90) if lines else ""
         more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
         return Entry(ev.seq, ev.ts, k, "result", f"{head}  {first}{more}".rstrip(),
-                     "ok" if ok else "bad")
+                     "ok" if ok else "bad", detail="\n".join(lines[:MAX_DETAIL_LINES]))
     if k == "tool.approval":
         return Entry(ev.seq, ev.ts, k, "approval",
                      f"{one_line(d.get('name', d.get('id', '?')), 40)} {one_line(d.get('state'), 20)}",
@@ -191,6 +209,8 @@ class RunState:
         self.metrics: dict[str, deque[tuple[float, float]]] = {}
         self.interventions: deque[Entry] = deque(maxlen=200)
         self.acks: deque[dict[str, Any]] = deque(maxlen=200)
+        self.metric_times: dict[str, deque[float]] = {}  # journal time of each metric point
+        self.signals = RunSignals()
         self._partial: dict[str, str] = {}
         self._max_points = max_points
         self.last_seq = 0
@@ -206,6 +226,8 @@ class RunState:
         self.metrics.clear()
         self.interventions.clear()
         self.acks.clear()
+        self.metric_times.clear()
+        self.signals = RunSignals()
         self._partial.clear()
         self.last_seq = 0
         self.timeline_total = self.output_total = 0
@@ -217,6 +239,7 @@ class RunState:
         if ev.run != self.run or ev.seq <= self.last_seq:
             return False
         self.last_seq = ev.seq
+        self.signals.apply(ev)
         if ev.kind == "sandbox.output":
             self._output(str(ev.data.get("stream", "stdout"))[:10], ev.data.get("text", ""))
             return True
@@ -245,7 +268,7 @@ class RunState:
             step, value = r.get("step"), r.get("value")
             if isinstance(value, (int, float)):
                 self._point(str(r.get("name", "?")), float(step if step is not None else r["seq"]),
-                            float(value))
+                            float(value), float(r.get("ts") or 0.0))
         self.metrics_version += 1
 
     def _metric(self, ev: Event) -> None:
@@ -256,16 +279,18 @@ class RunState:
         x = float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else float(ev.seq)
         for name, value in list(values.items())[:16]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._point(one_line(name, 40), x, float(value))
+                self._point(one_line(name, 40), x, float(value), ev.ts)
         self.metrics_version += 1
 
-    def _point(self, name: str, x: float, y: float) -> None:
+    def _point(self, name: str, x: float, y: float, ts: float = 0.0) -> None:
         series = self.metrics.get(name)
         if series is None:
             if len(self.metrics) >= 16:  # a run that logs hundreds of names shows the first 16
                 return
             series = self.metrics[name] = deque(maxlen=self._max_points)
+            self.metric_times[name] = deque(maxlen=self._max_points)
         series.append((x, y))
+        self.metric_times[name].append(ts)
 
     def _output(self, stream: str, text: object) -> None:
         s = strip_escapes(text if isinstance(text, str) else str(text))
@@ -304,6 +329,7 @@ class FleetState:
     watched: dict[str, RunState] = field(default_factory=dict)
     pending: dict[str, dict[int, Event]] = field(default_factory=dict)
     acks: deque[Event] = field(default_factory=lambda: deque(maxlen=200))  # control.ack seen
+    signals: dict[str, RunSignals] = field(default_factory=dict)
     duplicates: int = 0
     gaps: int = 0
 
@@ -360,6 +386,7 @@ class FleetState:
         if new:
             self.added.append(ev.run)
         self.changed.add(ev.run)
+        self.signals_of(ev.run).apply(ev)
         if ev.kind == "control.ack":
             self.acks.append(ev)
         rs = self.watched.get(ev.run)
@@ -387,6 +414,12 @@ class FleetState:
         added, changed = self.added, self.changed
         self.added, self.changed = [], set()
         return added, changed
+
+    def signals_of(self, run: str) -> RunSignals:
+        sig = self.signals.get(run)
+        if sig is None:
+            sig = self.signals[run] = RunSignals()
+        return sig
 
     def watch(self, run: str) -> RunState:
         rs = self.watched.get(run)

@@ -264,7 +264,7 @@ async def test_filter_sort_and_marks(tmp_path: Path) -> None:
         table.sort_column = "time"
         table.resort()
         assert order(app) == [HELD, KILLED, RUNNING]
-        await pilot.press("S")
+        await pilot.press("O")
         assert order(app) == [RUNNING, KILLED, HELD]
         # marks: controls act on every marked run
         await pilot.press("up", "up", "space", "space")

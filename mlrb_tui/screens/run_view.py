@@ -13,7 +13,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from mlrb_tui.replay import ReplayController
+from mlrb_tui.signals import RunSignals
 from mlrb_tui.state import RunState
+from mlrb_tui.widgets.approvals import ApprovalQueue
 from mlrb_tui.widgets.metric_charts import MetricCharts
 from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.run_header import RunHeader
@@ -42,6 +44,9 @@ class RunScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="back"),
+        Binding("y", "approve", "Approve", id="approve"),
+        Binding("e", "edit_approve", "Edit+approve", id="edit_approve"),
+        Binding("n", "reject", "Reject", id="reject"),
         *REPLAY_BINDINGS,
     ]
 
@@ -60,6 +65,7 @@ class RunScreen(Screen[None]):
         with Horizontal(id="panes"):
             with Vertical(id="left"):
                 yield Static("Actions", classes="pane-title")
+                yield ApprovalQueue(id="approvals")
                 yield ActionLog(id="actions")
             with Vertical(id="right"):
                 yield Static("Metrics", classes="pane-title")
@@ -73,7 +79,16 @@ class RunScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("play_pause", "faster", "slower", "step_back", "step_forward", "seek"):
             return self.replay is not None
+        if action in ("approve", "edit_approve", "reject"):
+            if self.replay is not None or self.app.readonly:
+                return False
+            return self.pending_call() is not None or None  # None: shown greyed out
         return True
+
+    def pending_call(self) -> Any:
+        if not self.is_mounted:
+            return None
+        return self.query_one(ApprovalQueue).selected
 
     def on_mount(self) -> None:
         if self.replay is None:
@@ -96,6 +111,12 @@ class RunScreen(Screen[None]):
             return self.replay.row
         return self.app.fleet.rows.get(self.run) or {"run": self.run, "status": "?"}
 
+    def signals(self) -> RunSignals | None:
+        """Live: the fleet's (it saw every event since the console opened); replay: the view's."""
+        if self.replay is None and self.run in self.app.fleet.signals:
+            return self.app.fleet.signals[self.run]
+        return self.state.signals if self.state is not None else None
+
     def tick(self) -> None:
         """Called at the repaint rate; advances a playing replay."""
         if self.replay is None:
@@ -109,14 +130,19 @@ class RunScreen(Screen[None]):
         if self.replay is not None:
             now = self.replay.now_ts
         self.query_one("#topbar", Static).update(self.app.topbar_text())
-        self.query_one(RunHeader).show(self.row(), now)
         state = self.state
+        self.query_one(RunHeader).show(self.row(), now, self.signals())
         if state is not None:
             if self.query_one(ActionLog).origin == 0.0:
                 created = self.row().get("created_ts")
                 if isinstance(created, (int, float)):
                     self.query_one(ActionLog).origin = float(created)
             self.query_one(ActionLog).sync(state)
+            queue = self.query_one(ApprovalQueue)
+            had = bool(queue.calls)
+            queue.sync(state.signals)
+            if had != bool(queue.calls):
+                self.refresh_bindings()
             self.query_one(OutputLog).sync(state)
             self.query_one(MetricCharts).sync(state)
         if self.replay is not None:
@@ -128,6 +154,21 @@ class RunScreen(Screen[None]):
             self.app.exit()
             return
         self.dismiss(None)
+
+    def action_approve(self) -> None:
+        call = self.pending_call()
+        if call is not None:
+            self.app.approve(self.run, call.call_id)
+
+    def action_edit_approve(self) -> None:
+        call = self.pending_call()
+        if call is not None:
+            self.app.edit_then_approve(self.run, call.call_id, call.name, call.args_json())
+
+    def action_reject(self) -> None:
+        call = self.pending_call()
+        if call is not None:
+            self.app.reject(self.run, call.call_id, call.name)
 
     def _after_replay_action(self) -> None:
         self._last_tick = time.monotonic()

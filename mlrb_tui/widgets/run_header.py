@@ -7,13 +7,14 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from mlrb_tui.cells import elapsed_text, metric_text, status_text
-from mlrb_tui.state import fmt_bytes, one_line
+from mlrb_tui.cells import cpu_text, elapsed_text, gpu_text, mem_text, metric_text, status_text
+from mlrb_tui.signals import RunSignals, sparkline
+from mlrb_tui.state import one_line
 
 NOT_ISOLATED = "local sandbox — NOT isolated"
 
 
-def header_text(row: dict[str, Any], now: float) -> Text:
+def header_text(row: dict[str, Any], now: float, sig: RunSignals | None = None) -> Text:
     text = Text()
     text.append(one_line(row.get("run", "?"), 64), style="bold")
     text.append("  ")
@@ -26,6 +27,15 @@ def header_text(row: dict[str, Any], now: float) -> Text:
     text.append("   ")
     text.append_text(elapsed_text(row, now))
     text.append(f"   step {row.get('steps') or 0}", style="dim")
+    live = row.get("status") in ("running", "held", "frozen", "queued")
+    if sig is not None and live:
+        warn = sig.warning_text()
+        if warn:
+            text.append(f"   ⚠ {warn} of its limit used", style="bold black on yellow")
+        if sig.approval_mode:
+            text.append("   approval mode", style="bold yellow")
+        if sig.pending:
+            text.append(f"   ✋ {len(sig.pending)} waiting for approval", style="bold yellow reverse")
     text.append("\n")
     sandbox = row.get("sandbox")
     if row.get("isolated") == 0:
@@ -36,10 +46,21 @@ def header_text(row: dict[str, Any], now: float) -> Text:
         text.append("sandbox: not started", style="dim")
     text.append("   ")
     text.append_text(metric_text(row))
-    if row.get("gpu_util") is not None:
-        text.append(f"   GPU {row['gpu_util']:.0f}%", style="")
+    text.append("   GPU ", style="dim")
+    text.append_text(gpu_text(row))
+    if sig is not None and sig.gpu:
+        text.append(" " + sparkline(list(sig.gpu), 16, 100.0), style="green")
+    if row.get("cpu_pct") is not None:
+        text.append("   CPU ", style="dim")
+        text.append_text(cpu_text(row))
+        if sig is not None and sig.cpu:
+            top = sig.cpu_limit * 100 if sig.cpu_limit else None
+            text.append(" " + sparkline(list(sig.cpu), 12, top), style="cyan")
     if row.get("mem_bytes") is not None:
-        text.append(f"   mem {fmt_bytes(row['mem_bytes'])}", style="dim")
+        text.append("   mem ", style="dim")
+        text.append_text(mem_text(row))
+        if sig is not None and sig.mem:
+            text.append(" " + sparkline(list(sig.mem), 12, sig.mem_limit), style="magenta")
     tokens = int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
     if tokens:
         text.append(f"   {tokens:,} tok ${float(row.get('cost_usd') or 0):.3f}", style="dim")
@@ -53,5 +74,5 @@ def header_text(row: dict[str, Any], now: float) -> Text:
 
 
 class RunHeader(Static):
-    def show(self, row: dict[str, Any], now: float) -> None:
-        self.update(header_text(row, now))
+    def show(self, row: dict[str, Any], now: float, sig: RunSignals | None = None) -> None:
+        self.update(header_text(row, now, sig))

@@ -33,8 +33,8 @@ class RunsTable(DataTable[Text | str]):
     BINDINGS = [
         Binding("enter", "select_cursor", "Open", id="open"),
         Binding("space", "toggle_mark", "Mark", id="mark"),
-        Binding("s", "cycle_sort", "Sort", id="sort"),
-        Binding("S", "reverse_sort", "Reverse", show=False, id="reverse_sort"),
+        Binding("o", "cycle_sort", "Sort", id="sort"),
+        Binding("O", "reverse_sort", "Reverse", show=False, id="reverse_sort"),
     ]
 
     def __init__(self, **kwargs: Any) -> None:
@@ -73,7 +73,7 @@ class RunsTable(DataTable[Text | str]):
     # -- syncing from the state ----------------------------------------------------
     def _cells(self, run: str) -> tuple[Text | str, ...]:
         assert self.fleet is not None
-        cells = list(row_cells(self.fleet.rows[run], self.now))
+        cells = list(row_cells(self.fleet.rows[run], self.now, self.fleet.signals.get(run)))
         if run in self.marked:
             first = cells[0]
             cells[0] = Text(MARK, style="bold magenta") + (first if isinstance(first, Text)

@@ -1,0 +1,127 @@
+"""What the operator must notice about a run besides its row: tool calls waiting for approval,
+limit warnings, the approval mode, and a short telemetry history drawn as sparklines.
+
+Textual-free and bounded: the fleet keeps one `RunSignals` per run, the run view one more.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from runner.events import Event
+
+HISTORY = 60  # telemetry samples kept per series (a minute at 1 Hz)
+RECENT_CALLS = 32  # tool calls remembered per run, to find an approval's arguments
+MAX_PENDING = 64
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 12, top: float | None = None) -> str:
+    """The last `width` values as block characters, scaled to `top` (else the max seen)."""
+    vals = values[-width:]
+    if not vals:
+        return ""
+    hi = top if top else max(vals)
+    if hi <= 0:
+        return SPARK[0] * len(vals)
+    out = []
+    for v in vals:
+        i = int(round(max(0.0, min(1.0, v / hi)) * (len(SPARK) - 1)))
+        out.append(SPARK[i])
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A tool call the agent is blocked on until an operator approves or rejects it."""
+
+    call_id: str
+    name: str
+    args: Any
+    ts: float
+    seq: int
+
+    def args_json(self) -> str:
+        try:
+            return json.dumps(self.args, indent=2, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            return json.dumps(str(self.args))
+
+
+class RunSignals:
+    """Folded from one run's events, in order; every collection bounded."""
+
+    def __init__(self, history: int = HISTORY) -> None:
+        self.cpu: deque[float] = deque(maxlen=history)  # percent of one core
+        self.mem: deque[float] = deque(maxlen=history)  # bytes
+        self.gpu: deque[float] = deque(maxlen=history)  # util percent
+        self.cpu_limit: float | None = None
+        self.mem_limit: float | None = None
+        self.approval_mode: bool | None = None  # None: not known from what was seen
+        self.pending: OrderedDict[str, PendingCall] = OrderedDict()
+        self.limit_warnings: dict[str, float] = {}  # limit name -> fraction used
+        self._calls: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+
+    def apply(self, ev: Event) -> None:
+        d, k = ev.data, ev.kind
+        if k == "resource":
+            cpu, mem = d.get("cpu_pct"), d.get("mem_bytes")
+            if _num(cpu):
+                self.cpu.append(float(cpu))
+            if _num(mem):
+                self.mem.append(float(mem))
+            if _num(d.get("cpu_limit")):
+                self.cpu_limit = float(d["cpu_limit"])
+            if _num(d.get("mem_limit")):
+                self.mem_limit = float(d["mem_limit"])
+        elif k == "gpu":
+            if _num(d.get("util")):
+                self.gpu.append(float(d["util"]))
+        elif k == "run.created":
+            if isinstance(d.get("approval"), bool):
+                self.approval_mode = d["approval"]
+        elif k == "operator.approval_mode":
+            self.approval_mode = bool(d.get("on", True))
+            if not self.approval_mode:
+                self.pending.clear()  # the runner lets every waiting call through
+        elif k == "tool.call":
+            call_id = str(d.get("id", ""))[:80]
+            if call_id:
+                self._calls[call_id] = (str(d.get("name", "?"))[:80], d.get("args"))
+                while len(self._calls) > RECENT_CALLS:
+                    self._calls.popitem(last=False)
+        elif k == "tool.approval":
+            call_id = str(d.get("id", ""))[:80]
+            if d.get("state") == "pending" and call_id:
+                self.approval_mode = True
+                name, args = self._calls.get(call_id, (str(d.get("name", "?"))[:80], {}))
+                self.pending[call_id] = PendingCall(call_id, name, args, ev.ts, ev.seq)
+                while len(self.pending) > MAX_PENDING:
+                    self.pending.popitem(last=False)
+            else:
+                self.pending.pop(call_id, None)
+        elif k == "tool.result":
+            self.pending.pop(str(d.get("id", "")), None)
+        elif k == "run.limit":
+            name = str(d.get("limit", "?"))[:20]
+            frac = d.get("fraction")
+            if d.get("level") == "warning" and _num(frac):
+                self.limit_warnings[name] = float(frac)
+        elif k == "operator.limit":
+            self.limit_warnings.pop(str(d.get("name", "")), None)  # a new limit, a fresh warning
+        elif k == "run.ended":
+            self.pending.clear()
+
+    def warning_text(self) -> str:
+        """'time_s 82%' for the worst limit past its warning line; '' when none."""
+        if not self.limit_warnings:
+            return ""
+        name, frac = max(self.limit_warnings.items(), key=lambda kv: kv[1])
+        return f"{name} {frac:.0%}"
+
+
+def _num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
