@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shlex
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,7 @@ class RunSupervisor:
     async def _tool(self, call: ToolCall) -> ToolResult:
         assert self.toolbox is not None
         await self.emit("tool.call", {"id": call.id, "name": call.name, "args": _clip_args(call.args)})
+        edited: dict[str, Any] | None = None
         if self.approval:
             await self.emit("tool.approval", {"id": call.id, "state": "pending", "name": call.name})
             fut: asyncio.Future[tuple[bool, dict[str, Any] | None, str]] = (
@@ -369,6 +371,12 @@ class RunSupervisor:
             if edited is not None:
                 call = ToolCall(call.id, call.name, edited)
         result = await self.toolbox.execute(call)
+        if edited is not None:
+            # the model's history shows its own arguments: say what actually ran
+            ran = json.dumps(_clip_args(edited))[:2000]
+            result = replace(result, output=f"[The operator edited this call before it ran; "
+                                            f"it ran with arguments {ran}]\n{result.output}",
+                             meta={**result.meta, "edited": True})
         await self._flush_output()
         await self._emit_result(result)
         return result

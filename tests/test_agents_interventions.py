@@ -372,7 +372,10 @@ async def test_approval_edits_and_rejections_while_another_run_goes_on(
             await engine.stop()
     assert status == "limit"
     bodies = [r.body for r in held_srv.requests]
-    assert tool_results("anthropic", bodies[1]) == [("edited by the operator\n", False)]
+    # the model learns that its call was edited, and what ran
+    ran = ('[The operator edited this call before it ran; it ran with arguments '
+           '{"command": "echo edited by the operator"}]\nedited by the operator\n')
+    assert tool_results("anthropic", bodies[1]) == [(ran, False)]
     assert tool_results("anthropic", bodies[2]) == [
         ("The operator rejected this call: do not delete the workspace", True)]
     r = JournalReader(cfg.db_path)
@@ -390,7 +393,7 @@ async def test_approval_edits_and_rejections_while_another_run_goes_on(
     calls = [e.data["args"]["command"] for e in evs if e.kind == "tool.call"]
     assert calls[1] == "rm -rf /workspace/*"
     results = [e.data["output"] for e in evs if e.kind == "tool.result"]
-    assert results[0] == "edited by the operator\n" and results[2] == "last\n"
+    assert results[0] == ran and results[2] == "last\n"
 
 
 async def test_score_now_is_scored_off_the_clock(rig: Rig) -> None:
