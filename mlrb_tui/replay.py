@@ -19,6 +19,13 @@ SPEEDS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 PAGE = 500
 WINDOW = 400  # events replayed into the view state after a seek or a step back
 MAX_GAP_S = 2.0  # wall seconds: a longer quiet stretch in the recording is cut short
+ERROR_KINDS = ("agent.error", "run.warning", "integrity.flag", "sandbox.stopped")
+INTERVENTION_KINDS = ("operator.hold", "operator.freeze", "operator.resume", "operator.kill",
+                      "operator.message", "operator.approve", "operator.reject",
+                      "operator.approval_mode", "operator.limit", "operator.shell",
+                      "operator.score", "control.ack")
+SCORE_KINDS = ("score",)
+JUMPS = {"error": ERROR_KINDS, "intervention": INTERVENTION_KINDS, "score": SCORE_KINDS}
 ROW_KINDS = (
     "run.created", "run.started", "run.held", "run.resumed", "run.ended", "sandbox.started",
     "usage", "score", "integrity.flag", "metric", "resource", "gpu", "agent.step",
@@ -140,6 +147,19 @@ class ReplayController:
         self._apply(ev)
         self.now_ts = ev.ts
         return ev
+
+    def jump_next(self, what: str) -> int | None:
+        """Seek to the next error, intervention or score after the position (and pause);
+        the journal's (run, kind, seq) index finds it without reading what lies between."""
+        kinds = JUMPS.get(what)
+        if kinds is None:
+            return None
+        seq = self.reader.next_seq_of(self.run, self.position, kinds)
+        if seq is None:
+            return None
+        self.playing = False
+        self.seek_seq(seq)
+        return seq
 
     def step_back(self) -> int:
         """Go back one event (and pause); the view state is rebuilt. Returns the new position."""

@@ -199,16 +199,19 @@ class LiveSource:
         """Backfill a RunState from the last `limit` events and its metrics, then watch it."""
         reader = self.reader
 
-        def load() -> tuple[list[Event], list[dict[str, Any]]]:
+        def load() -> tuple[list[Event], list[dict[str, Any]], list[dict[str, Any]]]:
             last = reader.max_seq(run)
             window = reader.events_before(run, last + 1, limit=limit)
             start = window[0].seq if window else last + 1
             metrics = [r for r in reader.metrics(run, limit=20000) if r["seq"] < start]
-            return window, metrics
+            audit = [r for r in reader.interventions(run)[-200:] if r["seq"] < start]
+            return window, metrics, audit
 
-        window, metrics = await asyncio.to_thread(load)
+        window, metrics, audit = await asyncio.to_thread(load)
         rs = RunState(run)
         rs.add_metric_rows(metrics)
+        for record in audit:
+            rs.add_audit(record)
         for ev in window:
             rs.apply(ev)
         # anything the fleet saw while we read is in the journal (it is written first)

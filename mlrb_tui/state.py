@@ -210,6 +210,8 @@ class RunState:
         self.interventions: deque[Entry] = deque(maxlen=200)
         self.acks: deque[dict[str, Any]] = deque(maxlen=200)
         self.metric_times: dict[str, deque[float]] = {}  # journal time of each metric point
+        self.audit: deque[dict[str, Any]] = deque(maxlen=200)  # who, when, what, why, ack
+        self.audit_version = 0
         self.signals = RunSignals()
         self._partial: dict[str, str] = {}
         self._max_points = max_points
@@ -227,6 +229,8 @@ class RunState:
         self.interventions.clear()
         self.acks.clear()
         self.metric_times.clear()
+        self.audit.clear()
+        self.audit_version += 1
         self.signals = RunSignals()
         self._partial.clear()
         self.last_seq = 0
@@ -248,6 +252,14 @@ class RunState:
             return True
         if ev.kind == "control.ack":
             self.acks.append(dict(ev.data))
+            self._ack(ev)
+        elif ev.kind.startswith("operator."):
+            d = ev.data
+            self.add_audit({"ts": ev.ts, "action": ev.kind.split(".", 1)[1],
+                            "operator": d.get("operator"), "reason": d.get("reason"),
+                            "command_id": d.get("command_id"),
+                            "detail": {k: v for k, v in d.items()
+                                       if k not in ("operator", "reason", "command_id", "ts_sent")}})
         entry = entry_for(ev)
         if entry is not None:
             self.timeline.append(entry)
@@ -261,6 +273,40 @@ class RunState:
                 for line in out.splitlines()[-20:]:
                     self._push_line("result", line)
         return True
+
+    def add_audit(self, record: dict[str, Any]) -> None:
+        """One intervention (from an operator.* event or the journal's interventions table)."""
+        cid = record.get("command_id")
+        if cid and any(r.get("command_id") == cid for r in self.audit):
+            return
+        detail = record.get("detail")
+        if isinstance(detail, str):
+            try:
+                detail = json.loads(detail)
+            except ValueError:
+                detail = {"detail": detail}
+        self.audit.append({"ts": float(record.get("ts") or 0.0),
+                           "operator": one_line(record.get("operator") or "?", 40),
+                           "action": one_line(record.get("action") or "?", 20),
+                           "reason": one_line(record.get("reason") or "", 120),
+                           "command_id": cid, "detail": detail if isinstance(detail, dict) else {},
+                           "ack": record.get("ack")})
+        self.audit_version += 1
+
+    def _ack(self, ev: Event) -> None:
+        d = ev.data
+        cid = d.get("command_id")
+        verdict = ("accepted" if d.get("accepted") else "refused") + (
+            f": {one_line(d.get('reason'), 80)}" if d.get("reason") else "")
+        for r in reversed(self.audit):
+            if cid and r.get("command_id") == cid:
+                r["ack"] = verdict
+                break
+        else:  # a refused command leaves no operator.* event, only its ack
+            self.audit.append({"ts": ev.ts, "operator": one_line(d.get("operator") or "?", 40),
+                               "action": one_line(d.get("action") or "?", 20), "reason": "",
+                               "command_id": cid, "detail": {}, "ack": verdict})
+        self.audit_version += 1
 
     def add_metric_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         """Metric points from the journal's `metrics` side table (backfill)."""

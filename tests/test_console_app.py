@@ -29,6 +29,8 @@ def order(app: MLRBApp) -> list[str]:
 
 
 def log_text(widget: ActionLog | OutputLog) -> str:
+    if isinstance(widget, ActionLog):
+        return "\n".join(widget.plain_lines())
     return "\n".join(strip.text for strip in widget.lines)
 
 

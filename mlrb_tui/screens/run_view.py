@@ -10,17 +10,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Input, Static
 
 from mlrb_tui.replay import ReplayController
 from mlrb_tui.signals import RunSignals
 from mlrb_tui.state import RunState
 from mlrb_tui.widgets.approvals import ApprovalQueue
+from mlrb_tui.widgets.audit_log import AuditLog
 from mlrb_tui.widgets.metric_charts import MetricCharts
 from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.run_header import RunHeader
 from mlrb_tui.widgets.scrubber import Scrubber
-from mlrb_tui.widgets.timeline import ActionLog
+from mlrb_tui.widgets.timeline import IS_ERROR, IS_INTERVENTION, IS_SCORE, ActionLog
 
 if TYPE_CHECKING:
     from mlrb_tui.app import MLRBApp
@@ -47,6 +48,13 @@ class RunScreen(Screen[None]):
         Binding("y", "approve", "Approve", id="approve"),
         Binding("e", "edit_approve", "Edit+approve", id="edit_approve"),
         Binding("n", "reject", "Reject", id="reject"),
+        Binding("slash", "search", "Search", id="timeline.search"),
+        Binding("E", "jump('error')", "Next error", id="jump.error"),
+        Binding("I", "jump('intervention')", "Next intervention", id="jump.intervention"),
+        Binding("G", "jump('score')", "Next score", id="jump.score"),
+        Binding("t", "follow", "Follow output", id="output.follow"),
+        Binding("X", "x_axis", "Step/time axis", show=False, id="charts.x_axis"),
+        Binding("space", "toggle_entry", "Expand", show=False, id="timeline.space"),
         *REPLAY_BINDINGS,
     ]
 
@@ -67,6 +75,10 @@ class RunScreen(Screen[None]):
                 yield Static("Actions", classes="pane-title")
                 yield ApprovalQueue(id="approvals")
                 yield ActionLog(id="actions")
+                yield Input(placeholder="search the timeline (enter: next match, esc: close)",
+                            id="search")
+                yield Static("Interventions", classes="pane-title")
+                yield AuditLog(id="audit")
             with Vertical(id="right"):
                 yield Static("Metrics", classes="pane-title")
                 yield MetricCharts(id="charts")
@@ -79,6 +91,8 @@ class RunScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("play_pause", "faster", "slower", "step_back", "step_forward", "seek"):
             return self.replay is not None
+        if action == "toggle_entry":
+            return self.replay is None
         if action in ("approve", "edit_approve", "reject"):
             if self.replay is not None or self.app.readonly:
                 return False
@@ -91,6 +105,8 @@ class RunScreen(Screen[None]):
         return self.query_one(ApprovalQueue).selected
 
     def on_mount(self) -> None:
+        self.query_one("#search", Input).display = False
+        self.query_one(ActionLog).focus()
         if self.replay is None:
             self._load()
         else:
@@ -138,6 +154,7 @@ class RunScreen(Screen[None]):
                 if isinstance(created, (int, float)):
                     self.query_one(ActionLog).origin = float(created)
             self.query_one(ActionLog).sync(state)
+            self.query_one(AuditLog).sync(state)
             queue = self.query_one(ApprovalQueue)
             had = bool(queue.calls)
             queue.sync(state.signals)
@@ -150,10 +167,51 @@ class RunScreen(Screen[None]):
 
     # -- actions --------------------------------------------------------------------
     def action_back(self) -> None:
+        box = self.query_one("#search", Input)
+        if box.display:
+            box.display = False
+            self.query_one(ActionLog).focus()
+            return
         if self.app.replay_run is not None and len(self.app.screen_stack) <= 2:
             self.app.exit()
             return
         self.dismiss(None)
+
+    def action_search(self) -> None:
+        box = self.query_one("#search", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#search")
+    def _search(self, event: Input.Submitted) -> None:
+        if not self.query_one(ActionLog).search(event.value):
+            self.notify(f"no entry matches {event.value!r}", timeout=2)
+
+    def action_toggle_entry(self) -> None:
+        self.query_one(ActionLog).action_toggle()
+
+    def action_jump(self, what: str) -> None:
+        log = self.query_one(ActionLog)
+        if self.replay is not None and self.replay.jump_next(what) is not None:
+            self._after_replay_action()
+            log.find_next(lambda e: e.seq >= self.replay.position)  # type: ignore[union-attr]
+            return
+        test = {"error": IS_ERROR, "intervention": IS_INTERVENTION, "score": IS_SCORE}[what]
+        if not log.find_next(test):
+            self.notify(f"no {what} after the cursor", timeout=2)
+
+    def action_follow(self) -> None:
+        out = self.query_one(OutputLog)
+        out.auto_scroll = not out.auto_scroll
+        if out.auto_scroll:
+            out.scroll_end(animate=False)
+        self.notify("output: following the tail" if out.auto_scroll else "output: paused (t follows)",
+                    timeout=2)
+
+    def action_x_axis(self) -> None:
+        if self.state is not None:
+            axis = self.query_one(MetricCharts).toggle_x(self.state)
+            self.notify(f"charts against {axis}", timeout=2)
 
     def action_approve(self) -> None:
         call = self.pending_call()
