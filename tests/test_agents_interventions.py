@@ -474,3 +474,33 @@ def test_cli_submit_with_an_llm_agent_against_the_daemon(tmp_path: Path, docker_
     usage = [e.data for e in evs if e.kind == "usage"]
     assert len(usage) == 2 and not any(u["priced"] for u in usage)  # an unknown model has no price
     assert KEY not in json.dumps([e.to_dict() for e in evs])
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_kill_while_the_model_is_thinking_ends_the_run_at_once(provider: str, rig: Rig) -> None:
+    run = _ids(provider)
+    with LLMServer() as srv:
+        srv.script(echo("one"), Reply(text="a very slow answer", delay_s=60))
+        sup = rig.supervisor(provider, srv, run, RunLimits(time_s=300, steps=5))
+        # know when the slow request is in the server's hands (it answers from a thread)
+        loop, asked = asyncio.get_running_loop(), asyncio.Event()
+        next_reply = srv.next_reply
+
+        def next_reply_and_tell() -> Reply:
+            reply = next_reply()
+            if reply.delay_s:
+                loop.call_soon_threadsafe(asked.set)
+            return reply
+
+        srv.next_reply = next_reply_and_tell  # type: ignore[method-assign]
+        task = asyncio.create_task(sup.run())
+        await asyncio.wait_for(asked.wait(), 60)
+        started = time.monotonic()
+        await sup.control(command(run, "kill", "stuck on the provider"))
+        status = await asyncio.wait_for(task, 30)
+        took = time.monotonic() - started
+    assert status == "killed" and sup.end_reason == "stuck on the provider"
+    assert took < 15, took  # not the provider's 60 s
+    evs = rig.events(run)
+    assert evs[-1].kind == "run.ended" and evs[-1].data["steps"] == 2
+    assert not any(e.kind == "agent.message" and "slow answer" in e.data.get("text", "") for e in evs)
