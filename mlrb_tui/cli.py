@@ -73,6 +73,20 @@ def console(readonly: bool) -> None:
 
 
 @cli.command()
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option("--readonly", is_flag=True, help="Hide every control that changes a run.")
+def serve(port: int, host: str, readonly: bool) -> None:
+    """Serve the console to a browser on loopback (tunnel it over SSH)."""
+    from mlrb_tui.serve import ServeError, serve_console
+
+    try:
+        serve_console(host, port, readonly=readonly)
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
 def up() -> None:
     """Start the runner daemon (runs survive the console and the SSH session)."""
     from runner.daemon import DaemonError, start_detached
