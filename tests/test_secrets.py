@@ -142,6 +142,7 @@ async def test_no_provider_key_in_a_running_docker_sandbox_or_the_journal(
             env_config = container.attrs["Config"]["Env"]
             assert f"MLRB_RUN={run}" in env_config
             assert not _has_key("\n".join(env_config)), env_config
+            assert not _has_key(json.dumps(container.attrs))  # labels, command, mounts, all of it
 
             # environment of pid 1 and of a fresh exec
             def sh(cmd: str, user: str = "1000:1000") -> str:
@@ -212,3 +213,32 @@ async def test_the_local_sandbox_environment_holds_no_provider_key(tmp_path: Pat
     assert res.exit_code == 0, res.output
     assert "MLRB_RUN=secrets-local" in res.output
     assert not _has_key(res.output), res.output
+
+
+async def test_an_llm_run_in_the_local_sandbox_never_shows_the_key(tmp_path: Path, host_keys: None) -> None:
+    from runner.local_sandbox import LocalSandbox
+
+    run = "secrets-local-run"
+    with LLMServer() as srv:
+        srv.script(Reply.call("bash", {"command": "env; tr '\\0' '\\n' < /proc/$$/environ; "
+                                                  "ps -eo args 2>/dev/null | head -50"}))
+        agent = make_agent("anthropic", None, {"base_url": srv.url, "backoff_s": 0.01})
+        journal = Journal(tmp_path / "j.db")
+        try:
+            sup = RunSupervisor(
+                RunRequest(run=run, task=load_spec_file(FIXTURE), scale="smoke", agent_kind="anthropic",
+                           limits=RunLimits(time_s=300, steps=1)),
+                journal=journal, publish=None, make_sandbox=LocalSandbox, agent=agent,
+                workspace=tmp_path / run / "workspace", runner_id="test")
+            status = await sup.run()
+        finally:
+            await agent.close()
+            journal.close()
+    assert status == "limit", sup.end_reason
+    assert srv.requests[0].headers.get("x-api-key") == KEYS["ANTHROPIC_API_KEY"] or \
+        srv.requests[0].headers.get("authorization") == f"Bearer {KEYS['ANTHROPIC_API_KEY']}"
+    evs = _events(tmp_path / "j.db", run)
+    out = [e.data["output"] for e in evs if e.kind == "tool.result"][0]
+    assert f"MLRB_RUN={run}" in out
+    for e in evs:
+        assert not _has_key(json.dumps(e.to_dict())), e
