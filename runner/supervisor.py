@@ -333,7 +333,10 @@ class RunSupervisor:
                     await self._finish("failed", "the agent stopped without submitting a model")
                     return
                 if failures >= MAX_CONSECUTIVE_AGENT_FAILURES:
-                    await self._finish("failed", f"the agent made no progress in {failures} turns")
+                    # the last turn's words say why (e.g. the provider refused the key)
+                    why = strip_escapes(turn.text)[:500]
+                    await self._finish("failed", f"the agent made no progress in {failures} turns"
+                                                 + (f": {why}" if why else ""))
                     return
                 results = []
                 continue

@@ -504,3 +504,19 @@ async def test_kill_while_the_model_is_thinking_ends_the_run_at_once(provider: s
     evs = rig.events(run)
     assert evs[-1].kind == "run.ended" and evs[-1].data["steps"] == 2
     assert not any(e.kind == "agent.message" and "slow answer" in e.data.get("text", "") for e in evs)
+
+
+async def test_a_provider_that_keeps_refusing_fails_the_run_with_the_reason(rig: Rig) -> None:
+    run = _ids("openai")
+    with LLMServer() as srv:
+        srv.script(*(Reply.error(401, "Incorrect API key provided") for _ in range(5)))
+        sup = rig.supervisor("openai", srv, run, RunLimits(time_s=300, steps=20))
+        status = await sup.run()
+    assert status == "failed"
+    assert sup.end_reason.startswith("the agent made no progress in 5 turns: [LLM call failed: auth;")
+    assert "Incorrect API key provided" in sup.end_reason
+    assert srv.remaining == 0 and len(srv.requests) == 5  # an auth error is not retried
+    evs = rig.events(run)
+    errors = [(e.data["error"], e.data["attempt"], e.data["retrying"]) for e in evs if e.kind == "agent.error"]
+    assert errors == [("auth", 1, False)] * 5
+    assert not any(KEY in json.dumps(e.to_dict()) for e in evs)
