@@ -28,8 +28,9 @@ SCORE_KINDS = ("score",)
 JUMPS = {"error": ERROR_KINDS, "intervention": INTERVENTION_KINDS, "score": SCORE_KINDS}
 ROW_KINDS = (
     "run.created", "run.started", "run.held", "run.resumed", "run.ended", "sandbox.started",
-    "usage", "score", "integrity.flag", "metric", "resource", "gpu", "agent.step",
+    "usage", "score", "integrity.flag",
 )
+LATEST_KINDS = ("metric", "resource", "gpu", "agent.step")  # the row keeps only the last
 
 
 class ReplayError(RuntimeError):
@@ -189,17 +190,21 @@ class ReplayController:
             return
         window = self.reader.events_before(self.run, seq + 1, limit=self._window)
         start = window[0].seq if window else seq + 1
-        # the row (status, budget, totals) needs lifecycle events from before the window:
-        # page through those kinds only, which are few next to output and metrics
+        # the row needs, from before the window, every lifecycle event and usage (they add up)
+        # but only the latest sample of each telemetry kind: the index finds those directly
+        before: list[Event] = []
+        for kind in LATEST_KINDS:
+            before += self.reader.events_before(self.run, start, limit=1, kinds=[kind])
         after = 0
         while after < start - 1:
             page = self.reader.events(self.run, after_seq=after, limit=self._page, kinds=ROW_KINDS)
             page = [e for e in page if e.seq < start]
             if not page:
                 break
-            for ev in page:
-                self.fold.apply(ev)
+            before += page
             after = page[-1].seq
+        for ev in sorted(before, key=lambda e: e.seq):
+            self.fold.apply(ev)
         # metrics before the window come from the side table, so charts show the whole run
         self.state.add_metric_rows(r for r in self.reader.metrics(self.run, limit=20000)
                                    if r["seq"] < start)
