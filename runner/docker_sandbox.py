@@ -378,7 +378,8 @@ class DockerSandbox:
         stream = self._stats_stream
         if stream is not None:
             latest = stream.latest()
-            if latest is not None:
+            # the stream's first sample has no previous one to compute CPU from
+            if latest is not None and latest.get("cpu_pct") is not None:
                 return latest
             if not stream.alive and not self._stopped:
                 self._follow_stats()  # the stream broke (engine restart): follow it again

@@ -251,7 +251,12 @@ async def test_stats_report_cpu_and_memory(sandbox: DockerSandbox) -> None:
         timeout_s=30))
     await sandbox.exec("while ! grep -q python3 /proc/[0-9]*/cmdline 2>/dev/null; do sleep 0.05; done")
     try:
-        sample = await sandbox.stats()
+        # samples stream about once a second: wait for one taken while the loop spins
+        for _ in range(100):
+            sample = await sandbox.stats()
+            if (sample["cpu_pct"] or 0) > 20:
+                break
+            await asyncio.sleep(0.1)
     finally:
         busy.cancel()
         with pytest.raises(asyncio.CancelledError):
