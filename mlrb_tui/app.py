@@ -13,6 +13,7 @@ import contextlib
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class MLRBApp(App[None]):
         self.dashboard: DashboardScreen | None = None
         self.sent: dict[str, ControlCommand] = {}  # command id -> command, to match acks
         self.acks_seen = 0
+        self.ack_log: deque[str] = deque(maxlen=50)  # the runner's answers, newest last
         self._dirty = True
         self._last_full = 0.0
         self._replay_reader: JournalReader | None = None
@@ -193,11 +195,12 @@ class MLRBApp(App[None]):
             self.acks_seen += 1
             why = one_line(ev.data.get("reason", ""), 120)
             if ev.data.get("accepted"):
-                self.notify(f"{cmd.action} {cmd.run}: accepted" + (f" ({why})" if why else ""),
-                            title="runner", timeout=6)
+                text = f"{cmd.action} {cmd.run}: accepted" + (f" ({why})" if why else "")
+                self.notify(text, title="runner", timeout=6)
             else:
-                self.notify(f"{cmd.action} {cmd.run}: refused — {why or 'no reason given'}",
-                            title="runner", severity="warning", timeout=10)
+                text = f"{cmd.action} {cmd.run}: refused — {why or 'no reason given'}"
+                self.notify(text, title="runner", severity="warning", timeout=10)
+            self.ack_log.append(text)
 
     def topbar_text(self) -> Text:
         text = Text()

@@ -177,8 +177,7 @@ async def test_controls_send_commands_and_show_acks(tmp_path: Path) -> None:
                                          "accepted": False, "reason": "run is already held"},
                          ts=NOW))
         await until(pilot, lambda: app.acks_seen == 1)
-        messages = [n.message for n in app._notifications]
-        assert any("hold r-mini-pile-01: refused — run is already held" in m for m in messages)
+        assert app.ack_log[-1] == "hold r-mini-pile-01: refused — run is already held"
         # controls on an ended run are refused locally, nothing is sent
         await pilot.press("down", "down")
         assert app.dashboard.table.current_run == KILLED  # type: ignore[union-attr]

@@ -61,8 +61,7 @@ async def test_message_score_and_approval_mode(tmp_path: Path) -> None:
                                          "action": "approval_mode", "accepted": True,
                                          "reason": "approval mode on"}, ts=NOW))
         await until(pilot, lambda: app.acks_seen == 1)
-        assert any("approval_mode r-mini-pile-01: accepted (approval mode on)" in n.message
-                   for n in app._notifications)
+        assert app.ack_log[-1] == "approval_mode r-mini-pile-01: accepted (approval mode on)"
         await pilot.press("a")  # now known to be on: the toggle turns it off
         await until(pilot, lambda: len(catcher.commands) == 3)
         assert catcher.commands[2].args == {"on": False}
