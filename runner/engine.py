@@ -32,6 +32,7 @@ from tasks.api import TaskSpecError, load_task, scripted_plan
 log = logging.getLogger(__name__)
 
 AGENT_KINDS = ("scripted", "anthropic", "openai")
+KEEP_ENDED = 200
 
 
 class SubmitError(ValueError):
@@ -228,6 +229,17 @@ class Engine:
                 return await sup.run()
         finally:
             self.gpus.release(sup.run_id)
+            self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        """A daemon runs for weeks: keep only the latest ended runs in memory (the journal
+        keeps them all)."""
+        ended = [r for r, s in self.supervisors.items() if s.ended]
+        for run in ended[:max(0, len(ended) - KEEP_ENDED)]:
+            self.supervisors.pop(run, None)
+            task = self.tasks.pop(run, None)
+            if task is not None and not task.done():
+                self.tasks[run] = task  # still finishing: keep it until it is done
 
     async def wait(self, run_ids: Sequence[str] | None = None) -> dict[str, str]:
         ids = list(run_ids) if run_ids is not None else list(self.tasks)

@@ -60,3 +60,4 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
         local = JournalReader(tmp_path / r["runner"] / "mlrb.db")
         assert reader.max_seq(r["run"]) == local.max_seq(r["run"]) == r["last_seq"]
         assert [e.seq for e in reader.events(r["run"], 0, 100000)] == list(range(1, r["last_seq"] + 1))
+
