@@ -31,3 +31,37 @@ async def test_a_long_lived_engine_forgets_ended_runs_but_the_journal_keeps_them
     assert len(engine.supervisors) <= 3
     rows = JournalReader(tmp_path / "h" / "mlrb.db").list_runs()
     assert sorted(r["run"] for r in rows) == sorted(ids)
+
+
+async def test_runs_left_live_by_a_dead_runner_are_ended_at_start(tmp_path):
+    from runner.events import EventFactory
+    from runner.journal import Journal
+
+    home = tmp_path / "h"
+    j = Journal(home / "mlrb.db")
+    f = EventFactory("orphan-1")
+    j.write_sync([f.make("run.created", {"task": "tiny_train"}), f.make("run.started", {})])
+    j.close()
+    engine = Engine(Config(home=home, backend="local"), use_bus=False)
+    await engine.start()
+    await engine.stop()
+    row = JournalReader(home / "mlrb.db").get_run("orphan-1")
+    assert row["status"] == "failed" and "stopped before the run ended" in row["reason"]
+
+
+async def test_a_bad_job_leaves_a_failed_run_that_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
+    engine = Engine(Config(home=tmp_path / "h", backend="local"), use_bus=False)
+    await engine.start()
+    try:
+        await engine._on_job({"id": "j1", "task": "no_such_task", "agent": "scripted"})
+        await engine._on_job({"id": "j2", "task": "tiny_train", "agent": "gpt-9"})
+        await engine._on_job({"id": "j3", "task": "tiny_train", "limits": {"steps": -1}})
+    finally:
+        await engine.stop()
+    rows = JournalReader(tmp_path / "h" / "mlrb.db").list_runs()
+    reasons = sorted(r["reason"] for r in rows)
+    assert all(r["status"] == "failed" for r in rows) and len(rows) == 3
+    assert any("unknown task 'no_such_task'" in x for x in reasons)
+    assert any("unknown agent 'gpt-9'" in x for x in reasons)
+    assert any("limits must map names to positive numbers" in x for x in reasons)
