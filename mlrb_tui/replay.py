@@ -3,7 +3,8 @@
 `ReplayController` is Textual-free. It pages events out of the journal
 (`JournalReader.events(after_seq, limit)`), never loading a whole run; seeks find their
 sequence number by timestamp (`seq_at`) and rebuild the view state from a bounded window
-(`events_before`) plus the lifecycle events that decide the run's status.
+(`events_before`), the last event of each kind the run row keeps, usage sums and each metric
+series' tail: every query is an index seek, so a seek costs the same at event 10 or 10^6.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from mlrb_tui.state import RunState
+from mlrb_tui.state import MAX_POINTS, RunState
 from runner.events import Event
 from runner.journal import JournalReader, RunFold
 
@@ -26,11 +27,11 @@ INTERVENTION_KINDS = ("operator.hold", "operator.freeze", "operator.resume", "op
                       "operator.score", "control.ack")
 SCORE_KINDS = ("score",)
 JUMPS = {"error": ERROR_KINDS, "intervention": INTERVENTION_KINDS, "score": SCORE_KINDS}
-ROW_KINDS = (
+# the run row keeps only the last of each of these (usage and integrity flags add up instead)
+FOLD_LATEST_KINDS = (
     "run.created", "run.started", "run.held", "run.resumed", "run.ended", "sandbox.started",
-    "usage", "score", "integrity.flag",
+    "score", "metric", "resource", "gpu", "agent.step",
 )
-LATEST_KINDS = ("metric", "resource", "gpu", "agent.step")  # the row keeps only the last
 
 
 class ReplayError(RuntimeError):
@@ -190,27 +191,36 @@ class ReplayController:
             return
         window = self.reader.events_before(self.run, seq + 1, limit=self._window)
         start = window[0].seq if window else seq + 1
-        # the row needs, from before the window, every lifecycle event and usage (they add up)
-        # but only the latest sample of each telemetry kind: the index finds those directly
-        before: list[Event] = []
-        for kind in LATEST_KINDS:
-            before += self.reader.events_before(self.run, start, limit=1, kinds=[kind])
-        after = 0
-        while after < start - 1:
-            page = self.reader.events(self.run, after_seq=after, limit=self._page, kinds=ROW_KINDS)
-            page = [e for e in page if e.seq < start]
-            if not page:
-                break
-            before += page
-            after = page[-1].seq
-        for ev in sorted(before, key=lambda e: e.seq):
-            self.fold.apply(ev)
-        # metrics before the window come from the side table, so charts show the whole run
-        self.state.add_metric_rows(r for r in self.reader.metrics(self.run, limit=20000)
-                                   if r["seq"] < start)
+        if start > 1:
+            self._fold_before(start)
+            # charts show each series' last MAX_POINTS points, as playing from the start would
+            self.state.add_metric_rows(self.reader.metric_tails(self.run, start, MAX_POINTS))
         for ev in window:
             self.fold.apply(ev)
             self.state.apply(ev)
         self.position = seq
         self.now_ts = window[-1].ts if window else self.t0
 
+    def _fold_before(self, start: int) -> None:
+        """Fold the row as it stood before event `start` without reading the events between.
+
+        The row keeps only the last of each of FOLD_LATEST_KINDS (the status is decided by the
+        last lifecycle event, or for good by the first run.ended), so one index seek per kind
+        finds them; usage and integrity flags add up, so they come as sums and a count.
+        """
+        before = self.reader.latest_events(self.run, FOLD_LATEST_KINDS, start)
+        before += self.reader.first_events(self.run, ("run.ended",), start)
+        before += self.reader.events(self.run, after_seq=0, limit=1)  # the row exists from seq 1
+        seen: set[int] = set()
+        for ev in sorted(before, key=lambda e: e.seq):
+            if ev.seq not in seen:
+                seen.add(ev.seq)
+                self.fold.apply(ev)
+        row = self.fold.rows.get(self.run)
+        if row is None:
+            return
+        totals = self.reader.usage_totals(self.run, start)
+        row["input_tokens"] = int(totals["input_tokens"])
+        row["output_tokens"] = int(totals["output_tokens"])
+        row["cost_usd"] = float(totals["cost_usd"])
+        row["flags"] = self.reader.count_kind(self.run, "integrity.flag", start)

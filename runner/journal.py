@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     step INTEGER, value REAL, ts REAL NOT NULL,
     PRIMARY KEY (run, seq, name)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run, name, seq);
 CREATE TABLE IF NOT EXISTS gpu_samples (
     run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, device INTEGER,
     util REAL, mem_used INTEGER, mem_total INTEGER, power_w REAL, temp_c REAL,
@@ -388,6 +389,9 @@ class JournalReader:
             ensure_schema(self.path)
         self._conn = connect(self.path, readonly=True)
         self._lock = threading.Lock()
+        self._has_name_index = bool(self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'metrics_run_name'"
+        ).fetchone())
 
     def close(self) -> None:
         self._conn.close()
@@ -447,9 +451,13 @@ class JournalReader:
         return int(rows[0]["m"] or 0)
 
     def seq_at(self, run: str, ts: float) -> int:
-        """The last seq at or before `ts` (0 before the first event)."""
-        rows = self._all("SELECT MAX(seq) AS m FROM events WHERE run = ? AND ts <= ?", [run, ts])
-        return int(rows[0]["m"] or 0)
+        """The last event at or before `ts` in time order (0 before the first event).
+
+        An index seek on (run, ts): `MAX(seq) ... ts <= ?` would read every event up to `ts`.
+        """
+        rows = self._all("SELECT seq FROM events WHERE run = ? AND ts <= ? "
+                         "ORDER BY ts DESC, seq DESC LIMIT 1", [run, ts])
+        return int(rows[0]["seq"]) if rows else 0
 
     def ts_range(self, run: str) -> tuple[float, float] | None:
         rows = self._all(
@@ -466,6 +474,75 @@ class JournalReader:
             [run, after_seq, *kinds])
         m = rows[0]["m"]
         return None if m is None else int(m)
+
+    def _edge_event(self, run: str, kind: str, before_seq: int, last: bool) -> Event | None:
+        # MAX/MIN in a subquery keeps the (run, kind, seq) index: with `ORDER BY seq LIMIT 1`
+        # the planner walks the primary key instead and reads every event of other kinds
+        agg = "MAX" if last else "MIN"
+        rows = self._all(
+            f"SELECT * FROM events WHERE run = ? AND seq = (SELECT {agg}(seq) FROM events "
+            "WHERE run = ? AND kind = ? AND seq < ?)", [run, run, kind, before_seq])
+        return _event_from_row(rows[0]) if rows else None
+
+    def latest_events(self, run: str, kinds: Sequence[str], before_seq: int) -> list[Event]:
+        """The last event of each of `kinds` before `before_seq`, oldest first (one index
+        seek per kind, whatever the run's length)."""
+        found = (self._edge_event(run, k, before_seq, last=True) for k in dict.fromkeys(kinds))
+        return sorted((e for e in found if e is not None), key=lambda e: e.seq)
+
+    def first_events(self, run: str, kinds: Sequence[str], before_seq: int) -> list[Event]:
+        """The first event of each of `kinds` before `before_seq`, oldest first."""
+        found = (self._edge_event(run, k, before_seq, last=False) for k in dict.fromkeys(kinds))
+        return sorted((e for e in found if e is not None), key=lambda e: e.seq)
+
+    def count_kind(self, run: str, kind: str, before_seq: int) -> int:
+        """How many events of `kind` come before `before_seq` (a covering-index count)."""
+        rows = self._all("SELECT COUNT(*) AS n FROM events WHERE run = ? AND kind = ? AND seq < ?",
+                         [run, kind, before_seq])
+        return int(rows[0]["n"])
+
+    def usage_totals(self, run: str, before_seq: int) -> dict[str, float]:
+        """Tokens and cost summed over the usage rows before `before_seq`."""
+        rows = self._all(
+            "SELECT COALESCE(SUM(input_tokens), 0) AS input_tokens, "
+            "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
+            "COALESCE(SUM(cost_usd), 0.0) AS cost_usd FROM usage WHERE run = ? AND seq < ?",
+            [run, before_seq])
+        return dict(rows[0])
+
+    def metric_tails(self, run: str, before_seq: int, points: int, max_names: int = 16,
+                     scan_names: int = 1024) -> list[dict[str, Any]]:
+        """The last `points` metric rows of each series before `before_seq`, series by series
+        in the order they first appeared (the first `max_names` of them), oldest first.
+
+        Names come from a skip-scan of the (run, name, seq) index, so a run that logged
+        millions of points of a few series costs a few index seeks per series.
+        """
+        if not self._has_name_index:  # a journal from before the index: the latest rows only
+            rows = self._all("SELECT * FROM metrics WHERE run = ? AND seq < ? "
+                             "ORDER BY seq DESC LIMIT ?", [run, before_seq, points])
+            return [dict(r) for r in reversed(rows)]
+        first: list[tuple[int, str]] = []
+        name: str | None = None
+        for _ in range(scan_names):
+            if name is None:
+                rows = self._all("SELECT MIN(name) AS n FROM metrics WHERE run = ?", [run])
+            else:
+                rows = self._all("SELECT MIN(name) AS n FROM metrics WHERE run = ? AND name > ?",
+                                 [run, name])
+            if rows[0]["n"] is None:
+                break
+            name = str(rows[0]["n"])
+            seq = self._all("SELECT MIN(seq) AS s FROM metrics WHERE run = ? AND name = ?",
+                            [run, name])[0]["s"]
+            if seq is not None and seq < before_seq:
+                first.append((int(seq), name))
+        out: list[dict[str, Any]] = []
+        for _, name in sorted(first)[:max_names]:
+            rows = self._all("SELECT * FROM metrics WHERE run = ? AND name = ? AND seq < ? "
+                             "ORDER BY seq DESC LIMIT ?", [run, name, before_seq, points])
+            out += [dict(r) for r in reversed(rows)]
+        return out
 
     def metrics(self, run: str, name: str | None = None, after_seq: int = 0,
                 limit: int = 100000) -> list[dict[str, Any]]:
