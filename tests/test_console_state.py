@@ -193,3 +193,90 @@ def test_runstate_rejects_other_runs_and_repeats() -> None:
     ev = Event("r1", 1, 1.0, "run.started", {})
     assert rs.apply(ev) and not rs.apply(ev)
     assert not rs.apply(Event("r2", 2, 1.0, "run.started", {}))
+
+
+def _long_run(path: Path) -> list[Event]:
+    """A run with every kind the row folds, spread over a few thousand events: usage and
+    flags that add up, holds, a series logged once early and two logged for longer than a
+    chart keeps (MAX_POINTS), telemetry, an end, and events after the end."""
+    from runner.journal import Journal
+
+    f = EventFactory("long")
+    t = T0
+    evs = [f.make("run.created", {"task": "mini_pile", "agent": "scripted",
+                                  "limits": {"time_s": 3600}}, ts=t),
+           f.make("run.started", {"elapsed_s": 0.0}, ts=t),
+           f.make("sandbox.started", {"backend": "docker", "isolated": True}, ts=t),
+           f.make("metric", {"step": 0, "values": {"lr": 0.1}}, ts=t)]
+    for i in range(4600):
+        ts = t + 1 + i * 0.5
+        r = i % 10
+        if r < 5:
+            evs.append(f.make("metric", {"step": i, "values": {"loss": 1 / (1 + i),
+                                                               "acc": i / 5000}}, ts=ts))
+        elif r == 5:
+            evs.append(f.make("usage", {"model": "m", "input_tokens": 100 + i,
+                                        "output_tokens": 7, "cost_usd": 0.0013 * (i % 7)}, ts=ts))
+        elif r == 6:
+            evs.append(f.make("sandbox.output", {"stream": "stdout", "text": f"line {i}\n"}, ts=ts))
+        elif r == 7:
+            evs.append(f.make("resource", {"cpu_pct": float(i % 400), "mem_bytes": i << 20,
+                                           "elapsed_s": float(i)}, ts=ts))
+        elif r == 8:
+            evs.append(f.make("gpu", {"device": 0, "util": float(i % 100), "mem_used": i,
+                                      "mem_total": 80}, ts=ts))
+        else:
+            evs.append(f.make("agent.step", {"step": i // 10, "elapsed_s": float(i)}, ts=ts))
+        if i % 997 == 0:
+            evs.append(f.make("integrity.flag", {"check": "c", "detail": "d"}, ts=ts))
+        if i == 1500:
+            evs.append(f.make("run.held", {"level": "freeze", "elapsed_s": float(i)}, ts=ts))
+        if i == 1800:
+            evs.append(f.make("run.resumed", {"elapsed_s": float(i)}, ts=ts))
+        if i == 4000:
+            evs.append(f.make("score", {"metric": "loss", "value": 0.5}, ts=ts))
+            evs.append(f.make("run.ended", {"status": "succeeded", "reason": "done",
+                                            "elapsed_s": float(i)}, ts=ts))
+        if i == 4300:
+            evs.append(f.make("run.ended", {"status": "failed", "reason": "late"}, ts=ts))
+    j = Journal(path)
+    j.write_sync(evs)
+    j.close()
+    return evs
+
+
+def test_replay_seek_shows_what_playing_shows(tmp_path: Path) -> None:
+    from runner.journal import RunFold
+
+    evs = _long_run(tmp_path / "long.db")
+    reader = JournalReader(tmp_path / "long.db")
+    ctl = ReplayController(reader, "long", window=30)
+    fold, state = RunFold(), RunState("long")
+    marks = {2, 3, 40, 1200, 2000, 2300, 3100, 4200, 4500, len(evs) - 1, len(evs)}
+    for ev in evs:  # play from the start, and compare with a seek at each mark
+        fold.apply(ev)
+        state.apply(ev)
+        if ev.seq not in marks:
+            continue
+        ctl.seek_seq(ev.seq)
+        assert ctl.position == ev.seq
+        played, sought = fold.rows["long"], ctl.row
+        for key in played:
+            if key == "cost_usd":
+                assert sought[key] == pytest.approx(played[key], rel=1e-12), ev.seq
+            else:
+                assert sought[key] == played[key], (ev.seq, key)
+        assert {k: list(v) for k, v in ctl.state.metrics.items()} == {
+            k: list(v) for k, v in state.metrics.items()}, ev.seq
+        assert {k: list(v) for k, v in ctl.state.metric_times.items()} == {
+            k: list(v) for k, v in state.metric_times.items()}, ev.seq
+        shown = list(ctl.state.timeline)
+        assert shown and shown == list(state.timeline)[-len(shown):], ev.seq
+    assert ctl.row["status"] == "succeeded" and ctl.row["reason"] == "late"
+    assert len(ctl.state.metrics["loss"]) == 2000 and ctl.state.metrics["lr"]
+    # a jump finds the next error without reading what lies between
+    ctl.seek_seq(1)
+    flag = ctl.jump_next("error")
+    assert flag == next(e.seq for e in evs if e.kind == "integrity.flag")
+    assert ctl.row["flags"] == 1
+    reader.close()

@@ -99,3 +99,49 @@ async def test_the_file_opens_in_datasette(journal, tmp_path):
     assert [(r["run"], r["status"], r["task"]) for r in runs] == [("demo-1", "succeeded", "mini_pile")]
     audit = (await ds.client.get("/j/interventions.json?_shape=array")).json()
     assert audit[0]["action"] == "hold" and audit[0]["operator"] == "ana@host"
+
+
+def test_seek_queries_are_index_seeks(journal, tmp_path):
+    f = EventFactory("big")
+    evs = [f.make("run.created", {"task": "t"}, ts=1000.0)]
+    for i in range(3000):
+        kind = ("metric", "sandbox.output", "usage")[i % 3]
+        data = {"step": i, "values": {"b": i, "a": -i}} if kind == "metric" else (
+            {"input_tokens": 2, "output_tokens": 1, "cost_usd": 0.5} if kind == "usage"
+            else {"stream": "stdout", "text": "x"})
+        evs.append(f.make(kind, data, ts=1001.0 + i))
+    evs.append(f.make("metric", {"step": 9, "values": {"late": 1.0}}, ts=5000.0))
+    journal.write_sync(evs)
+    r = JournalReader(tmp_path / "j.db")
+    last = r.latest_events("big", ["metric", "run.created", "gpu", "usage"], before_seq=1000)
+    assert [(e.kind, e.seq) for e in last] == [("run.created", 1), ("usage", 997),
+                                               ("metric", 998)]
+    assert [e.seq for e in r.first_events("big", ["usage", "metric"], before_seq=1000)] == [2, 4]
+    assert r.count_kind("big", "usage", before_seq=11) == 3
+    assert r.usage_totals("big", before_seq=11) == {"input_tokens": 6, "output_tokens": 3,
+                                                    "cost_usd": 1.5}
+    assert r.usage_totals("nope", before_seq=11)["input_tokens"] == 0
+    tails = r.metric_tails("big", before_seq=3000, points=3)
+    # series in the order they first appeared, each its last 3 points, oldest first
+    assert [(t["name"], t["seq"]) for t in tails] == [
+        ("a", 2993), ("a", 2996), ("a", 2999), ("b", 2993), ("b", 2996), ("b", 2999)]
+    assert r.metric_tails("big", before_seq=3000, points=3, max_names=1)[0]["name"] == "a"
+    assert {t["name"] for t in r.metric_tails("big", before_seq=9999, points=1)} == {"a", "b", "late"}
+    assert r.seq_at("big", 1500.5) == 501
+    assert r.seq_at("big", 10.0) == 0
+    # each query a seek picks is an index search, never a scan of the run
+    plans = {
+        "seq_at": ("SELECT seq FROM events WHERE run = ? AND ts <= ? "
+                   "ORDER BY ts DESC, seq DESC LIMIT 1", ["big", 1500.0]),
+        "edge": ("SELECT * FROM events WHERE run = ? AND seq = (SELECT MAX(seq) FROM events "
+                 "WHERE run = ? AND kind = ? AND seq < ?)", ["big", "big", "gpu", 2000]),
+        "tail": ("SELECT * FROM metrics WHERE run = ? AND name = ? AND seq < ? "
+                 "ORDER BY seq DESC LIMIT ?", ["big", "a", 2000, 10]),
+        "names": ("SELECT MIN(name) AS n FROM metrics WHERE run = ? AND name > ?", ["big", "a"]),
+    }
+    conn = sqlite3.connect(tmp_path / "j.db")
+    for name, (sql, params) in plans.items():
+        plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, (name, plan)
+        assert "INDEX" in plan or "PRIMARY KEY (run=? AND" in plan, (name, plan)
+    r.close()
