@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -41,11 +43,11 @@ def elapsed_text(row: dict[str, Any], now: float) -> Text:
     return text
 
 
-def metric_text(row: dict[str, Any]) -> Text:
+def metric_text(row: dict[str, Any], name_width: int = 16) -> Text:
     name, value, step = row.get("metric_name"), row.get("metric_value"), row.get("metric_step")
     if name is None or not isinstance(value, (int, float)):
         return Text("—", style="dim")
-    text = Text(f"{one_line(name, 16)}=", style="dim")
+    text = Text(f"{one_line(name, name_width)}=", style="dim")
     text.append(f"{value:.4g}", style="bold")
     if step is not None:
         text.append(f"@{step}", style="dim")
@@ -92,98 +94,245 @@ def gpu_text(row: dict[str, Any]) -> Text:
     return text
 
 
-def trend_text(sig: RunSignals | None, width: int = 10) -> Text:
-    """Sparklines of the last samples: GPU util (else CPU) and memory against its limit."""
-    if sig is None or not (sig.gpu or sig.cpu or sig.mem):
-        return Text("—", style="dim")
-    text = Text()
-    if sig.gpu:
-        text.append("g", style="dim")
-        text.append(sparkline(list(sig.gpu), width, 100.0), style="green")
-    elif sig.cpu:
-        text.append("c", style="dim")
-        top = sig.cpu_limit * 100 if sig.cpu_limit else None
-        text.append(sparkline(list(sig.cpu), width, top), style="cyan")
-    if sig.mem:
-        text.append(" m", style="dim")
-        text.append(sparkline(list(sig.mem), width // 2, sig.mem_limit), style="magenta")
-    return text
-
-
 def score_text(row: dict[str, Any]) -> Text:
     score = row.get("score")
     return Text("—", style="dim") if not isinstance(score, (int, float)) else Text(f"{score:.4g}",
                                                                                    style="bold")
 
 
-def cost_text(row: dict[str, Any]) -> Text:
-    tokens = int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
-    if not tokens:
-        return Text("—", style="dim")
-    k = f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
-    return Text(f"{k} ${float(row.get('cost_usd') or 0):.2f}")
+def budget_short(seconds: float) -> str:
+    """A budget in few characters: 1h, 90m, 1:30:00 when neither fits."""
+    s = int(seconds)
+    if s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s % 60 == 0 and s < 6000:
+        return f"{s // 60}m"
+    return fmt_duration(s)
 
 
-def flags_text(row: dict[str, Any], sig: RunSignals | None = None) -> Text:
-    """Integrity flags, a local (unisolated) sandbox, calls awaiting approval, limit warnings."""
-    text = Text()
-    if row.get("isolated") == 0:
-        text.append("local ", style="bold red")
-    flags = int(row.get("flags") or 0)
-    if flags:
-        text.append(f"⚑{flags} ", style="bold red")
-    if sig is not None and row.get("status") not in ("succeeded", "failed", "killed", "limit"):
-        if sig.pending:
-            text.append(f"✋{len(sig.pending)} ", style="bold yellow reverse")
-        warn = sig.warning_text()
-        if warn:
-            text.append(f"⏱{warn}", style="bold yellow")
-    text.rstrip()
-    return text
+def fmt_gib(n: float) -> str:
+    g = n / (1 << 30)
+    return f"{g:.0f}" if g >= 10 else f"{g:.1f}"
 
 
-def elapsed_cell(row: dict[str, Any], now: float, sig: RunSignals | None) -> Text:
-    text = elapsed_text(row, now)
-    if sig is not None and sig.limit_warnings and row.get("status") in ("running", "held", "frozen"):
+def _num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# The dashboard's cells. Each column has a value function (a plain hashable tuple, cheap to
+# compute and compare on every repaint) and a render function (the Rich Text, built only when
+# the value changed). Widths are content widths; the table adds one column of gap.
+Value = tuple[Any, ...]
+
+
+def _v_run(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("run", "?"),)
+
+
+def _r_run(v: Value) -> Text:
+    return Text(one_line(v[0], 64), style="bold")
+
+
+def _v_task(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("task"),)
+
+
+def _r_plain(v: Value) -> Text:
+    return Text(one_line(v[0] or "—", 40))
+
+
+def _v_agent(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("agent"),)
+
+
+def _v_status(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("status"),)
+
+
+def _r_status(v: Value) -> Text:
+    return status_text(v[0])
+
+
+def _v_time(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    warn = bool(sig is not None and sig.limit_warnings
+                and row.get("status") in ("running", "held", "frozen"))
+    budget = row.get("budget_s")
+    return (int(elapsed_of(row, now)), budget if _num(budget) else None, warn)
+
+
+def _r_time(v: Value) -> Text:
+    used, budget, warn = v
+    text = Text(fmt_duration(used))
+    if budget is not None and budget > 0:
+        frac = used / budget
+        style = "red" if frac >= 0.95 else "yellow" if frac >= 0.8 else "dim"
+        text.append(f"/{budget_short(budget)}", style=style)
+    if warn:
         text.append(" ⚠", style="bold yellow")
     return text
 
 
-# (column key, header, width, cell function); the key is also the sort key
-COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("run", "run", 18),
-    ("task", "task", 20),
-    ("agent", "agent", 9),
-    ("status", "status", 11),
-    ("time", "elapsed/budget", 17),
-    ("metric", "latest metric", 24),
-    ("cpu", "CPU", 5),
-    ("mem", "memory", 13),
-    ("gpu", "GPU util mem", 16),
-    ("trend", "trend", 17),
-    ("score", "score", 7),
-    ("cost", "tok/cost", 12),
-    ("flags", "flags", 8),
+def _v_metric(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("metric_name"), row.get("metric_value"), row.get("metric_step"))
+
+
+def _r_metric(v: Value) -> Text:
+    return metric_text({"metric_name": v[0], "metric_value": v[1], "metric_step": v[2]}, 8)
+
+
+def _v_res(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    cpu = row.get("cpu_pct")
+    return (round(cpu) if _num(cpu) else None, row.get("cpu_limit"), row.get("mem_bytes"),
+            row.get("mem_limit"))
+
+
+def _r_res(v: Value) -> Text:
+    """CPU (percent of one core) and memory in one cell; yellow when near the run's limit."""
+    cpu, cpu_limit, mem, mem_limit = v
+    text = Text()
+    if cpu is None:
+        text.append("—", style="dim")
+    else:
+        near = _num(cpu_limit) and cpu_limit > 0 and cpu / (cpu_limit * 100) >= 0.9
+        text.append(f"{cpu}%", style="yellow" if near else "")
+    if _num(mem):
+        near = _num(mem_limit) and mem_limit > 0 and mem / mem_limit >= 0.9
+        text.append(f" {fmt_bytes(mem)}", style="bold yellow" if near else "")
+    return text
+
+
+def _v_gpu(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    util = row.get("gpu_util")
+    return (round(util) if _num(util) else None, row.get("gpu_mem_used"),
+            row.get("gpu_mem_total"))
+
+
+def _r_gpu(v: Value) -> Text:
+    """GPU utilisation and memory used/total in GiB; a dim dash where the run has no GPU."""
+    util, used, total = v
+    if util is None:
+        return Text(NO_GPU, style="dim")
+    text = Text(f"{util}%", style="bold" if util >= 50 else "yellow")
+    if _num(used):
+        text.append(f" {fmt_gib(used)}")
+        text.append(f"/{fmt_gib(total)}G" if _num(total) and total else "G", style="dim")
+    return text
+
+
+TREND_WIDTH, TREND_MEM_WIDTH = 6, 2
+
+
+def _v_trend(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    if sig is None:
+        return ()
+    if sig.gpu:
+        head: Value = ("g", tuple(list(sig.gpu)[-TREND_WIDTH:]), 100.0)
+    elif sig.cpu:
+        head = ("c", tuple(list(sig.cpu)[-TREND_WIDTH:]),
+                sig.cpu_limit * 100 if sig.cpu_limit else None)
+    else:
+        head = ("", (), None)
+    return (*head, tuple(list(sig.mem)[-TREND_MEM_WIDTH:]), sig.mem_limit)
+
+
+def _r_trend(v: Value) -> Text:
+    if not v or not (v[1] or v[3]):
+        return Text("—", style="dim")
+    tag, series, top, mem, mem_top = v
+    text = Text()
+    if series:
+        text.append(tag, style="dim")
+        text.append(sparkline(list(series), TREND_WIDTH, top), style="green" if tag == "g" else "cyan")
+    if mem:
+        text.append("m", style="dim")
+        text.append(sparkline(list(mem), TREND_MEM_WIDTH, mem_top), style="magenta")
+    return text
+
+
+def _v_score(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("score"),)
+
+
+def _r_score(v: Value) -> Text:
+    return score_text({"score": v[0]})
+
+
+def _v_cost(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0),
+            float(row.get("cost_usd") or 0))
+
+
+def _r_cost(v: Value) -> Text:
+    tokens, cost = v
+    if not tokens:
+        return Text("—", style="dim")
+    k = f"{tokens / 1000:.1f}k" if tokens < 100_000 else f"{tokens / 1000:.0f}k"
+    return Text(f"{k if tokens >= 1000 else tokens} ${cost:.2f}")
+
+
+def _v_flags(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    live = sig is not None and row.get("status") not in ("succeeded", "failed", "killed", "limit")
+    return (row.get("isolated") == 0, int(row.get("flags") or 0),
+            len(sig.pending) if live and sig is not None else 0,
+            sig.warning_text() if live and sig is not None else "")
+
+
+def _r_flags(v: Value) -> Text:
+    local, flags, pending, warn = v
+    text = Text()
+    if local:
+        text.append("local ", style="bold red")
+    if flags:
+        text.append(f"⚑{flags} ", style="bold red")
+    if pending:
+        text.append(f"✋{pending} ", style="bold yellow reverse")
+    if warn:
+        text.append(f"⏱{warn}", style="bold yellow")
+    text.rstrip()
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str  # also the sort key
+    header: str
+    width: int
+    value: Callable[[dict[str, Any], float, RunSignals | None], Value]
+    render: Callable[[Value], Text]
+
+
+# fits a 150-column terminal: widths + one gap each + the scrollbar
+COLUMNS: tuple[Column, ...] = (
+    Column("run", "run", 15, _v_run, _r_run),
+    Column("task", "task", 12, _v_task, _r_plain),
+    Column("agent", "agent", 8, _v_agent, _r_plain),
+    Column("status", "status", 11, _v_status, _r_status),
+    Column("time", "time/budget", 12, _v_time, _r_time),
+    Column("metric", "metric", 16, _v_metric, _r_metric),
+    Column("res", "cpu mem", 10, _v_res, _r_res),
+    Column("gpu", "GPU", 10, _v_gpu, _r_gpu),
+    Column("trend", "trend", 10, _v_trend, _r_trend),
+    Column("score", "score", 6, _v_score, _r_score),
+    Column("cost", "tok/$", 11, _v_cost, _r_cost),
+    Column("flags", "flags", 15, _v_flags, _r_flags),
 )
 
 
+def fit(text: Text, width: int) -> Text:
+    """A cell cut to its column (an ellipsis marks the cut), so a long value never spills."""
+    if text.cell_len > width:
+        text = text.copy()
+        text.truncate(width, overflow="ellipsis")
+    return text
+
+
+def row_values(row: dict[str, Any], now: float, sig: RunSignals | None = None) -> tuple[Value, ...]:
+    return tuple(c.value(row, now, sig) for c in COLUMNS)
+
+
 def row_cells(row: dict[str, Any], now: float,
-              sig: RunSignals | None = None) -> tuple[Text | str, ...]:
-    return (
-        Text(one_line(row.get("run", "?"), 64), style="bold"),
-        one_line(row.get("task") or "—", 22),
-        one_line(row.get("agent") or "—", 16),
-        status_text(row.get("status")),
-        elapsed_cell(row, now, sig),
-        metric_text(row),
-        cpu_text(row),
-        mem_text(row),
-        gpu_text(row),
-        trend_text(sig),
-        score_text(row),
-        cost_text(row),
-        flags_text(row, sig),
-    )
+              sig: RunSignals | None = None) -> tuple[Text, ...]:
+    return tuple(fit(c.render(c.value(row, now, sig)), c.width) for c in COLUMNS)
 
 
 def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
@@ -195,7 +344,7 @@ def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
         return num(elapsed_of(row, now))
     if column == "metric":
         return num(row.get("metric_value"))
-    if column == "cpu":
+    if column in ("cpu", "res"):
         return num(row.get("cpu_pct"))
     if column == "mem":
         return num(row.get("mem_bytes"))

@@ -26,6 +26,10 @@ class DashboardScreen(Screen[None]):
 
     app: MLRBApp
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._drawn: dict[str, object] = {}
+
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         yield RunsTable(id="runs")
@@ -48,8 +52,15 @@ class DashboardScreen(Screen[None]):
 
     def sync(self, fleet: FleetState, now: float, runs: list[str]) -> None:
         self.table.sync(fleet, now, runs)
-        self.query_one("#topbar", Static).update(self.app.topbar_text())
-        self.query_one("#summary", Static).update(self._summary(fleet))
+        self._set("#topbar", self.app.topbar_text())
+        self._set("#summary", self._summary(fleet))
+
+    def _set(self, selector: str, text: Text) -> None:
+        # a Static's update lays out the whole screen again: skip it when nothing changed
+        drawn = (text.plain, tuple(text.spans))
+        if self._drawn.get(selector) != drawn:
+            self._drawn[selector] = drawn
+            self.query_one(selector, Static).update(text)
 
     def _summary(self, fleet: FleetState) -> Text:
         counts: dict[str, int] = {}
