@@ -39,7 +39,7 @@ from runner.sandbox import (
 )
 from runner.telemetry import TelemetryWindow
 from runner.tools import TOOL_SPECS, ToolBox
-from tasks.api import TaskSpec
+from tasks.api import SCORELIB, ScoreOutputError, TaskSpec, parse_score_output, score_command
 
 log = logging.getLogger(__name__)
 
@@ -611,10 +611,10 @@ class RunSupervisor:
             limits=SandboxLimits(cpus=2.0, memory_bytes=8 * 1024**3,
                                  gpus=task.scale(self.req.scale).gpus,
                                  gpu_ids=tuple(str(i) for i in self.gpu_ids)),
-            readonly_mounts=((self.workspace, "/submission"), (task.scorer_dir, "/scorer")),
+            readonly_mounts=((self.workspace, "/submission"), (task.scorer_dir, "/scorer"),
+                             (SCORELIB, "/scorer_lib/scorelib.py")),
         )
         sb = self._score_sandbox(spec)
-        from tasks.api import ScoreOutputError, parse_score_output, score_command
 
         model = self.toolbox.submission.path if self.toolbox and self.toolbox.submission else None
         if model is not None and model.startswith(WORKSPACE + "/"):
@@ -622,7 +622,8 @@ class RunSupervisor:
         if sb.isolated:
             argv = score_command(task, self.req.scale, model, "/submission", "/scorer")
         else:
-            argv = score_command(task, self.req.scale, model, str(self.workspace), str(task.scorer_dir))
+            argv = score_command(task, self.req.scale, model, str(self.workspace),
+                                 str(task.scorer_dir), str(SCORELIB.parent))
         try:
             await sb.start()
             res = await sb.exec(" ".join(shlex.quote(a) for a in argv),

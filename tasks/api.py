@@ -228,15 +228,21 @@ def scripted_plan(spec: TaskSpec, scale: str) -> list[dict[str, Any]]:
     return plan
 
 
+SCORELIB = TASKS_ROOT / "scorelib.py"  # shared by every scorer; mounted beside it read-only
+
+
 def score_command(spec: TaskSpec, scale: str, model: str | None = None,
-                  workspace: str = "/workspace", scorer: str = "/scorer") -> list[str]:
-    """The scorer's argv, as run in the scoring container (workspace and scorer read-only).
+                  workspace: str = "/workspace", scorer: str = "/scorer",
+                  lib: str = "/scorer_lib") -> list[str]:
+    """The scorer's argv, as run in the scoring container (workspace, scorer and the shared
+    scorer library `lib`, holding scorelib.py, all read-only).
 
     `model` is the submitted folder relative to the workspace; without it the scorer looks
     for `.mlrb/submission.json`, then `model/`, then the one model folder it can find.
     """
     spec.scale(scale)
-    argv = ["python3", f"{scorer}/score.py", "--workspace", workspace, "--scale", scale]
+    argv = ["env", f"PYTHONPATH={lib}", "python3", f"{scorer}/score.py", "--workspace", workspace,
+            "--scale", scale]
     if model:
         argv += ["--model", model]
     return argv

@@ -1,8 +1,8 @@
 """Shared code of the protected MLRB scorers.
 
-The scoring container mounts only a task's `scorer/` folder, so each scorer holds a
-byte-identical copy of this file as `scorer/scorelib.py` (a test keeps the copies equal;
-`python -m tasks.scorelib --sync` rewrites them). Needs torch and transformers only.
+The scoring container mounts a task's `scorer/` folder and this file, both read-only, and
+puts this file's folder on PYTHONPATH (`tasks.api.score_command`). Needs torch and
+transformers only.
 
 A scorer never crashes on a bad submission: it prints one JSON object as its last stdout
 line, with value 0 and an "error" when the model is missing or broken.
@@ -67,7 +67,8 @@ def main(metric: str, score: Callable[[argparse.Namespace], dict[str, Any]]) -> 
 
 
 def data_file(name: str) -> Path:
-    return Path(__file__).resolve().parent / "data" / name
+    """A held-out file beside the running scorer (`scorer/data/NAME`)."""
+    return Path(sys.argv[0]).resolve().parent / "data" / name
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -395,16 +396,3 @@ def lm_eval_metric(results: dict[str, Any], task: str, key: str = "acc,none") ->
     except (KeyError, TypeError, ValueError) as exc:
         raise ScoreError(f"lm-eval gave no {key} for {task}") from exc
 
-
-def _sync() -> None:
-    here = Path(__file__).resolve()
-    for scorer in sorted(here.parent.glob("*/scorer")):
-        target = scorer / "scorelib.py"
-        if not target.is_file() or target.read_bytes() != here.read_bytes():
-            shutil.copyfile(here, target)
-            print(f"wrote {target}")
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--sync"]:
-        _sync()

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.api import TaskSpec, parse_score_output, prepare_workspace, score_command, scripted_plan
+from tasks.api import (
+    SCORELIB,
+    TaskSpec,
+    parse_score_output,
+    prepare_workspace,
+    score_command,
+    scripted_plan,
+)
 
 METRICS = ".mlrb/metrics.jsonl"
 
@@ -61,8 +68,8 @@ def run_baseline(spec: TaskSpec, workspace: Path, scale: str = "smoke") -> Basel
 def score(spec: TaskSpec, workspace: Path, scale: str = "smoke",
           model: str | None = None) -> dict[str, Any]:
     argv = score_command(spec, scale, model=model, workspace=str(workspace),
-                         scorer=str(spec.scorer_dir))
-    argv[0] = sys.executable
+                         scorer=str(spec.scorer_dir), lib=str(SCORELIB.parent))
+    argv[argv.index("python3")] = sys.executable
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return parse_score_output(proc.stdout)
