@@ -130,6 +130,10 @@ def _as_float(x: Any) -> float | None:
     return float(x)
 
 
+def _as_dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
 def _as_int(x: Any) -> int | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
@@ -169,7 +173,7 @@ class RunFold:
             for key in ("task", "agent", "model", "scale", "runner"):
                 if isinstance(d.get(key), str):
                     row[key] = d[key]
-            limits = d.get("limits") if isinstance(d.get("limits"), dict) else {}
+            limits = _as_dict(d.get("limits"))
             row["budget_s"] = _as_float(limits.get("time_s"))
         elif k == "run.started":
             row["started_ts"] = ev.ts
@@ -180,7 +184,7 @@ class RunFold:
         elif k == "agent.step":
             row["steps"] = _as_int(d.get("step")) or row["steps"]
         elif k == "metric":
-            values = d.get("values") if isinstance(d.get("values"), dict) else {}
+            values = _as_dict(d.get("values"))
             for name, value in values.items():
                 if _as_float(value) is not None:
                     row["metric_name"], row["metric_value"] = str(name), _as_float(value)
@@ -215,7 +219,7 @@ def side_rows(ev: Event) -> list[tuple[str, dict[str, Any]]]:
     d, k = ev.data, ev.kind
     base = {"run": ev.run, "seq": ev.seq, "ts": ev.ts}
     if k == "metric":
-        values = d.get("values") if isinstance(d.get("values"), dict) else {}
+        values = _as_dict(d.get("values"))
         step = _as_int(d.get("step"))
         return [
             ("metrics", {**base, "name": str(n)[:120], "step": step, "value": _as_float(v)})
@@ -359,7 +363,7 @@ class Journal:
                     f"VALUES ({', '.join('?' * len(cols))})",
                     [tuple(r[c] for c in cols) for r in trs])
             if changed:
-                self._db["runs"].upsert_all(list(changed.values()), pk="run", batch_size=500)
+                self._db.table("runs").upsert_all(list(changed.values()), pk="run", batch_size=500)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
