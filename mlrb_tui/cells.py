@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from mlrb_tui.signals import RunSignals, sparkline
+from mlrb_tui.signals import RunSignals, is_number, sparkline
 from mlrb_tui.state import elapsed_of, fmt_bytes, fmt_duration, one_line
 
 STATUS_STYLE = {
@@ -115,10 +115,6 @@ def fmt_gib(n: float) -> str:
     return f"{g:.0f}" if g >= 10 else f"{g:.1f}"
 
 
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 # The dashboard's cells. Each column has a value function (a plain hashable tuple, cheap to
 # compute and compare on every repaint) and a render function (the Rich Text, built only when
 # the value changed). Widths are content widths; the table adds one column of gap.
@@ -157,7 +153,7 @@ def _v_time(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     warn = bool(sig is not None and sig.limit_warnings
                 and row.get("status") in ("running", "held", "frozen"))
     budget = row.get("budget_s")
-    return (int(elapsed_of(row, now)), budget if _num(budget) else None, warn)
+    return (int(elapsed_of(row, now)), budget if is_number(budget) else None, warn)
 
 
 def _r_time(v: Value) -> Text:
@@ -182,7 +178,7 @@ def _r_metric(v: Value) -> Text:
 
 def _v_res(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     cpu = row.get("cpu_pct")
-    return (round(cpu) if _num(cpu) else None, row.get("cpu_limit"), row.get("mem_bytes"),
+    return (round(cpu) if is_number(cpu) else None, row.get("cpu_limit"), row.get("mem_bytes"),
             row.get("mem_limit"))
 
 
@@ -193,17 +189,17 @@ def _r_res(v: Value) -> Text:
     if cpu is None:
         text.append("—", style="dim")
     else:
-        near = _num(cpu_limit) and cpu_limit > 0 and cpu / (cpu_limit * 100) >= 0.9
+        near = is_number(cpu_limit) and cpu_limit > 0 and cpu / (cpu_limit * 100) >= 0.9
         text.append(f"{cpu}%", style="yellow" if near else "")
-    if _num(mem):
-        near = _num(mem_limit) and mem_limit > 0 and mem / mem_limit >= 0.9
+    if is_number(mem):
+        near = is_number(mem_limit) and mem_limit > 0 and mem / mem_limit >= 0.9
         text.append(f" {fmt_bytes(mem)}", style="bold yellow" if near else "")
     return text
 
 
 def _v_gpu(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     util = row.get("gpu_util")
-    return (round(util) if _num(util) else None, row.get("gpu_mem_used"),
+    return (round(util) if is_number(util) else None, row.get("gpu_mem_used"),
             row.get("gpu_mem_total"))
 
 
@@ -213,9 +209,9 @@ def _r_gpu(v: Value) -> Text:
     if util is None:
         return Text(NO_GPU, style="dim")
     text = Text(f"{util}%", style="bold" if util >= 50 else "yellow")
-    if _num(used):
+    if is_number(used):
         text.append(f" {fmt_gib(used)}")
-        text.append(f"/{fmt_gib(total)}G" if _num(total) and total else "G", style="dim")
+        text.append(f"/{fmt_gib(total)}G" if is_number(total) and total else "G", style="dim")
     return text
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from runner.events import Event
 
@@ -69,16 +69,16 @@ class RunSignals:
         d, k = ev.data, ev.kind
         if k == "resource":
             cpu, mem = d.get("cpu_pct"), d.get("mem_bytes")
-            if _num(cpu):
+            if is_number(cpu):
                 self.cpu.append(float(cpu))
-            if _num(mem):
+            if is_number(mem):
                 self.mem.append(float(mem))
-            if _num(d.get("cpu_limit")):
+            if is_number(d.get("cpu_limit")):
                 self.cpu_limit = float(d["cpu_limit"])
-            if _num(d.get("mem_limit")):
+            if is_number(d.get("mem_limit")):
                 self.mem_limit = float(d["mem_limit"])
         elif k == "gpu":
-            if _num(d.get("util")):
+            if is_number(d.get("util")):
                 self.gpu.append(float(d["util"]))
         elif k == "run.created":
             if isinstance(d.get("approval"), bool):
@@ -108,7 +108,7 @@ class RunSignals:
         elif k == "run.limit":
             name = str(d.get("limit", "?"))[:20]
             frac = d.get("fraction")
-            if d.get("level") == "warning" and _num(frac):
+            if d.get("level") == "warning" and is_number(frac):
                 self.limit_warnings[name] = float(frac)
         elif k == "operator.limit":
             self.limit_warnings.pop(str(d.get("name", "")), None)  # a new limit, a fresh warning
@@ -123,5 +123,5 @@ class RunSignals:
         return f"{name} {frac:.0%}"
 
 
-def _num(x: object) -> bool:
+def is_number(x: object) -> TypeGuard[int | float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool)

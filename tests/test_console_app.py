@@ -193,14 +193,15 @@ async def test_kill_confirmation_names_the_run_and_cancel_sends_nothing(tmp_path
         await started(pilot)
         await pilot.press("down")  # the held run
         await pilot.press("ctrl+k")
-        assert isinstance(app.screen, KillConfirm)
+        await until(pilot, lambda: isinstance(app.screen, KillConfirm))
         question = str(app.screen.query_one("#question").render())
         assert question == f"Kill {HELD}?"
         await pilot.press("escape")
-        assert not isinstance(app.screen, KillConfirm)
+        await until(pilot, lambda: not isinstance(app.screen, KillConfirm))
         await pilot.pause()
         assert catcher.commands == []
         await pilot.press("ctrl+k")
+        await until(pilot, lambda: isinstance(app.screen, KillConfirm))
         await pilot.click("#reason")
         await pilot.press("ctrl+a", *"stuck merge")
         app.screen.query_one("#reason").value = "stuck merge"  # type: ignore[attr-defined]

@@ -188,7 +188,7 @@ class RunScreen(Screen[None]):
             self.notify(f"no entry matches {event.value!r}", timeout=2)
 
     def action_toggle_entry(self) -> None:
-        self.query_one(ActionLog).action_toggle()
+        self.query_one(ActionLog).action_toggle_entry()
 
     def action_jump(self, what: str) -> None:
         log = self.query_one(ActionLog)

@@ -106,7 +106,8 @@ class RunsTable(DataTable[Text | str]):
         # cell would re-render the whole screen; key it on this cell's own stamp instead
         # (stamps are unique per update, so the row renderables cached under it agree)
         self._update_count = (row_key, row_index, width,  # type: ignore[assignment]
-                              self._stamps.get((row_key, column_key), 0), count - self._neutral)
+                              self._stamps.get((row_key, column_key), 0),  # type: ignore[arg-type]
+                              count - self._neutral)
         try:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         finally:
@@ -136,7 +137,7 @@ class RunsTable(DataTable[Text | str]):
         values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run))
         return ((*values[0], run in self.marked), *values[1:])
 
-    def _render(self, index: int, value: Value) -> Text:
+    def _cell_text(self, index: int, value: Value) -> Text:
         col = COLUMNS[index]
         if index == 0:  # the run cell carries the mark, and names the row when sorting
             text = fit(col.render(value[:-1]), col.width - (len(MARK) if value[-1] else 0))
@@ -149,7 +150,7 @@ class RunsTable(DataTable[Text | str]):
     def _set_cell(self, run: str, index: int, value: Value) -> None:
         if index == 0:
             self._run_of.pop(id(self.get_cell(run, "run")), None)
-        self.update_cell(run, COLUMNS[index].key, self._render(index, value))
+        self.update_cell(run, COLUMNS[index].key, self._cell_text(index, value))
 
     def visible_rows(self, margin: int = 2) -> range:
         """Row indexes inside the viewport, with a small margin for a scroll in flight."""
@@ -191,7 +192,7 @@ class RunsTable(DataTable[Text | str]):
             old = self._shown.get(run)
             if old is None:
                 values = self._values(run)
-                self.add_row(*(self._render(i, v) for i, v in enumerate(values)), key=run)
+                self.add_row(*(self._cell_text(i, v) for i, v in enumerate(values)), key=run)
                 self._shown[run] = values
                 moved = True
                 drawn.append(run)

@@ -51,7 +51,7 @@ class ActionLog(OptionList):
     """Adds only what is new since the last sync; rebuilds when the state is reset."""
 
     BINDINGS = [
-        Binding("enter", "toggle", "Expand/collapse", id="timeline.toggle"),
+        Binding("enter", "toggle_entry", "Expand/collapse", id="timeline.toggle"),
     ]
 
     def __init__(self, **kwargs: object) -> None:
@@ -97,7 +97,7 @@ class ActionLog(OptionList):
         i = self.highlighted
         return self.entries[i] if i is not None and 0 <= i < len(self.entries) else None
 
-    def action_toggle(self) -> None:
+    def action_toggle_entry(self) -> None:
         i = self.highlighted
         entry = self.current
         if i is None or entry is None or not entry.detail:
