@@ -487,6 +487,42 @@ def tasks_show(name: str, scale: str) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo((t.dir / "task.toml").read_text())
     click.echo(f"----- prompt ({scale}) -----\n{prompt}")
+    click.echo("----- results -----")
+    if t.reference.summary:
+        click.echo(f"paper: {t.reference.summary}")
+    for agent, res in t.reference.results.items():
+        if isinstance(res, dict):
+            click.echo(f"  {agent:<22} {t.metric} {res.get('value', '-')}  "
+                       f"({res.get('succeeded', '?')} of {res.get('runs', '?')} runs succeeded)")
+    for line in _our_results(t.name, t.metric):
+        click.echo(line)
+
+
+def _our_results(task: str, metric: str) -> list[str]:
+    """This journal's final scores for a task, beside the paper's."""
+    from runner.journal import JournalReader
+
+    cfg = _cfg()
+    if not cfg.db_path.exists():
+        return ["ours: no runs yet"]
+    reader = JournalReader(cfg.db_path)
+    try:
+        rows = [r for r in reader.list_runs() if r["task"] == task]
+    finally:
+        reader.close()
+    if not rows:
+        return ["ours: no runs yet"]
+    out = ["ours:"]
+    by_agent: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_agent.setdefault((str(r["agent"]), str(r["scale"])), []).append(r)
+    for (agent, sc), group in sorted(by_agent.items()):
+        scores = [r["score"] for r in group if r["status"] == "succeeded" and r["score"] is not None]
+        mean = f"{sum(scores) / len(scores):.3f}" if scores else "-"
+        cost = sum(r["cost_usd"] or 0 for r in group) / len(group)
+        out.append(f"  {agent + ' (' + sc + ')':<22} {metric} {mean}  "
+                   f"({len(scores)} of {len(group)} runs succeeded, ${cost:.2f} a run)")
+    return out
 
 
 def _demo_tasks(count: int, task: str | None) -> list[str]:

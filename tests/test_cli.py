@@ -64,6 +64,9 @@ def test_headless_demo_runs_to_the_end_and_prints_a_summary(env, tmp_path):
     out = subprocess.run(["sqlite3", str(db), "select status, count(*) from runs group by status"],
                          capture_output=True, text=True)
     assert out.stdout.strip() == "succeeded|2"
+    shown = mlrb(env, "tasks", "show", "tiny_train").stdout
+    assert "(2 of 2 runs succeeded" in shown and "scripted (smoke)" in shown
+    assert "paper:" in mlrb(env, "tasks", "show", "mini_pile").stdout
 
 
 @pytest.mark.docker
