@@ -390,6 +390,26 @@ def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None) -
     return {k: v for k, v in (out or {}).get("results", {}).items()}
 
 
+def mmlu_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any],
+                extra: dict[str, Any] | None = None, by_subject: bool = False) -> dict[str, Any]:
+    """MMLU for the tasks scored on it: lm-eval at full scale, the held-out four-way
+    questions by log-likelihood at smoke scale (the same code path, smaller)."""
+    extra = extra or {}
+    if scale == "full":
+        value = lm_eval_metric(lm_eval(model_dir, ["mmlu"]), "mmlu")
+        return result(metric, value, {metric: value, **extra}, details)
+    model, tok, _ = load_model(model_dir)
+    items = read_jsonl(data_file("mmlu_smoke.jsonl"))
+    acc = choice_accuracy(model, tok, items)
+    metrics = {metric: acc["acc"], "mmlu_acc_norm": acc["acc_norm"], **extra}
+    if by_subject:
+        for subject in sorted({it["subject"] for it in items}):
+            metrics[f"mmlu_{subject}"] = choice_accuracy(
+                model, tok, [it for it in items if it["subject"] == subject])["acc"]
+    details.update(items=len(items), chance=0.25)
+    return result(metric, acc["acc"], metrics, details)
+
+
 def lm_eval_metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:
     try:
         return float(results[task][key])

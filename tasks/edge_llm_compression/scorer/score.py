@@ -31,15 +31,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if summary["bytes"] > budget:
         return sl.result(METRIC, 0.0, {METRIC: 0.0, **dram}, details,
                          error=f"model needs {summary['bytes']} bytes of DRAM; the budget is {budget}")
-    if args.scale == "full":
-        value = sl.lm_eval_metric(sl.lm_eval(model_dir, ["mmlu"]), "mmlu")
-        return sl.result(METRIC, value, {METRIC: value, **dram}, details)
-    model, tok, _ = sl.load_model(model_dir)
-    items = sl.read_jsonl(sl.data_file("mmlu_smoke.jsonl"))
-    acc = sl.choice_accuracy(model, tok, items)
-    details.update(items=len(items), chance=0.25)
-    return sl.result(METRIC, acc["acc"], {METRIC: acc["acc"], "mmlu_acc_norm": acc["acc_norm"], **dram},
-                     details)
+    return sl.mmlu_result(METRIC, model_dir, args.scale, details, dram)
 
 
 if __name__ == "__main__":

@@ -68,15 +68,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
                                "method": manifest.get("method"), "weights": manifest.get("weights"),
                                "inputs": [i.get("path") for i in manifest.get("inputs", [])]}
     extra = {"merge_seconds": float(manifest.get("seconds", 0) or 0)}
-    if args.scale == "full":
-        value = sl.lm_eval_metric(sl.lm_eval(model_dir, ["mmlu"]), "mmlu")
-        return sl.result(METRIC, value, {METRIC: value, **extra}, details)
-    model, tok, _ = sl.load_model(model_dir)
-    items = sl.read_jsonl(sl.data_file("mmlu_smoke.jsonl"))
-    acc = sl.choice_accuracy(model, tok, items)
-    details.update(items=len(items), chance=0.25)
-    return sl.result(METRIC, acc["acc"], {METRIC: acc["acc"], "mmlu_acc_norm": acc["acc_norm"], **extra},
-                     details)
+    return sl.mmlu_result(METRIC, model_dir, args.scale, details, extra)
 
 
 if __name__ == "__main__":
