@@ -2,8 +2,8 @@
 
 Each runner journals its own runs; the recorder subscribes to every run's events and writes
 them into one SQLite file beside the operator's database. `(run, seq)` is the key, so
-events re-sent after an outage are no-ops, and a run whose sequence has a gap is reported
-(the gap is filled when the runner re-sends).
+events re-sent after an outage are no-ops, and a gap left by an outage is filled when the
+runner re-sends from its own journal.
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ class Recorder:
         self._pending.extend(events)
         self.received += len(events)
         self._wake.set()
-
-    def gaps(self) -> dict[str, int]:
-        """Runs whose journaled events skip a seq: run -> number of missing events."""
-        out: dict[str, int] = {}
-        conn = self.journal._conn
-        for row in conn.execute("SELECT run, COUNT(*) AS n, MAX(seq) AS m FROM events GROUP BY run"):
-            if row["m"] != row["n"]:
-                out[row["run"]] = int(row["m"]) - int(row["n"])
-        return out
 
     async def run(self) -> None:
         sub = asyncio.create_task(self._subscriber.run())
