@@ -229,8 +229,8 @@ class MLRBApp(App[None]):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        keys: list[tuple[str, str]] = []
-        seen: set[tuple[str, str]] = set()
+        # one line per action, with every key bound to it ("up k  Up")
+        grouped: dict[tuple[int, str, str], list[str]] = {}
         screen = self.screen
         for key, active in self.active_bindings.items():
             b = active.binding
@@ -240,10 +240,10 @@ class MLRBApp(App[None]):
                     or type(active.node).__name__ == "RunsTable"):
                 continue
             label = b.description or b.action
-            if (key, label) in seen:
-                continue
-            seen.add((key, label))
-            keys.append((key_label(b.key_display or key), label))
+            shown = grouped.setdefault((id(active.node), b.action, label), [])
+            if (name := key_label(b.key_display or key)) not in shown:
+                shown.append(name)
+        keys = [(" ".join(names), label) for (_, _, label), names in grouped.items()]
         keys.append(("ctrl+p", "command palette"))
         notes = ["Controls act on the marked runs (space), else on the run under the cursor.",
                  "Hold stops the agent at its next step (the clock stops); freeze also pauses"

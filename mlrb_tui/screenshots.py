@@ -46,8 +46,7 @@ async def _settle(pilot: Pilot[None]) -> None:
     assert isinstance(app, MLRBApp)
     await pilot.pause()
     if app.dashboard is not None:
-        app.dashboard.table._clear_caches()
-        app.dashboard.table.refresh()
+        app.dashboard.table.clear_caches()
     await pilot.pause()
 
 

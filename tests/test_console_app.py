@@ -19,13 +19,12 @@ from tests.fixtures.demo_journal import HELD, KILLED, NOW, RUNNING
 
 def cell(app: MLRBApp, run: str, col: str) -> str:
     assert app.dashboard is not None
-    value = app.dashboard.table.get_cell(run, col)
-    return value.plain if hasattr(value, "plain") else str(value)
+    return app.dashboard.table.cell_text(run, col)
 
 
 def order(app: MLRBApp) -> list[str]:
     assert app.dashboard is not None
-    return [r.key.value for r in app.dashboard.table.ordered_rows]
+    return app.dashboard.table.shown
 
 
 def log_text(widget: ActionLog | OutputLog) -> str:
@@ -59,7 +58,8 @@ async def test_live_events_update_cells_in_place(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
         table = app.dashboard.table  # type: ignore[union-attr]
-        keys_before = list(table.rows)
+        keys_before = table.shown
+        rows_before = dict(table.rows)
         updates_before = table.updates
         f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
         feed.push(f.make("metric", {"step": 620, "values": {"loss": 1.5}}, ts=NOW),
@@ -67,8 +67,8 @@ async def test_live_events_update_cells_in_place(tmp_path: Path) -> None:
                                       "mem_limit": 16 * 1024**3}, ts=NOW))
         await until(pilot, lambda: cell(app, RUNNING, "metric") == "loss=1.5@620")
         assert cell(app, RUNNING, "res").startswith("333% ")
-        assert list(table.rows) == keys_before  # same row keys, same order: nothing rebuilt
-        assert all(a is b for a, b in zip(table.rows, keys_before, strict=True))
+        assert table.shown == keys_before  # same runs, same order: nothing rebuilt
+        assert all(table.rows[r] is row for r, row in rows_before.items())
         assert table.updates > updates_before
         # a re-sent event changes nothing
         n = table.updates
@@ -239,6 +239,7 @@ async def test_help_lists_keys_and_keymap_remaps_them(tmp_path: Path) -> None:
         keys = dict(app.screen.keys)
         assert keys["h"] == "Hold" and keys["ctrl+k"] == "Kill" and keys["/"] == "Filter"
         assert keys["enter"] == "Open" and keys["q"] == "Quit"
+        assert keys["up k"] == "Up" and keys["down j"] == "Down"  # one line per action
         await pilot.press("escape")
         await pilot.press("p")
         await pilot.pause()

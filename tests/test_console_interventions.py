@@ -25,8 +25,7 @@ from tests.fixtures.demo_journal import HELD, KILLED, NOW, OPERATOR, RUNNING
 
 def cell(app: MLRBApp, run: str, col: str) -> str:
     assert app.dashboard is not None
-    value = app.dashboard.table.get_cell(run, col)
-    return value.plain if hasattr(value, "plain") else str(value)
+    return app.dashboard.table.cell_text(run, col)
 
 
 def factory(app: MLRBApp, run: str = RUNNING) -> EventFactory:

@@ -9,7 +9,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Footer, Input, Static
 
 from mlrb_tui.state import FleetState
 from mlrb_tui.widgets.runs_table import RunsTable
@@ -85,10 +85,9 @@ class DashboardScreen(Screen[None]):
         if run is not None:
             self.app.open_run(run)
 
-    @on(DataTable.RowSelected, "#runs")
-    def _row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.app.open_run(event.row_key.value)
+    @on(RunsTable.RunSelected, "#runs")
+    def _run_selected(self, event: RunsTable.RunSelected) -> None:
+        self.app.open_run(event.run)
 
     def action_filter(self) -> None:
         box = self.filter_input

@@ -1,23 +1,38 @@
-"""The runs table: one row per run, updated cell by cell, keyed by run id."""
+"""The runs table: one line per run, kept by run id, drawn only where it is on screen.
+
+A Line API widget (a `ScrollView` with `render_line`), after toolong: the table holds an
+ordered index of run ids and, per run, the plain cell values last drawn. Rendering is two
+LRU caches deep, cell segments by (column, value) and whole lines by (row values, style),
+so a repaint touches only the lines whose values changed, and a changed run that is off
+screen costs nothing until it scrolls into view.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Self
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual.binding import Binding
-from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey, RowKey
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from mlrb_tui.cells import COLUMNS, Value, fit, row_values, sort_value
 from mlrb_tui.state import FleetState, one_line
 
-SegmentLines = list[list[Segment]]
-
 MARK = "● "
+GAP = 1  # columns of space after each cell
+WIDTHS = tuple(c.width + GAP for c in COLUMNS)
+TOTAL_WIDTH = sum(WIDTHS)
+HEADER = 1  # lines above the first row
 
 
 def matches(row: dict[str, Any], text: str) -> bool:
@@ -32,264 +47,460 @@ def matches(row: dict[str, Any], text: str) -> bool:
     return (needle in hay.lower()) != invert
 
 
-class RunsTable(DataTable[Text | str]):
-    """A DataTable that never rebuilds: rows are added, updated in place, sorted, removed.
+@dataclass(slots=True, eq=False)
+class Row:
+    """What the table knows of one shown run: its cell values as last drawn."""
 
-    At fleet scale the repaint is kept to what is on screen: a changed row inside the
-    viewport gets its changed cells updated (cells are compared as plain values before any
-    Text is built); a changed row outside it is only marked stale and is drawn when it
-    scrolls into view. A rendered cell stays cached until that cell changes or its row
-    moves, instead of every cell being rendered again after any update.
-    """
+    run: str
+    values: tuple[Value, ...]
+    sort_key: Any = None
+    stale: bool = False  # changed while off screen: recompute the values when drawn
 
-    BINDINGS = [
+
+class RunsTable(ScrollView, can_focus=True):
+    """Every run in one scrolling table with a fixed header line and a row cursor."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Open", id="open"),
         Binding("space", "toggle_mark", "Mark", id="mark"),
         Binding("o", "cycle_sort", "Sort", id="sort"),
         Binding("O", "reverse_sort", "Reverse", show=False, id="reverse_sort"),
+        Binding("up,k", "cursor_up", "Up", show=False, id="cursor_up"),
+        Binding("down,j", "cursor_down", "Down", show=False, id="cursor_down"),
+        Binding("pageup", "page_up", "Page up", show=False, id="page_up"),
+        Binding("pagedown", "page_down", "Page down", show=False, id="page_down"),
+        Binding("home", "first", "First run", show=False, id="first"),
+        Binding("end", "last", "Last run", show=False, id="last"),
+        Binding("left", "scroll_left", "Scroll left", show=False),
+        Binding("right", "scroll_right", "Scroll right", show=False),
     ]
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "runs-table--header",
+        "runs-table--cursor",
+        "runs-table--even-row",
+        "runs-table--odd-row",
+    }
+
+    DEFAULT_CSS = """
+    RunsTable {
+        background: $surface;
+        color: $foreground;
+        & > .runs-table--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        & > .runs-table--odd-row {
+        }
+        & > .runs-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:dark > .runs-table--even-row {
+            background: $surface-darken-1 40%;
+        }
+        & > .runs-table--even-row {
+            background: $surface-lighten-1 50%;
+        }
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .runs-table--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+            & > .runs-table--header {
+                background-tint: $foreground 5%;
+            }
+        }
+    }
+    """
+
+    cursor_row: reactive[int] = reactive(0, always_update=False, init=False)
+
+    class RunSelected(Message):
+        """The operator opened a run (enter, or a click on the row under the cursor)."""
+
+        def __init__(self, table: RunsTable, run: str) -> None:
+            super().__init__()
+            self.table = table
+            self.run = run
+
+        @property
+        def control(self) -> RunsTable:
+            return self.table
+
+    class SortChanged(Message):
+        """The operator sorted by another column or reversed the order."""
+
+        def __init__(self, table: RunsTable, column: str, reverse: bool) -> None:
+            super().__init__()
+            self.table = table
+            self.column = column
+            self.reverse = reverse
+
+        @property
+        def control(self) -> RunsTable:
+            return self.table
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, cell_padding=0, **kwargs)
-        self._shown: dict[str, tuple[Value, ...]] = {}  # run -> the cell values as drawn
-        self._stale: set[str] = set()  # shown runs that changed while out of view
-        self._sort_keys: dict[str, Any] = {}  # run -> its sort value when last sorted
+        super().__init__(**kwargs)
+        self._rows: dict[str, Row] = {}  # shown runs
+        self._order: list[str] = []  # shown runs, top to bottom
+        self._index: dict[str, int] = {}  # run -> its place in _order
         self.sort_column = "run"
         self.sort_reverse = False
         self.filter_text = ""
         self.marked: set[str] = set()
         self.fleet: FleetState | None = None
         self.now = 0.0
-        self.updates = 0  # cells updated in place, for tests and figures
-        self.drawn: list[str] = []  # runs brought up to date by the last sync
-        self._stamp = 0
-        self._stamps: dict[tuple[RowKey, ColumnKey], int] = {}
-        self._neutral = 0  # DataTable updates that do not invalidate other cells' renders
-        self._run_of: dict[int, str] = {}  # id of a drawn run cell -> its run, for sorting
-
-    def on_mount(self) -> None:
-        for col in COLUMNS:
-            # one column of gap after each cell stands in for the (two-sided) cell padding
-            self.add_column(col.header, key=col.key, width=col.width + 1)
-
-    # -- rendering: a cell's render is cached until that cell changes ---------------
-    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Text | str,
-                    *, update_width: bool = False) -> None:
-        before = self._update_count
-        super().update_cell(row_key, column_key, value, update_width=update_width)
-        self._neutral += self._update_count - before
-        self._stamp += 1
-        self._stamps[(RowKey(row_key) if isinstance(row_key, str) else row_key,
-                      ColumnKey(column_key) if isinstance(column_key, str) else column_key)] = self._stamp
-
-    def sort(self, *columns: ColumnKey | str, key: Callable[[Any], Any] | None = None,
-             reverse: bool = False) -> Self:
-        before = self._update_count
-        super().sort(*columns, key=key, reverse=reverse)
-        self._neutral += self._update_count - before  # the row index is in the cell's key
-        return self
-
-    def remove_row(self, row_key: RowKey | str) -> None:
-        super().remove_row(row_key)
-        key = RowKey(row_key) if isinstance(row_key, str) else row_key
-        for col in self.columns:
-            self._stamps.pop((key, col), None)
-
-    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
-                     cursor: bool = False, hover: bool = False) -> SegmentLines:
-        if row_index < 0 or column_index < 0:
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        row_key = self._row_locations.get_key(row_index)
-        column_key = self._column_locations.get_key(column_index)
-        count = self._update_count
-        # DataTable keys its cell cache on a counter bumped by any update, so one changed
-        # cell would re-render the whole screen; key it on this cell's own stamp instead
-        # (stamps are unique per update, so the row renderables cached under it agree)
-        self._update_count = (row_key, row_index, width,  # type: ignore[assignment]
-                              self._stamps.get((row_key, column_key), 0),  # type: ignore[arg-type]
-                              count - self._neutral)
-        try:
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        finally:
-            self._update_count = count
+        self.updates = 0  # cells that changed value, for tests and figures
+        self.drawn: list[str] = []  # on-screen runs brought up to date by the last sync
+        self.lines_rendered = 0  # lines built from cells (cache misses), for figures
+        self._cell_cache: LRUCache[tuple[int, Value], list[Segment]] = LRUCache(4096)
+        self._line_cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(1024)
+        self._styles: dict[str, Style] = {}
 
     # -- what the operator points at -------------------------------------------------
     @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def shown(self) -> list[str]:
+        """The shown runs, top to bottom."""
+        return list(self._order)
+
+    @property
+    def rows(self) -> dict[str, Row]:
+        return self._rows
+
+    @property
     def current_run(self) -> str | None:
-        if not self.row_count:
+        if not self._order:
             return None
-        try:
-            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except Exception:  # an empty or shrinking table has no cursor cell
-            return None
-        return key.value
+        return self._order[min(self.cursor_row, len(self._order) - 1)]
 
     def targets(self) -> list[str]:
         """The runs a control applies to: the marked ones, else the one under the cursor."""
         if self.marked:
-            return sorted(r for r in self.marked if r in self._shown)
+            return sorted(r for r in self.marked if r in self._rows)
         run = self.current_run
         return [run] if run else []
 
-    # -- syncing from the state ----------------------------------------------------
+    def row_index(self, run: str) -> int:
+        return self._index[run]
+
+    def move_cursor(self, row: int) -> None:
+        self.cursor_row = max(0, min(row, len(self._order) - 1))
+
+    def cell_text(self, run: str, column: str) -> str:
+        """A cell as the operator reads it (cut to its column), by run and column key."""
+        row = self._rows[run]
+        if row.stale:
+            self._update(row)
+        index = next(i for i, c in enumerate(COLUMNS) if c.key == column)
+        return self._cell(index, row.values[index]).plain
+
+    # -- values ---------------------------------------------------------------------
     def _values(self, run: str) -> tuple[Value, ...]:
         assert self.fleet is not None
         values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run))
         return ((*values[0], run in self.marked), *values[1:])
 
-    def _cell_text(self, index: int, value: Value) -> Text:
-        col = COLUMNS[index]
-        if index == 0:  # the run cell carries the mark, and names the row when sorting
-            text = fit(col.render(value[:-1]), col.width - (len(MARK) if value[-1] else 0))
-            if value[-1]:
-                text = Text(MARK, style="bold magenta") + text
-            self._run_of[id(text)] = value[0]
-            return text
-        return fit(col.render(value), col.width)
-
-    def _set_cell(self, run: str, index: int, value: Value) -> None:
-        if index == 0:
-            self._run_of.pop(id(self.get_cell(run, "run")), None)
-        self.update_cell(run, COLUMNS[index].key, self._cell_text(index, value))
-
-    def visible_rows(self, margin: int = 2) -> range:
-        """Row indexes inside the viewport, with a small margin for a scroll in flight."""
-        top = int(self.scroll_y)
-        height = max(0, self.size.height - self.header_height)
-        return range(max(0, top - margin), top + height + margin)
-
-    def _in_view(self, run: str, view: range) -> bool:
-        try:
-            return self._row_locations.get(RowKey(run)) in view
-        except Exception:  # a row that is not there is not in view
+    def _update(self, row: Row) -> bool:
+        """Recompute a row's values; True when any cell changed."""
+        row.stale = False
+        if self.fleet is None or row.run not in self.fleet.rows:
             return False
+        values = self._values(row.run)
+        if values == row.values:
+            return False
+        self.updates += sum(a != b for a, b in zip(values, row.values, strict=True))
+        row.values = values
+        return True
+
+    def _view(self) -> range:
+        """Indexes of the rows inside the viewport."""
+        top = round(self.scroll_y)
+        return range(top, top + max(0, self.size.height - HEADER))
+
+    # -- syncing from the state ----------------------------------------------------
+    @property
+    def _sorting(self) -> bool:
+        return self.sort_column != "run" or self.sort_reverse
 
     def sync(self, fleet: FleetState, now: float, runs: Iterable[str]) -> None:
-        """Bring the rows of `runs` up to date: add, update changed cells, drop filtered.
+        """Bring the rows of `runs` up to date: add, update changed lines, drop filtered.
 
         Rows out of the viewport are marked stale and drawn when they come into view."""
         self.fleet, self.now = fleet, now
-        moved = False
-        view = self.visible_rows()
+        view = self._view()
         drawn: list[str] = []
-        sort_col = self.sort_column if (self.sort_column != "run" or self.sort_reverse) else None
+        added = removed = moved = False
+        sorting = self._sorting
         for run in runs:
-            row = fleet.rows.get(run)
+            state = fleet.rows.get(run)
+            if state is None:
+                continue
+            row = self._rows.get(run)
+            if not matches(state, self.filter_text):
+                if row is not None:
+                    del self._rows[run]
+                    removed = True
+                continue
             if row is None:
-                continue
-            if not matches(row, self.filter_text):
-                if run in self._shown:
-                    self._run_of.pop(id(self.get_cell(run, "run")), None)
-                    self.remove_row(run)
-                    del self._shown[run]
-                    self._stale.discard(run)
-                continue
-            if sort_col is not None:
-                key = sort_value(row, sort_col, now)
-                if self._sort_keys.get(run) != key:
-                    self._sort_keys[run] = key
-                    moved = True
-            old = self._shown.get(run)
-            if old is None:
-                values = self._values(run)
-                self.add_row(*(self._cell_text(i, v) for i, v in enumerate(values)), key=run)
-                self._shown[run] = values
-                moved = True
+                row = self._rows[run] = Row(run, self._values(run))
+                self._index[run] = len(self._order)
+                self._order.append(run)
+                added = True
                 drawn.append(run)
-            elif self._in_view(run, view):
-                self._draw(run, old)
+            elif self._index[run] in view:
+                if self._update(row):
+                    self.refresh_line(self._index[run] + HEADER)
                 drawn.append(run)
             else:
-                self._stale.add(run)
-        if moved and sort_col is not None:
+                row.stale = True
+            if sorting:
+                key = sort_value(state, self.sort_column, now)
+                if key != row.sort_key:
+                    row.sort_key = key
+                    moved = True
+        if removed:
+            self._reindex([r for r in self._order if r in self._rows])
+        elif moved:
             self.resort()
-        drawn += self.draw_stale()
+        elif added:
+            self._grown()
         self.drawn = drawn
 
-    def _draw(self, run: str, old: tuple[Value, ...]) -> None:
-        values = self._values(run)
-        if values != old:
-            for i, (was, now_) in enumerate(zip(old, values, strict=True)):
-                if was != now_:
-                    self._set_cell(run, i, now_)
-                    self.updates += 1
-            self._shown[run] = values
-        self._stale.discard(run)
+    def _grown(self) -> None:
+        """Rows were appended: size the scroll area and draw the new lines."""
+        self.virtual_size = Size(TOTAL_WIDTH, len(self._order) + HEADER)
+        self.refresh()
 
-    def draw_stale(self) -> list[str]:
-        """Draw the stale rows that are now in view; returns them."""
-        if not self._stale or self.fleet is None:
-            return []
-        view = self.visible_rows()
-        due = [r for r in self._stale if self._in_view(r, view)]
-        for run in due:
-            if run in self._shown and run in self.fleet.rows:
-                self._draw(run, self._shown[run])
-            else:
-                self._stale.discard(run)
-        return due
-
-    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
-        super().watch_scroll_y(old_value, new_value)
-        self.draw_stale()
+    def _reindex(self, order: list[str]) -> None:
+        """Put the rows in a new order; redraw only the lines that now show another run."""
+        keep = self.current_run
+        before = self._order
+        self._order = order
+        self._index = {run: i for i, run in enumerate(order)}
+        self.virtual_size = Size(TOTAL_WIDTH, len(order) + HEADER)
+        for i in self._view():
+            if i >= len(order) or i >= len(before) or order[i] != before[i]:
+                self.refresh_line(i + HEADER)
+        if keep is not None and keep in self._index:
+            self.cursor_row = self._index[keep]
+        elif self.cursor_row >= len(order):
+            self.cursor_row = max(0, len(order) - 1)
 
     def resort(self) -> None:
+        """Order the shown rows by the sort column (creation order when it is `run`)."""
         fleet, now, col = self.fleet, self.now, self.sort_column
         if fleet is None:
             return
-        keep = self.current_run
-
-        def key(cell: Text | str) -> Any:
-            # the drawn run cell may be cut short: find its run by the cell itself
-            run = self._run_of.get(id(cell), "")
-            row = fleet.rows.get(run)
-            return sort_value(row, col, now) if row else (2, 0.0)
-
-        self.sort("run", key=key, reverse=self.sort_reverse)
-        if keep is not None and keep in self._shown:
-            self.move_cursor(row=self.get_row_index(keep))
-        self.draw_stale()
+        for run, row in self._rows.items():
+            state = fleet.rows.get(run)
+            row.sort_key = sort_value(state, col, now) if state else (2, 0.0)
+        order = sorted(self._order, key=lambda r: self._rows[r].sort_key, reverse=self.sort_reverse)
+        self._reindex(order)
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text
         if self.fleet is not None:
             self.sync(self.fleet, self.now, list(self.fleet.rows))
             self.resort()
+            self.refresh()
 
-    @property
-    def shown(self) -> list[str]:
-        return list(self._shown)
+    def clear_caches(self) -> None:
+        self._cell_cache.clear()
+        self._restyle()
+        for row in self._rows.values():
+            row.stale = True
+        self.refresh()
+
+    # -- rendering ------------------------------------------------------------------
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._restyle()
+
+    def _restyle(self) -> None:
+        """A theme or focus change restyles every line."""
+        self._styles.clear()
+        self._line_cache.clear()
+
+    def _cell(self, index: int, value: Value) -> Text:
+        col = COLUMNS[index]
+        if index == 0:  # the run cell carries the mark
+            text = fit(col.render(value[:-1]), col.width - (len(MARK) if value[-1] else 0))
+            return Text(MARK, style="bold magenta") + text if value[-1] else text
+        return fit(col.render(value), col.width)
+
+    def _cell_segments(self, index: int, value: Value) -> list[Segment]:
+        key = (index, value)
+        segments = self._cell_cache.get(key)
+        if segments is None:
+            text = self._cell(index, value)
+            text.align("left", WIDTHS[index])
+            console = self.app.console
+            # Text.render leaves out the text's own style (its console protocol adds it)
+            segments = list(Segment.apply_style(text.render(console), console.get_style(text.style)))
+            self._cell_cache[key] = segments
+        return segments
+
+    def _style(self, part: str) -> Style:
+        """The widget's style under a component's, computed once per restyle."""
+        style = self._styles.get(part)
+        if style is None:
+            style = self._styles[part] = self.rich_style + self.get_component_rich_style(part)
+        return style
+
+    def _header_strip(self, scroll_x: int, width: int) -> Strip:
+        key = ("header", self.sort_column, self.sort_reverse, scroll_x, width)
+        strip = self._line_cache.get(key)
+        if strip is None:
+            style = self._style("runs-table--header")
+            text = Text()
+            for col, col_width in zip(COLUMNS, WIDTHS, strict=True):
+                label = col.header
+                if col.key == self.sort_column and self._sorting:
+                    label += "▼" if self.sort_reverse else "▲"
+                text.append(one_line(label, col_width - GAP).ljust(col_width))
+            segments = Segment.apply_style(text.render(self.app.console), style)
+            strip = Strip(segments, TOTAL_WIDTH).crop_extend(scroll_x, scroll_x + width, style)
+            self._line_cache[key] = strip
+        return strip
+
+    def _row_strip(self, index: int, scroll_x: int, width: int) -> Strip:
+        row = self._rows[self._order[index]]
+        if row.stale:
+            self._update(row)
+        cursor = index == self.cursor_row
+        part = ("runs-table--cursor" if cursor else
+                "runs-table--even-row" if index % 2 else "runs-table--odd-row")
+        key = (row.values, part, scroll_x, width)
+        strip = self._line_cache.get(key)
+        if strip is None:
+            self.lines_rendered += 1
+            style = self._style(part)
+            segments: list[Segment] = []
+            for i, value in enumerate(row.values):
+                segments += self._cell_segments(i, value)
+            # under the cursor its colours win, so that every cell reads
+            post = Style(color=style.color, bgcolor=style.bgcolor) if cursor else None
+            line = Segment.simplify(Segment.apply_style(segments, style, post))
+            strip = Strip(line, TOTAL_WIDTH)
+            if scroll_x or width != TOTAL_WIDTH:
+                strip = strip.crop_extend(scroll_x, scroll_x + width, style)
+            self._line_cache[key] = strip
+        return strip
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        scroll_x, scroll_y = self.scroll_offset
+        if y < HEADER:
+            return self._header_strip(scroll_x, width)
+        index = scroll_y + y - HEADER
+        if index >= len(self._order):
+            return Strip.blank(width, self._style("runs-table--odd-row"))
+        return self._row_strip(index, scroll_x, width)
+
+    # -- the cursor -----------------------------------------------------------------
+    def watch_cursor_row(self, old: int, new: int) -> None:
+        for index in (old, new):
+            self.refresh_line(index + HEADER)
+        top, height = round(self.scroll_y), max(1, self.size.height - HEADER)
+        if new < top:
+            self.scroll_to(y=new, animate=False)
+        elif new >= top + height:
+            self.scroll_to(y=new - height + 1, animate=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.virtual_size = Size(TOTAL_WIDTH, len(self._order) + HEADER)
+
+    def on_focus(self) -> None:
+        self._restyle()
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self._restyle()
+        self.refresh()
 
     # -- actions --------------------------------------------------------------------
+    def action_cursor_up(self) -> None:
+        self.move_cursor(self.cursor_row - 1)
+
+    def action_cursor_down(self) -> None:
+        self.move_cursor(self.cursor_row + 1)
+
+    def action_page_up(self) -> None:
+        self.move_cursor(self.cursor_row - max(1, self.size.height - HEADER - 1))
+
+    def action_page_down(self) -> None:
+        self.move_cursor(self.cursor_row + max(1, self.size.height - HEADER - 1))
+
+    def action_first(self) -> None:
+        self.move_cursor(0)
+
+    def action_last(self) -> None:
+        self.move_cursor(len(self._order) - 1)
+
+    def action_select_cursor(self) -> None:
+        run = self.current_run
+        if run is not None:
+            self.post_message(self.RunSelected(self, run))
+
     def action_toggle_mark(self) -> None:
         run = self.current_run
         if run is None or self.fleet is None:
             return
         self.marked.symmetric_difference_update({run})
-        old = self._shown[run]
-        self._draw(run, old)
-        if self.cursor_row < self.row_count - 1:
-            self.move_cursor(row=self.cursor_row + 1)
+        if self._update(self._rows[run]):
+            self.refresh_line(self._index[run] + HEADER)
+        self.move_cursor(self.cursor_row + 1)
 
     def action_cycle_sort(self) -> None:
         keys = [c.key for c in COLUMNS]
-        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
-        self._sort_changed()
+        self.sort_by(keys[(keys.index(self.sort_column) + 1) % len(keys)], False)
 
     def action_reverse_sort(self) -> None:
-        self.sort_reverse = not self.sort_reverse
-        self._sort_changed()
+        self.sort_by(self.sort_column, not self.sort_reverse)
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        col = str(event.column_key.value)
-        if col == self.sort_column:
-            self.sort_reverse = not self.sort_reverse
-        else:
-            self.sort_column, self.sort_reverse = col, False
-        self._sort_changed()
-
-    def _sort_changed(self) -> None:
+    def sort_by(self, column: str, reverse: bool) -> None:
+        self.sort_column, self.sort_reverse = column, reverse
         self.resort()
-        arrow = "▼" if self.sort_reverse else "▲"
-        label = {c.key: c.header for c in COLUMNS}[self.sort_column]
+        self.refresh_line(0)
+        arrow = "▼" if reverse else "▲"
+        label = {c.key: c.header for c in COLUMNS}[column]
         self.notify(f"sorted by {one_line(label, 20)} {arrow}", timeout=2)
+        self.post_message(self.SortChanged(self, column, reverse))
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        if offset.y < HEADER:  # a header: sort by it, again to reverse
+            x = offset.x + round(self.scroll_x)
+            for col, right in zip(COLUMNS, _edges(), strict=True):
+                if x < right:
+                    same = col.key == self.sort_column
+                    self.sort_by(col.key, not self.sort_reverse if same else False)
+                    break
+            return
+        index = round(self.scroll_y) + offset.y - HEADER
+        if 0 <= index < len(self._order):
+            if index == self.cursor_row:
+                self.action_select_cursor()
+            else:
+                self.move_cursor(index)
+
+
+def _edges() -> list[int]:
+    """The right edge of each column, in content columns."""
+    edges, x = [], 0
+    for width in WIDTHS:
+        x += width
+        edges.append(x)
+    return edges

@@ -1,0 +1,120 @@
+"""The runs table at fleet scale, through Pilot: what is drawn, cursor keys, mouse, sorting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlrb_tui.app import MLRBApp
+from mlrb_tui.screens.run_view import RunScreen
+from mlrb_tui.widgets.runs_table import HEADER, RunsTable
+from runner.events import EventFactory
+from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, started, until
+from tests.fixtures.demo_journal import NOW
+
+FLEET = 200
+
+
+def fleet_app(tmp_path: Path) -> tuple[MLRBApp, Feed, list[EventFactory]]:
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
+    factories = [EventFactory(f"fleet-{i:03d}") for i in range(FLEET)]
+    return app, feed, factories
+
+
+async def fleet_started(app: MLRBApp, feed: Feed, factories: list[EventFactory], pilot) -> RunsTable:  # type: ignore[no-untyped-def]
+    await started(pilot)
+    feed.push(*(f.make("run.created", {"task": "mini_pile", "agent": "scripted",
+                                        "limits": {"time_s": 3600}}, ts=NOW - 600)
+                for f in factories))
+    feed.push(*(f.make("run.started", {"elapsed_s": 0.0}, ts=NOW - 600) for f in factories))
+    assert app.dashboard is not None
+    table = app.dashboard.table
+    await until(pilot, lambda: table.row_count == FLEET + 3)
+    await pilot.pause()
+    return table
+
+
+def line_text(table: RunsTable, run: str) -> str:
+    """What the screen shows on the run's line (it must be in view)."""
+    y = table.row_index(run) - round(table.scroll_y) + HEADER
+    assert HEADER <= y < table.size.height
+    return table.render_line(y).text
+
+
+async def test_only_changed_lines_in_view_are_drawn(tmp_path: Path) -> None:
+    app, feed, factories = fleet_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await fleet_started(app, feed, factories, pilot)
+        visible = table.size.height - HEADER
+        assert visible < FLEET  # most of the fleet is off screen
+        on_screen, off_screen = factories[5], factories[190]
+        rendered = table.lines_rendered
+        feed.push(on_screen.make("metric", {"step": 9, "values": {"loss": 0.125}}, ts=NOW))
+        await until(pilot, lambda: "loss=0.125@9" in line_text(table, on_screen.run))
+        await pilot.pause()
+        assert table.lines_rendered == rendered + 1  # that line and no other
+
+        feed.push(off_screen.make("metric", {"step": 7, "values": {"loss": 0.5}}, ts=NOW))
+        await until(pilot, lambda: app.fleet.rows[off_screen.run].get("metric_value") == 0.5)
+        await pilot.pause(0.3)  # a few repaints: nothing off screen is drawn
+        assert table.lines_rendered == rendered + 1
+        assert table.rows[off_screen.run].stale
+
+        await pilot.press("end")  # scroll it into view: it is drawn with the new value
+        await pilot.pause()
+        assert table.cursor_row == FLEET + 2
+        assert "loss=0.5@7" in line_text(table, off_screen.run)
+        assert not table.rows[off_screen.run].stale
+
+
+async def test_cursor_keys_move_and_keep_the_cursor_in_view(tmp_path: Path) -> None:
+    app, feed, factories = fleet_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await fleet_started(app, feed, factories, pilot)
+        page = table.size.height - HEADER - 1
+        await pilot.press("j", "j", "down")
+        assert table.cursor_row == 3
+        await pilot.press("k")
+        assert table.cursor_row == 2
+        await pilot.press("pagedown")
+        assert table.cursor_row == 2 + page
+        await pilot.press("end")
+        assert table.cursor_row == table.row_count - 1
+        assert round(table.scroll_y) == table.row_count - (table.size.height - HEADER)
+        await pilot.press("up")
+        assert table.current_run == table.shown[-2]
+        await pilot.press("pageup", "home")
+        assert table.cursor_row == 0 and round(table.scroll_y) == 0
+        await pilot.press("up")  # nothing above the first run
+        assert table.cursor_row == 0
+
+
+async def test_mouse_sorts_by_header_and_opens_a_run(tmp_path: Path) -> None:
+    app, feed, factories = fleet_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await fleet_started(app, feed, factories, pilot)
+        for i, f in enumerate(factories[:3]):
+            feed.push(f.make("metric", {"step": 1, "values": {"loss": 0.01 * (i + 1)}}, ts=NOW))
+        await until(pilot, lambda: app.fleet.rows[factories[2].run].get("metric_value") == 0.03)
+        await pilot.pause()
+        # the metric header starts after run, task, agent, status and time (each + a gap)
+        x = 16 + 13 + 9 + 12 + 13 + 2
+        await pilot.click("#runs", offset=(x, 0))
+        assert (table.sort_column, table.sort_reverse) == ("metric", False)
+        assert table.shown[:3] == [f.run for f in factories[:3]]
+        assert "metric▲" in table.render_line(0).text
+        await pilot.click("#runs", offset=(x, 0))
+        assert table.sort_reverse and table.shown[-3:] == [f.run for f in factories[2::-1]]
+        # a new low value moves its run to the other end, and the cursor stays on its run
+        await pilot.press("home")
+        kept = table.current_run
+        feed.push(factories[9].make("metric", {"step": 2, "values": {"loss": 0.001}}, ts=NOW))
+        await until(pilot, lambda: table.shown[-1] == factories[9].run)
+        assert table.current_run == kept
+        # a click moves the cursor; a click on the cursor's row opens the run
+        await pilot.click("#runs", offset=(3, HEADER + 4))
+        assert table.cursor_row == 4
+        run = table.current_run
+        await pilot.click("#runs", offset=(3, HEADER + 4))
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert isinstance(app.screen, RunScreen) and app.screen.run == run
