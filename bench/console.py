@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from textual import events  # noqa: E402
+
 from mlrb_tui.app import MLRBApp  # noqa: E402
 from mlrb_tui.replay import ReplayController  # noqa: E402
 from mlrb_tui.source import LiveSource  # noqa: E402
@@ -55,9 +57,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Fleet:
-    """`runs` runs at `rate` events/s each, batched every tick like a bus subscriber would."""
+    """`runs` runs at `rate` events/s each, plus a GPU sample a second each."""
 
-    def __init__(self, runs: int, rate: float, seconds: float, tick: float = 0.1) -> None:
+    def __init__(self, runs: int, rate: float, seconds: float, tick: float = 0.02) -> None:
         self.factories = [EventFactory(f"bench-{i:03d}") for i in range(runs)]
         self.rate, self.seconds, self.tick = rate, seconds, tick
         self.arrivals: dict[str, float] = {}  # run -> arrival of its oldest undrawn event
@@ -68,45 +70,44 @@ class Fleet:
         return [f.make("run.created", {"task": "mini_pile", "agent": "scripted",
                                        "limits": {"time_s": 3600}}) for f in self.factories]
 
+    def _event(self, f: EventFactory, i: int, step: int) -> Event:
+        if i % 3 == 0:
+            return f.make("metric", {"step": step, "values": {"loss": random.random() * 3}})
+        if i % 3 == 1:
+            return f.make("sandbox.output", {"stream": "stdout", "text": f"step {step} ok\n"})
+        return f.make("resource", {"cpu_pct": random.random() * 400,
+                                   "mem_bytes": random.randint(1, 8) << 30,
+                                   "mem_limit": 16 << 30, "cpu_limit": 4})
+
     async def feed(self) -> AsyncIterator[list[Event]]:
+        """Each run sends at random times (a Poisson stream at `rate`), so arrivals are not in
+        step with the repaints; the bus hands them over in small batches every `tick`."""
         yield self.created()
         yield [f.make("run.started", {"elapsed_s": 0.0}) for f in self.factories]
         loop = asyncio.get_running_loop()
         start = loop.time()
-        n = 0
-        per_tick = self.rate * self.tick
-        carry = 0.0
-        last_gpu = start
-        step = 0
+        due = [start + random.expovariate(self.rate) for _ in self.factories]
+        gpu_due = [start + random.random() for _ in self.factories]
+        counts = [0] * len(self.factories)
         while loop.time() - start < self.seconds:
-            n += 1
-            await asyncio.sleep(max(0.0, start + n * self.tick - loop.time()))
-            carry += per_tick
-            k, carry = int(carry), carry - int(carry)
+            await asyncio.sleep(self.tick)
+            now_loop = loop.time()
             batch: list[Event] = []
-            step += 1
-            for f in self.factories:
-                for j in range(k):
-                    if j % 3 == 0:
-                        batch.append(f.make("metric", {"step": step * 10 + j, "values": {
-                            "loss": random.random() * 3}}))
-                    elif j % 3 == 1:
-                        batch.append(f.make("sandbox.output", {"stream": "stdout",
-                                                               "text": f"step {step} ok\n"}))
-                    else:
-                        batch.append(f.make("resource", {"cpu_pct": random.random() * 400,
-                                                         "mem_bytes": random.randint(1, 8) << 30,
-                                                         "mem_limit": 16 << 30, "cpu_limit": 4}))
-            if loop.time() - last_gpu >= 1.0:
-                last_gpu = loop.time()
-                batch += [f.make("gpu", {"device": 0, "util": random.random() * 100,
-                                         "mem_used": 30 << 30, "mem_total": 80 << 30})
-                          for f in self.factories]
+            for n, f in enumerate(self.factories):
+                while due[n] <= now_loop:
+                    counts[n] += 1
+                    batch.append(self._event(f, counts[n], counts[n]))
+                    due[n] += random.expovariate(self.rate)
+                if gpu_due[n] <= now_loop:  # 1 Hz, each run at its own phase
+                    gpu_due[n] += 1.0
+                    batch.append(f.make("gpu", {"device": 0, "util": random.random() * 100,
+                                                "mem_used": 30 << 30, "mem_total": 80 << 30}))
             now = time.perf_counter()
             for ev in batch:
                 self.arrivals.setdefault(ev.run, now)
             self.sent += len(batch)
-            yield batch
+            if batch:
+                yield batch
         self.done.set()
         await asyncio.Event().wait()  # a bus stays open after the burst
 
@@ -153,17 +154,21 @@ async def live(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         offscreen[0] = 0
         cpu0, wall0 = time.process_time(), time.perf_counter()
         table = app.dashboard.table
+        painted_after_key = asyncio.Event()
+        # the cursor moved: the refresh that follows is the one that shows it
+        table.watch(table, "cursor_row",
+                    lambda: app.call_after_refresh(painted_after_key.set), init=False)
         while not fleet.done.is_set():
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25 + random.random() / 4)  # not in step with the repaints
             for key in ("down", "up"):
-                before = table.cursor_row
+                painted_after_key.clear()
                 t = time.perf_counter()
-                await pilot.press(key)
-                moved = asyncio.Event()
-                app.call_after_refresh(moved.set)
-                await moved.wait()
-                if table.cursor_row != before:
-                    keys.append(time.perf_counter() - t)
+                # as a terminal sends it: Pilot.press also waits for the app to go idle
+                event = events.Key(key, None)
+                event.set_sender(app)
+                app._driver.send_message(event)  # type: ignore[union-attr]
+                await painted_after_key.wait()
+                keys.append(time.perf_counter() - t)
         cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         sent = fleet.sent
     return {"events": sent, "applied_p50": pct(applied, 0.5), "applied_p99": pct(applied, 0.99),
@@ -254,7 +259,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--rate", type=float, default=10.0, help="events/s per run")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--repaint-hz", type=float, default=4.0)
+    p.add_argument("--repaint-hz", type=float, default=8.0)
     p.add_argument("--replay-events", type=int, default=1_000_000)
     p.add_argument("--skip-live", action="store_true")
     p.add_argument("--skip-replay", action="store_true")
