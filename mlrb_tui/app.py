@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import subprocess
 import time
@@ -80,7 +81,7 @@ class MLRBApp(App[None]):
     def __init__(self, journal_path: Path, bus: BusConfig | None = None, *,
                  readonly: bool = False, replay_run: str | None = None,
                  replay_speed: float = 1.0, operator: str | None = None,
-                 clock: Callable[[], float] = time.time, repaint_hz: float = 4.0,
+                 clock: Callable[[], float] = time.time, repaint_hz: float = 8.0,
                  keymap: dict[str, str] | None = None, runs_dir: Path | None = None) -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path(journal_path).parent / "runs"
@@ -139,6 +140,10 @@ class MLRBApp(App[None]):
                         timeout=30)
         self.request_repaint()
         self._tick()
+        # the widgets, styles and backfilled history live as long as the console: keep them
+        # out of the cyclic collector, whose full passes over them stalled keys and repaints
+        gc.collect()
+        gc.freeze()
 
     async def _open_replay(self, run: str) -> None:
         def build() -> ReplayController:
@@ -457,7 +462,7 @@ class MLRBApp(App[None]):
 def run_console(journal_path: Path, bus: BusConfig | None = None, *, readonly: bool = False,
                 replay_run: str | None = None, replay_speed: float = 1.0,
                 operator: str | None = None, clock: Callable[[], float] = time.time,
-                repaint_hz: float = 4.0, keymap: dict[str, str] | None = None,
+                repaint_hz: float = 8.0, keymap: dict[str, str] | None = None,
                 runs_dir: Path | None = None) -> None:
     """Open the console and return when the operator quits."""
     app = MLRBApp(journal_path, bus, readonly=readonly, replay_run=replay_run,
