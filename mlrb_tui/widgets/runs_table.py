@@ -159,8 +159,8 @@ class RunsTable(ScrollView, can_focus=True):
         self.updates = 0  # cells that changed value, for tests and figures
         self.drawn: list[str] = []  # on-screen runs brought up to date by the last sync
         self.lines_rendered = 0  # lines built from cells (cache misses), for figures
-        self._cell_cache: LRUCache[tuple[int, Value], list[Segment]] = LRUCache(4096)
-        self._line_cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(1024)
+        self._cell_cache: LRUCache[tuple[int, Value], list[Segment]] = LRUCache(1024)
+        self._line_cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(256)
         self._styles: dict[str, Style] = {}
 
     # -- what the operator points at -------------------------------------------------
