@@ -11,7 +11,7 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     [runner]
     max_runs = 4
     [console]
-    repaint_hz = 4
+    repaint_hz = 8
     [console.keys]                       # binding id -> keys, e.g. kill = "ctrl+x"
     [providers.anthropic]                # keys stay on the host; environment variables win
     base_url = "..."
@@ -48,7 +48,7 @@ class Config:
     backend: str = "auto"
     image: str = "mlrb-sandbox:latest"
     max_runs: int = 4
-    repaint_hz: float = 4.0
+    repaint_hz: float = 8.0
     keys: dict[str, str] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +91,7 @@ def load_config(home: Path | None = None) -> Config:
             backend=os.environ.get("MLRB_SANDBOX") or str(sandbox.get("backend", "auto")),
             image=os.environ.get("MLRB_SANDBOX_IMAGE") or str(sandbox.get("image", "mlrb-sandbox:latest")),
             max_runs=int(runner.get("max_runs", 4)),
-            repaint_hz=float(console.get("repaint_hz", 4.0)),
+            repaint_hz=float(console.get("repaint_hz", 8.0)),
             keys={str(k): str(v) for k, v in console.get("keys", {}).items()},
             providers=raw.get("providers", {}),
             raw=raw,
