@@ -332,7 +332,8 @@ def row_cells(row: dict[str, Any], now: float,
 
 
 def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
-    """A comparable value for sorting by `column` (missing values sort last)."""
+    """A comparable value for sorting by `column`: `(0, value...)`, or `(1, ...)` where the
+    row has none (those sort last either way)."""
     def num(x: object) -> tuple[int, float]:
         return (0, float(x)) if isinstance(x, (int, float)) else (1, 0.0)
 
@@ -355,7 +356,8 @@ def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
     if column == "status":
         order = ("running", "held", "frozen", "queued", "limit", "failed", "killed", "succeeded")
         s = row.get("status")
-        return (order.index(s) if s in order else len(order), "")
+        return (0, order.index(s) if s in order else len(order))
     if column == "run":
         return (0, str(row.get("created_ts") or 0), str(row.get("run")))
-    return (0, str(row.get(column) or ""))
+    value = row.get(column)
+    return (0, str(value)) if value not in (None, "") else (1, "")

@@ -104,13 +104,18 @@ async def test_mouse_sorts_by_header_and_opens_a_run(tmp_path: Path) -> None:
         assert table.shown[:3] == [f.run for f in factories[:3]]
         assert "metric▲" in table.render_line(0).text
         await pilot.click("#runs", offset=(x, 0))
-        assert table.sort_reverse and table.shown[-3:] == [f.run for f in factories[2::-1]]
-        # a new low value moves its run to the other end, and the cursor stays on its run
-        await pilot.press("home")
+        # highest first; the demo's three runs have higher values; runs with none stay last
+        assert table.sort_reverse and table.shown[3:6] == [f.run for f in factories[2::-1]]
+        assert table.shown[-1] == factories[-1].run
+        # a new value moves its run, and the cursor stays on the run it was on
+        await pilot.press("home", "down", "down", "down")
         kept = table.current_run
+        assert kept == factories[2].run
         feed.push(factories[9].make("metric", {"step": 2, "values": {"loss": 0.001}}, ts=NOW))
-        await until(pilot, lambda: table.shown[-1] == factories[9].run)
-        assert table.current_run == kept
+        await until(pilot, lambda: table.shown[6] == factories[9].run)
+        feed.push(factories[2].make("metric", {"step": 2, "values": {"loss": 0.0001}}, ts=NOW))
+        await until(pilot, lambda: table.shown[6] == factories[2].run)
+        assert table.current_run == kept and table.cursor_row == 6
         # a click moves the cursor; a click on the cursor's row opens the run
         await pilot.click("#runs", offset=(3, HEADER + 4))
         assert table.cursor_row == 4
@@ -118,3 +123,30 @@ async def test_mouse_sorts_by_header_and_opens_a_run(tmp_path: Path) -> None:
         await pilot.click("#runs", offset=(3, HEADER + 4))
         await until(pilot, lambda: isinstance(app.screen, RunScreen))
         assert isinstance(app.screen, RunScreen) and app.screen.run == run
+
+
+async def test_filter_and_sort_together_keep_the_header_on_top(tmp_path: Path) -> None:
+    app, feed, factories = fleet_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await fleet_started(app, feed, factories, pilot)
+        await pilot.press("end")  # scrolled down: the header is still the first line
+        assert round(table.scroll_y) > 0
+        table.sort_by("metric", True)
+        await pilot.pause()
+        assert table.render_line(0).text.startswith("run ")
+        assert "metric▼" in table.render_line(0).text
+        for i, f in enumerate(factories[:12]):
+            feed.push(f.make("metric", {"step": 1, "values": {"loss": 100.0 + i}}, ts=NOW))
+        await until(pilot, lambda: table.shown[0] == factories[11].run)
+        await pilot.press("slash", *"fleet-00")  # ten runs left, still in metric order
+        await until(pilot, lambda: table.row_count == 10)
+        assert table.shown == [f.run for f in factories[9::-1]]
+        assert round(table.scroll_y) == 0 and table.cursor_row < 10
+        # a value that moves a run while others are filtered away
+        feed.push(factories[0].make("metric", {"step": 2, "values": {"loss": 999.0}}, ts=NOW),
+                  factories[50].make("metric", {"step": 2, "values": {"loss": 998.0}}, ts=NOW))
+        await until(pilot, lambda: table.shown[0] == factories[0].run)
+        assert table.row_count == 10 and factories[50].run not in table.shown
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == FLEET + 3)
+        assert table.shown[:2] == [factories[0].run, factories[50].run]

@@ -19,7 +19,7 @@ from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.cache import LRUCache
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -268,10 +268,10 @@ class RunsTable(ScrollView, can_focus=True):
                 if key != row.sort_key:
                     row.sort_key = key
                     moved = True
-        if removed:
-            self._reindex([r for r in self._order if r in self._rows])
-        elif moved:
+        if moved:
             self.resort()
+        elif removed:
+            self._reindex([r for r in self._order if r in self._rows])
         elif added:
             self._grown()
         self.drawn = drawn
@@ -304,7 +304,11 @@ class RunsTable(ScrollView, can_focus=True):
         for run, row in self._rows.items():
             state = fleet.rows.get(run)
             row.sort_key = sort_value(state, col, now) if state else (2, 0.0)
-        order = sorted(self._order, key=lambda r: self._rows[r].sort_key, reverse=self.sort_reverse)
+        rows = [r for r in self._order if r in self._rows]
+        present = [r for r in rows if self._rows[r].sort_key[0] == 0]
+        missing = [r for r in rows if self._rows[r].sort_key[0] != 0]  # last either way
+        order = sorted(present, key=lambda r: self._rows[r].sort_key, reverse=self.sort_reverse)
+        order += sorted(missing, key=lambda r: self._rows[r].sort_key)
         self._reindex(order)
 
     def set_filter(self, text: str) -> None:
@@ -471,7 +475,7 @@ class RunsTable(ScrollView, can_focus=True):
     def sort_by(self, column: str, reverse: bool) -> None:
         self.sort_column, self.sort_reverse = column, reverse
         self.resort()
-        self.refresh_line(0)
+        self.refresh(Region(0, 0, self.size.width, HEADER))  # the header stays on top
         arrow = "▼" if reverse else "▲"
         label = {c.key: c.header for c in COLUMNS}[column]
         self.notify(f"sorted by {one_line(label, 20)} {arrow}", timeout=2)
