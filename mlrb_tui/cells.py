@@ -183,17 +183,25 @@ def _v_res(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
 
 
 def _r_res(v: Value) -> Text:
-    """CPU (percent of one core) and memory in one cell; yellow when near the run's limit."""
+    """Sandbox CPU (in cores) and memory against the run's limits, in one cell: `2.1/4c
+    5.2/16G`; yellow when within 10% of a limit."""
     cpu, cpu_limit, mem, mem_limit = v
     text = Text()
     if cpu is None:
         text.append("—", style="dim")
     else:
-        near = is_number(cpu_limit) and cpu_limit > 0 and cpu / (cpu_limit * 100) >= 0.9
-        text.append(f"{cpu}%", style="yellow" if near else "")
+        capped = is_number(cpu_limit) and cpu_limit > 0
+        near = capped and cpu / (cpu_limit * 100) >= 0.9
+        text.append(f"{cpu / 100:.1f}", style="yellow" if near else "")
+        text.append(f"/{cpu_limit:g}c" if capped else "c", style="dim")
     if is_number(mem):
-        near = is_number(mem_limit) and mem_limit > 0 and mem / mem_limit >= 0.9
-        text.append(f" {fmt_bytes(mem)}", style="bold yellow" if near else "")
+        capped = is_number(mem_limit) and mem_limit > 0
+        near = capped and mem / mem_limit >= 0.9
+        if capped:
+            text.append(f" {fmt_gib(mem)}", style="bold yellow" if near else "")
+            text.append(f"/{fmt_gib(mem_limit)}G", style="dim")
+        else:
+            text.append(f" {fmt_bytes(mem)}")
     return text
 
 
@@ -299,13 +307,13 @@ class Column:
 
 # fits a 150-column terminal: widths + one gap each + the scrollbar
 COLUMNS: tuple[Column, ...] = (
-    Column("run", "run", 15, _v_run, _r_run),
-    Column("task", "task", 12, _v_task, _r_plain),
+    Column("run", "run", 14, _v_run, _r_run),
+    Column("task", "task", 11, _v_task, _r_plain),
     Column("agent", "agent", 8, _v_agent, _r_plain),
     Column("status", "status", 11, _v_status, _r_status),
     Column("time", "time/budget", 12, _v_time, _r_time),
-    Column("metric", "metric", 16, _v_metric, _r_metric),
-    Column("res", "cpu mem", 10, _v_res, _r_res),
+    Column("metric", "metric", 14, _v_metric, _r_metric),
+    Column("res", "cpu mem /lim", 14, _v_res, _r_res),
     Column("gpu", "GPU", 10, _v_gpu, _r_gpu),
     Column("trend", "trend", 10, _v_trend, _r_trend),
     Column("score", "score", 6, _v_score, _r_score),

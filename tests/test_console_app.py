@@ -47,7 +47,7 @@ async def test_dashboard_shows_every_run(tmp_path: Path) -> None:
         # elapsed = active_s + (now - active_ts) while running; frozen otherwise
         assert cell(app, RUNNING, "time") == "29:55/1h"
         assert cell(app, HELD, "time") == "2:07/2h"
-        assert cell(app, RUNNING, "res").endswith(" 5.2G")  # CPU and memory share a cell
+        assert cell(app, RUNNING, "res") == "2.1/4c 5.2/16G"  # CPU and memory against limits
         assert "local" in cell(app, KILLED, "flags")
         assert "bus: none" in app.topbar_text().plain
 
@@ -64,9 +64,9 @@ async def test_live_events_update_cells_in_place(tmp_path: Path) -> None:
         f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
         feed.push(f.make("metric", {"step": 620, "values": {"loss": 1.5}}, ts=NOW),
                   f.make("resource", {"cpu_pct": 333.0, "mem_bytes": 2 * 1024**3,
-                                      "mem_limit": 16 * 1024**3}, ts=NOW))
+                                      "mem_limit": 16 * 1024**3, "cpu_limit": 4.0}, ts=NOW))
         await until(pilot, lambda: cell(app, RUNNING, "metric") == "loss=1.5@620")
-        assert cell(app, RUNNING, "res").startswith("333% ")
+        assert cell(app, RUNNING, "res") == "3.3/4c 2.0/16G"
         assert table.shown == keys_before  # same runs, same order: nothing rebuilt
         assert all(table.rows[r] is row for r, row in rows_before.items())
         assert table.updates > updates_before

@@ -206,7 +206,7 @@ async def test_limit_warning_flags_and_pending_show_on_the_row(tmp_path: Path) -
         assert "⚑1" in cell(app, KILLED, "flags")
         assert cell(app, RUNNING, "gpu") == "92% 31/80G"
         assert cell(app, HELD, "gpu") == "— no GPU"
-        assert cell(app, RUNNING, "res").startswith("210% ")
+        assert cell(app, RUNNING, "res").startswith("2.1/4c ")
         assert cell(app, RUNNING, "trend").startswith("g")  # backfilled GPU history
         f = factory(app)
         feed.push(f.make("run.limit", {"limit": "time_s", "used": 2900, "max": 3600,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlrb_tui.app import MLRBApp
 from mlrb_tui.screens.run_view import RunScreen
-from mlrb_tui.widgets.runs_table import HEADER, RunsTable
+from mlrb_tui.widgets.runs_table import HEADER, WIDTHS, RunsTable
 from runner.events import EventFactory
 from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, started, until
 from tests.fixtures.demo_journal import NOW
@@ -98,7 +98,7 @@ async def test_mouse_sorts_by_header_and_opens_a_run(tmp_path: Path) -> None:
         await until(pilot, lambda: app.fleet.rows[factories[2].run].get("metric_value") == 0.03)
         await pilot.pause()
         # the metric header starts after run, task, agent, status and time (each + a gap)
-        x = 16 + 13 + 9 + 12 + 13 + 2
+        x = sum(WIDTHS[:5]) + 2
         await pilot.click("#runs", offset=(x, 0))
         assert (table.sort_column, table.sort_reverse) == ("metric", False)
         assert table.shown[:3] == [f.run for f in factories[:3]]
