@@ -184,6 +184,9 @@ def fmt_duration(seconds: object) -> str:
     s = int(max(0, seconds))
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
+    if h >= 100:  # a run left behind for days: the seconds no longer matter
+        d, h = divmod(h, 24)
+        return f"{d}d{h:02d}h"
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from mlrb_tui.replay import SPEEDS, ReplayController, ReplayError
-from mlrb_tui.state import FleetState, RunState, elapsed_of, entry_for, summarize_args
+from mlrb_tui.state import (
+    FleetState,
+    RunState,
+    elapsed_of,
+    entry_for,
+    fmt_duration,
+    summarize_args,
+)
 from runner.events import Event, EventFactory
 from runner.journal import JournalReader
 from tests.fixtures.demo_journal import (
@@ -88,6 +95,13 @@ def test_elapsed_runs_on_only_while_running() -> None:
     row = {"status": "running", "active_s": 100.0, "active_ts": 1000.0}
     assert elapsed_of(row, 1030.0) == 130.0
     assert elapsed_of({**row, "status": "held"}, 1030.0) == 100.0
+
+
+def test_durations_read_short() -> None:
+    assert fmt_duration(75) == "1:15"
+    assert fmt_duration(24 * 3600 + 61) == "24:01:01"
+    assert fmt_duration(None) == "—"
+    assert fmt_duration(30 * 86400 + 5 * 3600 + 59) == "30d05h"  # days: seconds are noise
 
 
 def test_output_is_bounded_and_escape_free() -> None:
