@@ -72,6 +72,61 @@ async def _help(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def _message(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("m", *"look at the eval loss first")
+    await pilot.pause()
+
+
+async def _limit(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("L")
+    await pilot.pause()
+
+
+async def _bulk_hold(pilot: Pilot[None]) -> None:
+    await _dashboard(pilot)
+    await pilot.press("space", "space", "p")  # marks the running and the held run
+    await pilot.pause()
+
+
+async def _pending_call(pilot: Pilot[None]) -> None:
+    """The running run's view with a tool call waiting for approval (written to the journal,
+    which the console follows when there is no bus)."""
+    from runner.events import EventFactory
+    from runner.journal import Journal
+    from tests.fixtures.demo_journal import NOW, RUNNING
+
+    app = pilot.app
+    assert isinstance(app, MLRBApp)
+    await _run_view(pilot)
+    f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+    journal = Journal(app.journal_path)
+    try:
+        journal.write_sync([
+            f.make("tool.call", {"id": "c-rm", "name": "bash",
+                                 "args": {"command": "rm -rf /workspace/checkpoints/old"}},
+                   ts=NOW),
+            f.make("tool.approval", {"id": "c-rm", "state": "pending", "name": "bash"}, ts=NOW)])
+    finally:
+        journal.close()
+    await _until(pilot, lambda: "waiting for approval" in str(
+        app.screen.query_one("#run-header").render()))
+    await pilot.pause()
+
+
+async def _approve_edit(pilot: Pilot[None]) -> None:
+    await _pending_call(pilot)
+    await pilot.press("e")
+    await pilot.pause()
+
+
+async def _reject(pilot: Pilot[None]) -> None:
+    await _pending_call(pilot)
+    await pilot.press("n", *"not the checkpoints: they are the baseline")
+    await pilot.pause()
+
+
 async def _replay(pilot: Pilot[None]) -> None:
     app = pilot.app
     await _until(pilot, lambda: getattr(app.screen, "replay", None) is not None)
@@ -94,6 +149,11 @@ SCENES: tuple[Scene, ...] = (
     Scene("run_view", _run_view),
     Scene("kill_confirm", _kill),
     Scene("help", _help),
+    Scene("message", _message),
+    Scene("limit", _limit),
+    Scene("bulk_hold", _bulk_hold),
+    Scene("approve_edit", _approve_edit),
+    Scene("reject", _reject),
     Scene("replay", _replay, {"replay_run": "r-mini-pile-01", "replay_speed": 1.0}),
 )
 
