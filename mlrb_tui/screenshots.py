@@ -60,34 +60,14 @@ async def _run_view(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
-async def _kill(pilot: Pilot[None]) -> None:
-    await _dashboard(pilot)
-    await pilot.press("down", "ctrl+k")
-    await pilot.pause()
+def _keys(setup: Steps, *keys: str) -> Steps:
+    """A scene: `setup`, then these keys."""
+    async def steps(pilot: Pilot[None]) -> None:
+        await setup(pilot)
+        await pilot.press(*keys)
+        await pilot.pause()
 
-
-async def _help(pilot: Pilot[None]) -> None:
-    await _dashboard(pilot)
-    await pilot.press("question_mark")
-    await pilot.pause()
-
-
-async def _message(pilot: Pilot[None]) -> None:
-    await _dashboard(pilot)
-    await pilot.press("m", *"look at the eval loss first")
-    await pilot.pause()
-
-
-async def _limit(pilot: Pilot[None]) -> None:
-    await _dashboard(pilot)
-    await pilot.press("L")
-    await pilot.pause()
-
-
-async def _bulk_hold(pilot: Pilot[None]) -> None:
-    await _dashboard(pilot)
-    await pilot.press("space", "space", "p")  # marks the running and the held run
-    await pilot.pause()
+    return steps
 
 
 async def _pending_call(pilot: Pilot[None]) -> None:
@@ -115,18 +95,6 @@ async def _pending_call(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
-async def _approve_edit(pilot: Pilot[None]) -> None:
-    await _pending_call(pilot)
-    await pilot.press("e")
-    await pilot.pause()
-
-
-async def _reject(pilot: Pilot[None]) -> None:
-    await _pending_call(pilot)
-    await pilot.press("n", *"not the checkpoints: they are the baseline")
-    await pilot.pause()
-
-
 async def _replay(pilot: Pilot[None]) -> None:
     app = pilot.app
     await _until(pilot, lambda: getattr(app.screen, "replay", None) is not None)
@@ -147,13 +115,14 @@ class Scene:
 SCENES: tuple[Scene, ...] = (
     Scene("dashboard", _dashboard),
     Scene("run_view", _run_view),
-    Scene("kill_confirm", _kill),
-    Scene("help", _help),
-    Scene("message", _message),
-    Scene("limit", _limit),
-    Scene("bulk_hold", _bulk_hold),
-    Scene("approve_edit", _approve_edit),
-    Scene("reject", _reject),
+    Scene("kill_confirm", _keys(_dashboard, "down", "ctrl+k")),
+    Scene("help", _keys(_dashboard, "question_mark")),
+    Scene("message", _keys(_dashboard, "m", *"look at the eval loss first")),
+    Scene("limit", _keys(_dashboard, "L")),
+    # marks the running and the held run, then holds both
+    Scene("bulk_hold", _keys(_dashboard, "space", "space", "p")),
+    Scene("approve_edit", _keys(_pending_call, "e")),
+    Scene("reject", _keys(_pending_call, "n", *"not the checkpoints: they are the baseline")),
     Scene("replay", _replay, {"replay_run": "r-mini-pile-01", "replay_speed": 1.0}),
 )
 

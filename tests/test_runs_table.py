@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.pilot import Pilot
+
 from mlrb_tui.app import MLRBApp
 from mlrb_tui.screens.run_view import RunScreen
 from mlrb_tui.widgets.runs_table import HEADER, WIDTHS, RunsTable
@@ -21,7 +23,8 @@ def fleet_app(tmp_path: Path) -> tuple[MLRBApp, Feed, list[EventFactory]]:
     return app, feed, factories
 
 
-async def fleet_started(app: MLRBApp, feed: Feed, factories: list[EventFactory], pilot) -> RunsTable:  # type: ignore[no-untyped-def]
+async def fleet_started(app: MLRBApp, feed: Feed, factories: list[EventFactory],
+                        pilot: Pilot[None]) -> RunsTable:
     await started(pilot)
     feed.push(*(f.make("run.created", {"task": "mini_pile", "agent": "scripted",
                                         "limits": {"time_s": 3600}}, ts=NOW - 600)
