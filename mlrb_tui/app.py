@@ -228,8 +228,8 @@ class MLRBApp(App[None]):
         return text
 
     # -- navigation -----------------------------------------------------------------
-    def open_run(self, run: str) -> None:
-        self.push_screen(RunScreen(run))
+    def open_run(self, run: str, *, logs: bool = False) -> None:
+        self.push_screen(RunScreen(run, logs=logs))
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

@@ -128,6 +128,25 @@ async def test_run_view_shows_actions_output_and_charts(tmp_path: Path) -> None:
         assert charts._names == ["loss", "accuracy"]
         header = screen.query_one("#run-header").render()
         assert "sandbox: docker (isolated)" in str(header)
+        await pilot.press("l")  # the logs full screen, and back
+        assert screen.maximized is screen.query_one(OutputLog)
+        await pilot.press("l")
+        assert screen.maximized is None
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+
+
+async def test_l_on_the_dashboard_opens_the_runs_logs(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("down", "l")
+        screen = app.screen
+        assert isinstance(screen, RunScreen) and screen.run == HELD
+        output = screen.query_one(OutputLog)
+        assert screen.maximized is output and output.has_focus
+        await pilot.press("escape")  # first out of the full-screen logs, then back
+        assert app.screen is screen and screen.maximized is None
         await pilot.press("escape")
         assert app.screen is app.dashboard
 

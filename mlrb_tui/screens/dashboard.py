@@ -22,6 +22,7 @@ class DashboardScreen(Screen[None]):
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
+        Binding("l", "logs", "Logs", show=False, id="logs"),
     ]
 
     app: MLRBApp
@@ -84,6 +85,12 @@ class DashboardScreen(Screen[None]):
         run = self.table.current_run
         if run is not None:
             self.app.open_run(run)
+
+    def action_logs(self) -> None:
+        """The run under the cursor, its sandbox output full screen."""
+        run = self.table.current_run
+        if run is not None:
+            self.app.open_run(run, logs=True)
 
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:

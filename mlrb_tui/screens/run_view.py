@@ -52,6 +52,7 @@ class RunScreen(Screen[None]):
         Binding("E", "jump('error')", "Next error", id="jump.error"),
         Binding("I", "jump('intervention')", "Next intervention", id="jump.intervention"),
         Binding("G", "jump('score')", "Next score", id="jump.score"),
+        Binding("l", "logs", "Logs", id="output.logs"),
         Binding("t", "follow", "Follow output", id="output.follow"),
         Binding("X", "x_axis", "Step/time axis", show=False, id="charts.x_axis"),
         Binding("space", "toggle_entry", "Expand", show=False, id="timeline.space"),
@@ -60,10 +61,12 @@ class RunScreen(Screen[None]):
 
     app: MLRBApp
 
-    def __init__(self, run: str, replay: ReplayController | None = None) -> None:
+    def __init__(self, run: str, replay: ReplayController | None = None, *,
+                 logs: bool = False) -> None:
         super().__init__()
         self.run = run
         self.replay = replay
+        self.logs_first = logs  # opened with `l`: the sandbox output fills the screen
         self.state: RunState | None = replay.state if replay is not None else None
         self._last_tick = time.monotonic()
 
@@ -107,6 +110,8 @@ class RunScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#search", Input).display = False
         self.query_one(ActionLog).focus()
+        if self.logs_first:
+            self.action_logs()
         if self.replay is None:
             self._load()
         else:
@@ -167,6 +172,10 @@ class RunScreen(Screen[None]):
 
     # -- actions --------------------------------------------------------------------
     def action_back(self) -> None:
+        if self.maximized is not None:  # out of the full-screen logs first
+            self.minimize()
+            self.query_one(ActionLog).focus()
+            return
         box = self.query_one("#search", Input)
         if box.display:
             box.display = False
@@ -199,6 +208,16 @@ class RunScreen(Screen[None]):
         test = {"error": IS_ERROR, "intervention": IS_INTERVENTION, "score": IS_SCORE}[what]
         if not log.find_next(test):
             self.notify(f"no {what} after the cursor", timeout=2)
+
+    def action_logs(self) -> None:
+        """The sandbox output full screen (`l` or `esc` again for every pane)."""
+        out = self.query_one(OutputLog)
+        if self.maximized is out:
+            self.minimize()
+            self.query_one(ActionLog).focus()
+            return
+        out.focus()
+        self.maximize(out, container=False)
 
     def action_follow(self) -> None:
         out = self.query_one(OutputLog)
