@@ -153,3 +153,27 @@ async def test_filter_and_sort_together_keep_the_header_on_top(tmp_path: Path) -
         await pilot.press("escape")
         await until(pilot, lambda: table.row_count == FLEET + 3)
         assert table.shown[:2] == [factories[0].run, factories[50].run]
+
+
+async def test_a_narrow_terminal_scrolls_sideways_with_the_run_column_fixed(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        assert app.dashboard is not None
+        table = app.dashboard.table
+        line = table.render_line(HEADER).text
+        assert line.startswith("r-mini-pile-01 mini_pile") and "flags" not in table.render_line(0).text
+        for _ in range(200):  # as far right as it goes
+            await pilot.press("right")
+        await pilot.pause()
+        assert round(table.scroll_x) > 0
+        header, line = table.render_line(0).text, table.render_line(HEADER).text
+        assert header.startswith("run ") and header.rstrip().endswith("flags")
+        assert line.startswith("r-mini-pile-01 ") and "mini_pile" not in line
+        assert "4.5k $0.02" in line
+        # a click on a scrolled header sorts by the column drawn there
+        x = header.index("score")
+        await pilot.click("#runs", offset=(x + 1, 0))
+        assert table.sort_column == "score"
+        await pilot.click("#runs", offset=(2, 0))  # the fixed run column
+        assert table.sort_column == "run"

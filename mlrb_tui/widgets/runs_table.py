@@ -33,6 +33,7 @@ GAP = 1  # columns of space after each cell
 WIDTHS = tuple(c.width + GAP for c in COLUMNS)
 TOTAL_WIDTH = sum(WIDTHS)
 HEADER = 1  # lines above the first row
+FIXED = WIDTHS[0]  # the run column does not scroll sideways
 
 
 def matches(row: dict[str, Any], text: str) -> bool:
@@ -373,7 +374,7 @@ class RunsTable(ScrollView, can_focus=True):
                     label += "▼" if self.sort_reverse else "▲"
                 text.append(one_line(label, col_width - GAP).ljust(col_width))
             segments = Segment.apply_style(text.render(self.app.console), style)
-            strip = Strip(segments, TOTAL_WIDTH).crop_extend(scroll_x, scroll_x + width, style)
+            strip = _viewport(Strip(segments, TOTAL_WIDTH), scroll_x, width, style)
             self._line_cache[key] = strip
         return strip
 
@@ -397,7 +398,7 @@ class RunsTable(ScrollView, can_focus=True):
             line = Segment.simplify(Segment.apply_style(segments, style, post))
             strip = Strip(line, TOTAL_WIDTH)
             if scroll_x or width != TOTAL_WIDTH:
-                strip = strip.crop_extend(scroll_x, scroll_x + width, style)
+                strip = _viewport(strip, scroll_x, width, style)
             self._line_cache[key] = strip
         return strip
 
@@ -486,7 +487,7 @@ class RunsTable(ScrollView, can_focus=True):
         if offset is None:
             return
         if offset.y < HEADER:  # a header: sort by it, again to reverse
-            x = offset.x + round(self.scroll_x)
+            x = offset.x if offset.x < FIXED else offset.x + round(self.scroll_x)
             for col, right in zip(COLUMNS, _edges(), strict=True):
                 if x < right:
                     same = col.key == self.sort_column
@@ -499,6 +500,13 @@ class RunsTable(ScrollView, can_focus=True):
                 self.action_select_cursor()
             else:
                 self.move_cursor(index)
+
+
+def _viewport(strip: Strip, scroll_x: int, width: int, style: Style) -> Strip:
+    """The part of a full line on screen: the run column stays put, the rest scrolls."""
+    if scroll_x:
+        strip = Strip.join([strip.crop(0, FIXED), strip.crop(FIXED + scroll_x, scroll_x + width)])
+    return strip.crop_extend(0, width, style)
 
 
 def _edges() -> list[int]:
