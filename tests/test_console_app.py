@@ -128,10 +128,6 @@ async def test_run_view_shows_actions_output_and_charts(tmp_path: Path) -> None:
         assert charts._names == ["loss", "accuracy"]
         header = screen.query_one("#run-header").render()
         assert "sandbox: docker (isolated)" in str(header)
-        await pilot.press("l")  # the logs full screen, and back
-        assert screen.maximized is screen.query_one(OutputLog)
-        await pilot.press("l")
-        assert screen.maximized is None
         await pilot.press("escape")
         assert app.screen is app.dashboard
 
@@ -145,8 +141,12 @@ async def test_l_on_the_dashboard_opens_the_runs_logs(tmp_path: Path) -> None:
         assert isinstance(screen, RunScreen) and screen.run == HELD
         output = screen.query_one(OutputLog)
         assert screen.maximized is output and output.has_focus
-        await pilot.press("escape")  # first out of the full-screen logs, then back
+        await pilot.press("escape")  # first out of the full-screen logs
         assert app.screen is screen and screen.maximized is None
+        await pilot.press("l")  # in the run view `l` goes in and out of them
+        assert screen.maximized is output
+        await pilot.press("l")
+        assert screen.maximized is None and not output.has_focus
         await pilot.press("escape")
         assert app.screen is app.dashboard
 
