@@ -111,3 +111,8 @@ async def test_replay_jumps_to_the_next_intervention(tmp_path: Path) -> None:
         await pilot.press("I")
         assert reader.events(HELD, ctl.position - 1, 1)[0].kind == "control.ack"
         assert ctl.row["status"] == "held"
+
+
+def test_a_run_view_not_yet_mounted_is_not_painted() -> None:
+    # the repaint timer can fire between pushing the screen and mounting its widgets
+    RunScreen(HELD).repaint(0.0)

@@ -67,6 +67,7 @@ class RunScreen(Screen[None]):
         self.run = run
         self.replay = replay
         self.logs_first = logs  # opened with `l`: the sandbox output fills the screen
+        self._ready = False  # its widgets are mounted: the repaint timer may paint it
         self.state: RunState | None = replay.state if replay is not None else None
         self._last_tick = time.monotonic()
 
@@ -108,6 +109,7 @@ class RunScreen(Screen[None]):
         return self.query_one(ApprovalQueue).selected
 
     def on_mount(self) -> None:
+        self._ready = True
         self.query_one("#search", Input).display = False
         self.query_one(ActionLog).focus()
         if self.logs_first:
@@ -148,6 +150,8 @@ class RunScreen(Screen[None]):
             self.replay.advance(dt)
 
     def repaint(self, now: float) -> None:
+        if not self._ready:  # pushed, not yet mounted: the timer got here first
+            return
         if self.replay is not None:
             now = self.replay.now_ts
         self.query_one("#topbar", Static).update(self.app.topbar_text())
