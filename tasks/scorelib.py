@@ -410,6 +410,26 @@ def mmlu_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any
     return result(metric, acc["acc"], metrics, details)
 
 
+def superglue_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any],
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SuperGLUE for the tasks scored on it: lm-eval's `super-glue-lm-eval-v1` group (the mean
+    of its accuracies) at full scale, the held-out choice items by log-likelihood at smoke."""
+    extra = extra or {}
+    if scale == "full":
+        res = lm_eval(model_dir, ["super-glue-lm-eval-v1"])
+        subs = {k: float(v["acc,none"]) for k, v in res.items() if "acc,none" in v}
+        if not subs:
+            raise ScoreError("lm-eval returned no SuperGLUE accuracies")
+        value = sum(subs.values()) / len(subs)
+        return result(metric, value, {metric: value, **subs, **extra}, details)
+    model, tok, _ = load_model(model_dir)
+    items = read_jsonl(data_file("superglue_smoke.jsonl"))
+    acc = choice_accuracy(model, tok, items)
+    details.update(items=len(items), chance=0.375)  # half two-way items, half four-way recall
+    return result(metric, acc["acc"], {metric: acc["acc"], "superglue_acc_norm": acc["acc_norm"],
+                                       **extra}, details)
+
+
 def lm_eval_metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:
     try:
         return float(results[task][key])

@@ -28,19 +28,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if summary["bytes"] > budget:
         return sl.result(METRIC, 0.0, {METRIC: 0.0, **dram}, details,
                          error=f"model needs {summary['bytes']} bytes of DRAM; the budget is {budget}")
-    if args.scale == "full":
-        res = sl.lm_eval(model_dir, ["super-glue-lm-eval-v1"])
-        subs = {k: float(v["acc,none"]) for k, v in res.items() if "acc,none" in v}
-        if not subs:
-            raise sl.ScoreError("lm-eval returned no SuperGLUE accuracies")
-        value = sum(subs.values()) / len(subs)
-        return sl.result(METRIC, value, {METRIC: value, **subs, **dram}, details)
-    model, tok, _ = sl.load_model(model_dir)
-    items = sl.read_jsonl(sl.data_file("superglue_smoke.jsonl"))
-    acc = sl.choice_accuracy(model, tok, items)
-    details.update(items=len(items), chance=0.375)
-    return sl.result(METRIC, acc["acc"], {METRIC: acc["acc"], "superglue_acc_norm": acc["acc_norm"],
-                                          **dram}, details)
+    return sl.superglue_result(METRIC, model_dir, args.scale, details, dram)
 
 
 if __name__ == "__main__":
