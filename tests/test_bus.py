@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -28,18 +28,9 @@ from runner.bus import (
 from runner.control import ControlCommand
 from runner.events import Event, EventFactory, RejectCounter
 from runner.journal import Journal, JournalReader
-from tests.conftest import Mosquitto, free_port, require
+from tests.conftest import Mosquitto, free_port, require, until
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["mosquitto", "inprocess"])
