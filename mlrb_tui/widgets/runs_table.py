@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, ClassVar
 
 from rich.segment import Segment
@@ -32,6 +33,7 @@ MARK = "● "
 GAP = 1  # columns of space after each cell
 WIDTHS = tuple(c.width + GAP for c in COLUMNS)
 TOTAL_WIDTH = sum(WIDTHS)
+EDGES = tuple(accumulate(WIDTHS))  # the right edge of each column
 HEADER = 1  # lines above the first row
 FIXED = WIDTHS[0]  # the run column does not scroll sideways
 
@@ -128,19 +130,6 @@ class RunsTable(ScrollView, can_focus=True):
             super().__init__()
             self.table = table
             self.run = run
-
-        @property
-        def control(self) -> RunsTable:
-            return self.table
-
-    class SortChanged(Message):
-        """The operator sorted by another column or reversed the order."""
-
-        def __init__(self, table: RunsTable, column: str, reverse: bool) -> None:
-            super().__init__()
-            self.table = table
-            self.column = column
-            self.reverse = reverse
 
         @property
         def control(self) -> RunsTable:
@@ -316,8 +305,7 @@ class RunsTable(ScrollView, can_focus=True):
         self.filter_text = text
         if self.fleet is not None:
             self.sync(self.fleet, self.now, list(self.fleet.rows))
-            self.resort()
-            self.refresh()
+            self.resort()  # runs shown again go back to their place
 
     def clear_caches(self) -> None:
         self._cell_cache.clear()
@@ -480,7 +468,6 @@ class RunsTable(ScrollView, can_focus=True):
         arrow = "▼" if reverse else "▲"
         label = {c.key: c.header for c in COLUMNS}[column]
         self.notify(f"sorted by {one_line(label, 20)} {arrow}", timeout=2)
-        self.post_message(self.SortChanged(self, column, reverse))
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
@@ -488,7 +475,7 @@ class RunsTable(ScrollView, can_focus=True):
             return
         if offset.y < HEADER:  # a header: sort by it, again to reverse
             x = offset.x if offset.x < FIXED else offset.x + round(self.scroll_x)
-            for col, right in zip(COLUMNS, _edges(), strict=True):
+            for col, right in zip(COLUMNS, EDGES, strict=True):
                 if x < right:
                     same = col.key == self.sort_column
                     self.sort_by(col.key, not self.sort_reverse if same else False)
@@ -507,12 +494,3 @@ def _viewport(strip: Strip, scroll_x: int, width: int, style: Style) -> Strip:
     if scroll_x:
         strip = Strip.join([strip.crop(0, FIXED), strip.crop(FIXED + scroll_x, scroll_x + width)])
     return strip.crop_extend(0, width, style)
-
-
-def _edges() -> list[int]:
-    """The right edge of each column, in content columns."""
-    edges, x = [], 0
-    for width in WIDTHS:
-        x += width
-        edges.append(x)
-    return edges
