@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.broker import EmbeddedBroker  # noqa: E402
-from runner.bus import BusConfig, EventPublisher, EventSubscriber  # noqa: E402
+from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint  # noqa: E402
+from runner.embedded_broker import EmbeddedBroker  # noqa: E402
 from runner.events import Event  # noqa: E402
 from runner.journal import SCHEMA, Journal, JournalReader  # noqa: E402
 
@@ -112,7 +112,7 @@ async def throughput(url: str, workdir: Path, n: int, runs: int) -> dict[str, fl
     db = workdir / "throughput.db"
     journal = Journal(db)
     reader = JournalReader(db)
-    pub = EventPublisher(BusConfig(url), "bench", reader.events)
+    pub = RunnerEndpoint(BusConfig(url), "bench", reader.events)
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
@@ -164,7 +164,7 @@ async def latency(url: str, workdir: Path, rate: int, seconds: float, runs: int)
     db = workdir / "latency.db"
     journal = Journal(db)
     reader = JournalReader(db)
-    pub = EventPublisher(BusConfig(url), "bench-lat", reader.events)
+    pub = RunnerEndpoint(BusConfig(url), "bench-lat", reader.events)
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from mlrb_tui.signals import RunSignals, is_number, sparkline
 from mlrb_tui.state import elapsed_of, fmt_bytes, fmt_duration, one_line
+from runner.events import LIVE_STATUSES, STATUS_ORDER, TERMINAL_STATUSES
 
 STATUS_STYLE = {
     "queued": "dim",
@@ -151,7 +152,7 @@ def _r_status(v: Value) -> Text:
 
 def _v_time(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     warn = bool(sig is not None and sig.limit_warnings
-                and row.get("status") in ("running", "held", "frozen"))
+                and row.get("status") in LIVE_STATUSES)
     budget = row.get("budget_s")
     return (int(elapsed_of(row, now)), budget if is_number(budget) else None, warn)
 
@@ -275,7 +276,7 @@ def _r_cost(v: Value) -> Text:
 
 
 def _v_flags(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
-    live = sig is not None and row.get("status") not in ("succeeded", "failed", "killed", "limit")
+    live = sig is not None and row.get("status") not in TERMINAL_STATUSES
     return (row.get("isolated") == 0, int(row.get("flags") or 0),
             len(sig.pending) if live and sig is not None else 0,
             sig.warning_text() if live and sig is not None else "")
@@ -362,9 +363,8 @@ def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
     if column == "flags":
         return num(row.get("flags"))
     if column == "status":
-        order = ("running", "held", "frozen", "queued", "limit", "failed", "killed", "succeeded")
         s = row.get("status")
-        return (0, order.index(s) if s in order else len(order))
+        return (0, STATUS_ORDER.index(s) if s in STATUS_ORDER else len(STATUS_ORDER))
     if column == "run":
         return (0, str(row.get("created_ts") or 0), str(row.get("run")))
     value = row.get(column)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from runner.config import Config, ConfigError, DaemonInfo, load_config, read_daemon_info
+from runner.control import LIMIT_NAMES
 
 DEMO_TASKS = ("mini_pile", "baby_lm", "edge_llm_training")
 
@@ -128,7 +129,7 @@ def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in items:
         name, _, value = item.partition("=")
-        if name not in ("time_s", "steps", "tokens", "cost_usd") or not value:
+        if name not in LIMIT_NAMES or not value:
             raise click.BadParameter(f"{item!r}: use time_s=, steps=, tokens= or cost_usd=", param_hint="--limit")
         try:
             out[name] = float(value)
@@ -259,14 +260,19 @@ def replay(run: str, speed: float) -> None:
 
 def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = None) -> None:
     from runner.bus import BusUnavailable, send_control
+    from pydantic import ValidationError
+
     from runner.control import ControlCommand, default_operator
 
     cfg = _cfg()
     bus = _bus(read_daemon_info(cfg), cfg)
     if bus is None:
         raise click.ClickException("no runner daemon is running (start one with `mlrb up`)")
-    cmd = ControlCommand(run=run, action=action, operator=default_operator(), reason=reason,  # type: ignore[arg-type]
-                         args=args or {})
+    try:
+        cmd = ControlCommand.model_validate({"run": run, "action": action, "reason": reason,
+                                             "operator": default_operator(), "args": args or {}})
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid {action} command: {exc.errors()[0]['msg']}") from None
     try:
         asyncio.run(send_control(bus, cmd))
     except BusUnavailable as exc:
@@ -317,7 +323,7 @@ def score(run: str, reason: str) -> None:
 
 @cli.command()
 @click.argument("run")
-@click.argument("name", type=click.Choice(["time_s", "steps", "tokens", "cost_usd"]))
+@click.argument("name", type=click.Choice(LIMIT_NAMES))
 @click.argument("value", type=float)
 @click.option("--reason", required=True, help="Why (recorded).")
 def limit(run: str, name: str, value: float, reason: str) -> None:

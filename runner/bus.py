@@ -1,7 +1,7 @@
 """The bus: MQTT v5 topics that carry events, control commands, runner state and jobs.
 
 The journal is the source of truth and is written first; the bus publishes after it. A
-runner's `EventPublisher` keeps one long-lived connection, batches events per run, and after
+runner's `RunnerEndpoint` keeps one long-lived connection, batches events per run, and after
 an outage (or when its bounded in-memory queue overflows) re-reads what was not confirmed
 from the journal, so subscribers see every event. Subscribers dedupe on `(run, seq)`.
 
@@ -145,7 +145,7 @@ class _RunState:
         self.pending.clear()
 
 
-class EventPublisher:
+class RunnerEndpoint:
     """Runner side. Owns one long-lived aiomqtt client with reconnect + backoff."""
 
     def __init__(self, config: BusConfig, runner_id: str,
@@ -589,6 +589,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusUnavailable", "EventPublisher", "EventSubscriber", "Topics",
+    "BusConfig", "BusUnavailable", "RunnerEndpoint", "EventSubscriber", "Topics",
     "read_runner_states", "send_control", "submit_job",
 ]

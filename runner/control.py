@@ -15,7 +15,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Action = Literal[
     "hold",  # stop at the next agent step; the clock stops
@@ -31,6 +39,8 @@ Action = Literal[
     "shell",  # args: state ("start" | "end"): recorded, the shell itself runs on the host
 ]
 ACTIONS: frozenset[str] = frozenset(Action.__args__)  # type: ignore[attr-defined]
+LimitName = Literal["time_s", "steps", "tokens", "cost_usd"]
+LIMIT_NAMES: tuple[str, ...] = LimitName.__args__  # type: ignore[attr-defined]
 MAX_CONTROL_BYTES = 64 * 1024
 
 
@@ -38,7 +48,72 @@ class ControlError(ValueError):
     pass
 
 
+class ControlArgs(BaseModel):
+    """The arguments of one action; each action has its own model (`ACTION_ARGS`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoArgs(ControlArgs):
+    """hold, freeze, resume, kill, score: the reason says it all."""
+
+
+class MessageArgs(ControlArgs):
+    text: str = Field(max_length=20_000)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("message has no text")
+        return v
+
+
+class ApproveArgs(ControlArgs):
+    call_id: str = Field(min_length=1, max_length=200)
+    # edited arguments to run instead of the agent's (edit, then approve)
+    args: dict[str, Any] | None = None
+
+
+class RejectArgs(ControlArgs):
+    call_id: str = Field(min_length=1, max_length=200)
+
+
+class ApprovalModeArgs(ControlArgs):
+    on: StrictBool = True
+
+
+class LimitArgs(ControlArgs):
+    name: LimitName
+    value: float = Field(gt=0, allow_inf_nan=False)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("limit value must be a positive number")
+        return v
+
+
+class ShellArgs(ControlArgs):
+    state: Literal["start", "end"] = "start"
+    exit_code: int | None = None  # the shell's, at its end
+
+
+ACTION_ARGS: dict[str, type[ControlArgs]] = {
+    "hold": NoArgs, "freeze": NoArgs, "resume": NoArgs, "kill": NoArgs, "score": NoArgs,
+    "message": MessageArgs, "approve": ApproveArgs, "reject": RejectArgs,
+    "approval_mode": ApprovalModeArgs, "limit": LimitArgs, "shell": ShellArgs,
+}
+assert set(ACTION_ARGS) == ACTIONS
+
+AnyArgs = (NoArgs | MessageArgs | ApproveArgs | RejectArgs | ApprovalModeArgs | LimitArgs
+           | ShellArgs)
+
+
 class ControlCommand(BaseModel):
+    """One operator command. On the wire `args` is an object; here it is its action's model."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=80)
@@ -46,11 +121,37 @@ class ControlCommand(BaseModel):
     action: Action
     operator: str = Field(min_length=1, max_length=120)
     reason: str = Field(default="", max_length=2000)
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: AnyArgs = Field(default_factory=NoArgs)
     ts: float = Field(default_factory=time.time)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _args_of_action(cls, obj: Any) -> Any:
+        # the action names the model its args must fit (a union keyed on the action)
+        if isinstance(obj, dict) and obj.get("action") in ACTION_ARGS:
+            model = ACTION_ARGS[obj["action"]]
+            args = obj.get("args")
+            if not isinstance(args, model):
+                args = {} if args is None else args
+                if isinstance(args, ControlArgs):
+                    args = args.model_dump()
+                try:
+                    obj = {**obj, "args": model.model_validate(args)}
+                except ValidationError as exc:
+                    raise ValueError(f"args.{_first_error(exc)}") from None
+        return obj
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+    def args_dict(self) -> dict[str, Any]:
+        """The arguments that were given, as recorded in the `operator.*` event."""
+        return self.args.model_dump(exclude_none=True)
+
+
+def control_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each action's args, for `mlrb schema`."""
+    return {action: model.model_json_schema() for action, model in sorted(ACTION_ARGS.items())}
 
 
 def default_operator() -> str:
@@ -75,6 +176,11 @@ def parse_control(payload: bytes | str) -> ControlCommand:
     try:
         return ControlCommand.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        raise ControlError(f"invalid control command: {where}: {first.get('msg')}") from None
+        raise ControlError(f"invalid control command: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in first.get("loc", ()))
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg

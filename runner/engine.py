@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.agent import Agent, ScriptedAgent
+from runner.agents.base import Agent, ScriptedAgent
 from runner.config import Config
 from runner.control import ControlCommand
-from runner.events import Event, EventFactory, RejectCounter
+from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
 from runner.sandbox import Sandbox, SandboxSpec
@@ -98,8 +98,8 @@ class Engine:
         self.gpus.set_devices(self.gpu_sampler.devices)
         self._backend = await asyncio.to_thread(self._choose_backend)
         if self.use_bus:
-            from runner.broker import EmbeddedBroker
-            from runner.bus import BusConfig, EventPublisher
+            from runner.bus import BusConfig, RunnerEndpoint
+            from runner.embedded_broker import EmbeddedBroker
 
             if self.cfg.bus_url:
                 self.bus_url, self.broker_kind = self.cfg.bus_url, "external"
@@ -108,7 +108,7 @@ class Engine:
                 self.bus_url = await self.broker.start()
                 self.broker_kind = self.broker.kind
             reader = self.reader
-            self.publisher = EventPublisher(BusConfig(self.bus_url, self.cfg.prefix), self.runner_id,
+            self.publisher = RunnerEndpoint(BusConfig(self.bus_url, self.cfg.prefix), self.runner_id,
                                             resend_from=lambda run, after, limit: reader.events(run, after, limit))
             await self.publisher.start()
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
@@ -132,7 +132,7 @@ class Engine:
         """Runs this journal shows as live belong to a runner that is gone: end them."""
         assert self.journal is not None and self.reader is not None
         for row in await asyncio.to_thread(self.reader.list_runs):
-            if row["status"] in ("succeeded", "failed", "killed", "limit"):
+            if row["status"] in TERMINAL_STATUSES:
                 continue
             factory = EventFactory(row["run"], int(row["last_seq"]) + 1)
             await self.journal.write([factory.make("run.ended", {

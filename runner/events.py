@@ -14,6 +14,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -69,7 +70,32 @@ KINDS: frozenset[str] = frozenset(
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DATA_BYTES = 256 * 1024  # one event's data; sandbox output is chunked below this
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024  # one MQTT payload (a batch of events)
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "killed", "limit"})
+
+
+class RunStatus(StrEnum):
+    """A run's status, derived from its events (`status_after`); members compare equal to str.
+
+    Listed in the order a summary names them: live, waiting, ended.
+    """
+
+    RUNNING = "running"
+    HELD = "held"
+    FROZEN = "frozen"
+    QUEUED = "queued"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    LIMIT = "limit"
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.KILLED, RunStatus.LIMIT})
+# a run with a sandbox that an operator can act on (shell, freeze, ...)
+LIVE_STATUSES: frozenset[str] = frozenset({RunStatus.RUNNING, RunStatus.HELD, RunStatus.FROZEN})
+# the order runs are grouped in: live first, then waiting, then ended
+STATUS_ORDER: tuple[RunStatus, ...] = (
+    RunStatus.RUNNING, RunStatus.HELD, RunStatus.FROZEN, RunStatus.QUEUED, RunStatus.LIMIT,
+    RunStatus.FAILED, RunStatus.KILLED, RunStatus.SUCCEEDED)
 
 
 class EventError(ValueError):

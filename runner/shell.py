@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.events import LIVE_STATUSES
 from runner.journal import JournalReader
 
 
@@ -20,7 +21,7 @@ def shell_command(reader: JournalReader, run: str, runs_dir: Path) -> tuple[list
     row = reader.get_run(run)
     if row is None:
         raise ShellError(f"no run {run!r}")
-    if row["status"] not in ("running", "held", "frozen"):
+    if row["status"] not in LIVE_STATUSES:
         raise ShellError(f"run {run} is {row['status']}: its sandbox is gone")
     if row["status"] == "frozen":
         raise ShellError(f"run {run} is frozen: resume it (or hold it instead) to open a shell")

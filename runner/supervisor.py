@@ -22,8 +22,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.agent import Agent, AgentContext, Observation, ToolCall, ToolResult
-from runner.control import ControlCommand
+from runner.agents.base import Agent, AgentContext, Observation, ToolCall, ToolResult
+from runner.control import (
+    ApprovalModeArgs,
+    ApproveArgs,
+    ControlCommand,
+    LimitArgs,
+    MessageArgs,
+    RejectArgs,
+    ShellArgs,
+)
 from runner.escapes import strip_escapes
 from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
@@ -490,8 +498,7 @@ class RunSupervisor:
                                             "accepted": False, "reason": refusal,
                                             "operator": cmd.operator})
             return
-        detail = {k: v for k, v in cmd.args.items() if k in ("text", "call_id", "args", "on",
-                                                              "name", "value", "state")}
+        detail = cmd.args_dict()
         await self.emit(f"operator.{cmd.action}", {"operator": cmd.operator, "reason": cmd.reason,
                                                    "command_id": cmd.id, "ts_sent": cmd.ts, **detail})
         try:
@@ -516,16 +523,8 @@ class RunSupervisor:
             return "run has no sandbox yet"
         if a == "resume" and self._hold is None:
             return "run is not paused"
-        if a == "message" and not str(cmd.args.get("text", "")).strip():
-            return "message has no text"
-        if a in ("approve", "reject") and str(cmd.args.get("call_id", "")) not in self._approvals:
+        if isinstance(cmd.args, ApproveArgs | RejectArgs) and cmd.args.call_id not in self._approvals:
             return "no tool call is waiting for approval with that id"
-        if a == "limit":
-            if cmd.args.get("name") not in ("time_s", "steps", "tokens", "cost_usd"):
-                return "limit name must be time_s, steps, tokens or cost_usd"
-            v = cmd.args.get("value")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                return "limit value must be a positive number"
         return ""
 
     async def _apply(self, cmd: ControlCommand) -> str:
@@ -559,33 +558,39 @@ class RunSupervisor:
             self._spawn(self._finish("killed", cmd.reason or f"killed by {cmd.operator}"))
             return "killing"
         if a == "message":
-            self._messages.append(strip_escapes(str(cmd.args["text"]))[:20_000])
+            assert isinstance(cmd.args, MessageArgs)
+            self._messages.append(strip_escapes(cmd.args.text)[:20_000])
             return "delivered at the agent's next turn"
         if a == "approval_mode":
-            self.approval = bool(cmd.args.get("on", True))
+            assert isinstance(cmd.args, ApprovalModeArgs)
+            self.approval = cmd.args.on
             if not self.approval:
                 for fut in self._approvals.values():
                     if not fut.done():
                         fut.set_result((True, None, ""))
             return f"approval mode {'on' if self.approval else 'off'}"
         if a in ("approve", "reject"):
-            call_id = str(cmd.args["call_id"])
+            assert isinstance(cmd.args, ApproveArgs | RejectArgs)
+            call_id = cmd.args.call_id
             fut = self._approvals[call_id]
-            edited = cmd.args.get("args") if isinstance(cmd.args.get("args"), dict) else None
+            edited = cmd.args.args if isinstance(cmd.args, ApproveArgs) else None
             if not fut.done():
                 fut.set_result((a == "approve", edited, cmd.reason))
             await self.emit("tool.approval", {"id": call_id, "state": "approved" if a == "approve" else "rejected",
                                               "edited": edited is not None})
             return "approved" if a == "approve" else "rejected"
         if a == "limit":
-            setattr(self.limits, str(cmd.args["name"]), cmd.args["value"])
-            self._warned.discard(str(cmd.args["name"]))
-            return f"{cmd.args['name']} limit is now {cmd.args['value']}"
+            assert isinstance(cmd.args, LimitArgs)
+            name, value = cmd.args.name, cmd.args.value
+            setattr(self.limits, name, int(value) if name in ("steps", "tokens") else value)
+            self._warned.discard(name)
+            return f"{name} limit is now {value:g}"
         if a == "score":
             self._spawn(self._score(final=False))
             return "scoring off the clock"
         if a == "shell":
-            return f"shell {cmd.args.get('state', 'start')}"
+            assert isinstance(cmd.args, ShellArgs)
+            return f"shell {cmd.args.state}"
         return ""
 
     # -- scoring and the end -------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner.agent import ToolCall, ToolResult
+from runner.agents.base import ToolCall, ToolResult
 from runner.sandbox import OutputCallback, Sandbox
 
 OUTPUT_CAP = 16 * 1024  # what a tool result may carry back to the model

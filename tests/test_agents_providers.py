@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from runner.agent import AgentContext, AgentTurn, Observation, ToolResult
 from runner.agents.anthropic_agent import AnthropicAgent
+from runner.agents.base import AgentContext, AgentTurn, Observation, ToolResult
 from runner.agents.llm_agent import LLMAgent
 from runner.agents.openai_agent import OpenAIAgent
 from runner.agents.pricing import cost_usd

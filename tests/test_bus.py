@@ -14,18 +14,18 @@ import aiomqtt
 import pytest
 
 import runner.bus as bus
-from runner.broker import EmbeddedBroker, find_mosquitto
 from runner.bus import (
     BusConfig,
     BusUnavailable,
-    EventPublisher,
     EventSubscriber,
+    RunnerEndpoint,
     Topics,
     read_runner_states,
     send_control,
     submit_job,
 )
 from runner.control import ControlCommand
+from runner.embedded_broker import EmbeddedBroker, find_mosquitto
 from runner.events import Event, EventFactory, RejectCounter
 from runner.journal import Journal, JournalReader
 from tests.conftest import Mosquitto, free_port, require, until
@@ -92,7 +92,7 @@ async def test_round_trip_of_batches_in_order(broker: EmbeddedBroker, tmp_path: 
     reader = JournalReader(tmp_path / "j.db")
     sink = Sink()
     sub, task = await subscribe(config, sink)
-    pub = EventPublisher(config, "host-a", reader.events)
+    pub = RunnerEndpoint(config, "host-a", reader.events)
     await pub.start()
     try:
         runs = {f"run-{i}": make_events(f"run-{i}", 1200) for i in range(3)}
@@ -121,7 +121,7 @@ async def test_outage_events_are_resent_from_the_journal(
     reader = JournalReader(tmp_path / "j.db")
     sink = Sink()
     sub, task = await subscribe(config, sink)
-    pub = EventPublisher(config, "host-a", reader.events)
+    pub = RunnerEndpoint(config, "host-a", reader.events)
     pub.backoff_min = pub.backoff_max = 30.0  # reconnects only when told, after the subscriber
     await pub.start()
     try:
@@ -187,7 +187,7 @@ async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> N
 async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = BusConfig(broker.url)
     reader = JournalReader(tmp_path / "j.db")
-    runners = [EventPublisher(config, f"host-{i}", reader.events) for i in range(2)]
+    runners = [RunnerEndpoint(config, f"host-{i}", reader.events) for i in range(2)]
     jobs: dict[str, list[dict[str, object]]] = {"host-0": [], "host-1": []}
     commands: list[ControlCommand] = []
     rejects = RejectCounter()
@@ -230,9 +230,9 @@ async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) 
 
 RUNNER_SCRIPT = """
 import asyncio, sys
-from runner.bus import BusConfig, EventPublisher
+from runner.bus import BusConfig, RunnerEndpoint
 async def main():
-    pub = EventPublisher(BusConfig(sys.argv[1]), "doomed", lambda run, after, limit: [])
+    pub = RunnerEndpoint(BusConfig(sys.argv[1]), "doomed", lambda run, after, limit: [])
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
@@ -267,7 +267,7 @@ async def test_runner_state_is_retained_and_the_will_says_offline(broker: Embedd
 
 async def test_a_clean_stop_publishes_offline(broker: EmbeddedBroker) -> None:
     config = BusConfig(broker.url)
-    pub = EventPublisher(config, "tidy", lambda run, after, limit: [])
+    pub = RunnerEndpoint(config, "tidy", lambda run, after, limit: [])
     await pub.start()
     await until(lambda: pub.connected)
     await pub.set_state({"online": True})
@@ -285,7 +285,7 @@ async def test_missing_broker(tmp_path: Path) -> None:
         await submit_job(config, {"task": "x"}, timeout=2)
     with pytest.raises(BusUnavailable):
         await read_runner_states(config, timeout=0.5)
-    pub = EventPublisher(config, "lonely", lambda run, after, limit: [])
+    pub = RunnerEndpoint(config, "lonely", lambda run, after, limit: [])
     await pub.start()  # does not fail: it keeps retrying in the background
     pub.publish(make_events("run-a", 3))
     assert not pub.connected and not await pub.flush(0.3)
@@ -299,7 +299,7 @@ async def test_with_the_conftest_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     sub = EventSubscriber(config, sink, runs=["run-b"])
     task = asyncio.create_task(sub.run())
     await asyncio.wait_for(sub.ready.wait(), 10)
-    pub = EventPublisher(config, "h", JournalReader(tmp_path / "j.db").events)
+    pub = RunnerEndpoint(config, "h", JournalReader(tmp_path / "j.db").events)
     await pub.start()
     try:
         evs = make_events("run-a", 5) + make_events("run-b", 5)

@@ -46,13 +46,13 @@ async def test_message_score_and_approval_mode(tmp_path: Path) -> None:
         await pilot.press("enter")
         await until(pilot, lambda: len(catcher.commands) == 1)
         msg = catcher.commands[0]
-        assert (msg.run, msg.action, msg.args, msg.operator) == (
+        assert (msg.run, msg.action, msg.args_dict(), msg.operator) == (
             RUNNING, "message", {"text": "try lr 1e-4"}, OPERATOR)
         assert msg.reason and msg.id
         await pilot.press("a")
         await until(pilot, lambda: len(catcher.commands) == 2)
         assert catcher.commands[1].action == "approval_mode"
-        assert catcher.commands[1].args == {"on": True}
+        assert catcher.commands[1].args_dict() == {"on": True}
         f = factory(app)
         feed.push(f.make("operator.approval_mode", {"operator": OPERATOR, "on": True,
                                                     "command_id": catcher.commands[1].id}, ts=NOW),
@@ -63,7 +63,7 @@ async def test_message_score_and_approval_mode(tmp_path: Path) -> None:
         assert app.ack_log[-1] == "approval_mode r-mini-pile-01: accepted (approval mode on)"
         await pilot.press("a")  # now known to be on: the toggle turns it off
         await until(pilot, lambda: len(catcher.commands) == 3)
-        assert catcher.commands[2].args == {"on": False}
+        assert catcher.commands[2].args_dict() == {"on": False}
         await pilot.press("g")
         await until(pilot, lambda: len(catcher.commands) == 4)
         assert catcher.commands[3].action == "score" and catcher.commands[3].reason
@@ -83,7 +83,7 @@ async def test_limit_dialog_validates_then_sends(tmp_path: Path) -> None:
         await pilot.click("#ok")
         await until(pilot, lambda: len(catcher.commands) == 1)
         cmd = catcher.commands[0]
-        assert (cmd.action, cmd.args, cmd.reason) == (
+        assert (cmd.action, cmd.args_dict(), cmd.reason) == (
             "limit", {"name": "time_s", "value": 7200.0}, "close to converging")
 
 
@@ -125,7 +125,7 @@ async def test_approval_queue_approve_edit_reject(tmp_path: Path) -> None:
         await pilot.press("ctrl+s")
         await until(pilot, lambda: len(catcher.commands) == 1)
         edit = catcher.commands[0]
-        assert (edit.action, edit.args) == (
+        assert (edit.action, edit.args_dict()) == (
             "approve", {"call_id": "c9", "args": {"command": "rm -rf /workspace/data/tmp"}})
         feed.push(f.make("tool.approval", {"id": "c9", "state": "approved", "edited": True},
                          ts=NOW))
@@ -137,10 +137,10 @@ async def test_approval_queue_approve_edit_reject(tmp_path: Path) -> None:
         await pilot.press(*"no GPU queries", "enter")
         await until(pilot, lambda: len(catcher.commands) == 2)
         rej = catcher.commands[1]
-        assert (rej.action, rej.args, rej.reason) == ("reject", {"call_id": "c10"}, "no GPU queries")
+        assert (rej.action, rej.args_dict(), rej.reason) == ("reject", {"call_id": "c10"}, "no GPU queries")
         await pilot.press("y")
         await until(pilot, lambda: len(catcher.commands) == 3)
-        assert catcher.commands[2].args == {"call_id": "c10"}
+        assert catcher.commands[2].args_dict() == {"call_id": "c10"}
         feed.push(f.make("tool.approval", {"id": "c10", "state": "rejected"}, ts=NOW))
         await until(pilot, lambda: not queue.display)
         await pilot.press("escape")
@@ -163,7 +163,7 @@ async def test_shell_records_start_and_end(tmp_path: Path) -> None:
         await until(pilot, lambda: len(catcher.commands) == 2)
         assert ran == [(["docker", "exec", "-it", "-u", "1000:1000", "-w", "/workspace",
                          "c0ffee12", "bash"], None)]
-        assert [(c.action, c.args) for c in catcher.commands] == [
+        assert [(c.action, c.args_dict()) for c in catcher.commands] == [
             ("shell", {"state": "start"}), ("shell", {"state": "end", "exit_code": 3})]
         # an ended run has no sandbox: nothing is sent
         await pilot.press("down", "down", "s")

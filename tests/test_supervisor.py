@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.agent import AgentContext, AgentTurn, Observation, ScriptedAgent, ToolCall
+from runner.agents.base import AgentContext, AgentTurn, Observation, ScriptedAgent, ToolCall
 from runner.control import ControlCommand
 from runner.events import Event
 from runner.journal import Journal, JournalReader

@@ -375,7 +375,7 @@ class _Recorder:
 
 def _supervisor(tmp_path: Path, backend: str, scale: str, publish: _Recorder,
                 sampler: GpuSampler | None, image: str = "mlrb-sandbox:latest") -> Any:
-    from runner.agent import ScriptedAgent
+    from runner.agents.base import ScriptedAgent
     from runner.journal import Journal
     from runner.sandbox_factory import create_sandbox
     from runner.supervisor import RunLimits, RunRequest, RunSupervisor

@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input, Static
 
 from mlrb_tui.state import FleetState
 from mlrb_tui.widgets.runs_table import RunsTable
+from runner.events import RunStatus
 
 if TYPE_CHECKING:
     from mlrb_tui.app import MLRBApp
@@ -68,8 +69,7 @@ class DashboardScreen(Screen[None]):
         for row in fleet.rows.values():
             counts[str(row.get("status"))] = counts.get(str(row.get("status")), 0) + 1
         text = Text(f" {len(fleet.rows)} runs", style="bold")
-        for status in ("running", "held", "frozen", "queued", "succeeded", "failed", "killed",
-                       "limit"):
+        for status in RunStatus:
             if counts.get(status):
                 text.append(f" · {counts[status]} {status}")
         table = self.table

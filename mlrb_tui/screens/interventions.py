@@ -19,8 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, TextArea
 
 from mlrb_tui.state import one_line
-
-LIMIT_NAMES = ("time_s", "steps", "tokens", "cost_usd")
+from runner.control import LIMIT_NAMES
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from textual.widgets import Static
 from mlrb_tui.cells import cpu_text, elapsed_text, gpu_text, mem_text, metric_text, status_text
 from mlrb_tui.signals import RunSignals, sparkline
 from mlrb_tui.state import one_line
+from runner.events import TERMINAL_STATUSES
 
 NOT_ISOLATED = "local sandbox — NOT isolated"
 
@@ -27,7 +28,7 @@ def header_text(row: dict[str, Any], now: float, sig: RunSignals | None = None) 
     text.append("   ")
     text.append_text(elapsed_text(row, now))
     text.append(f"   step {row.get('steps') or 0}", style="dim")
-    live = row.get("status") in ("running", "held", "frozen", "queued")
+    live = row.get("status") not in TERMINAL_STATUSES
     if sig is not None and live:
         warn = sig.warning_text()
         if warn:

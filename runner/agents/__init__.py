@@ -4,7 +4,7 @@
 environment variables (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY /
 OPENAI_BASE_URL), which win, else from `config` (the `[providers.<kind>]` table of the
 config file, which may also name a default `model`); they are read on the host only. The
-scripted baseline lives in `runner.agent`.
+scripted baseline lives in `runner.agents.base`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from runner.agent import Agent
+from runner.agents.base import Agent
 from runner.agents.errors import AgentConfigError
 
 DEFAULT_MODELS = {"anthropic": "claude-3-5-sonnet-20240620", "openai": "gpt-4o"}

@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.agent import AgentContext, AgentTurn, Observation, ToolCall
 from runner.agents import pricing
+from runner.agents.base import AgentContext, AgentTurn, Observation, ToolCall
 from runner.agents.errors import AgentConfigError, ProviderError, classify
 from runner.agents.history import (
     DEFAULT_TOKENS_PER_CHAR,

@@ -8,8 +8,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-import runner.broker as broker_mod
-from runner.broker import BrokerError, EmbeddedBroker, find_mosquitto
+import runner.embedded_broker as broker_mod
+from runner.embedded_broker import BrokerError, EmbeddedBroker, find_mosquitto
 from tests.conftest import require
 
 
