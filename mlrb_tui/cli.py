@@ -273,6 +273,8 @@ def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = N
                                              "operator": default_operator(), "args": args or {}})
     except ValidationError as exc:
         raise click.ClickException(f"invalid {action} command: {exc.errors()[0]['msg']}") from None
+    if cmd.invalid:
+        raise click.ClickException(f"invalid {action} command: {cmd.invalid}")
     try:
         asyncio.run(send_control(bus, cmd))
     except BusUnavailable as exc:

@@ -107,8 +107,16 @@ ACTION_ARGS: dict[str, type[ControlArgs]] = {
 }
 assert set(ACTION_ARGS) == ACTIONS
 
+
+
+class InvalidArgs(ControlArgs):
+    """Args that did not fit their action's model: the command is refused, never applied."""
+
+    error: str
+
+
 AnyArgs = (NoArgs | MessageArgs | ApproveArgs | RejectArgs | ApprovalModeArgs | LimitArgs
-           | ShellArgs)
+           | ShellArgs | InvalidArgs)
 
 
 class ControlCommand(BaseModel):
@@ -138,15 +146,21 @@ class ControlCommand(BaseModel):
                 try:
                     obj = {**obj, "args": model.model_validate(args)}
                 except ValidationError as exc:
-                    raise ValueError(f"args.{_first_error(exc)}") from None
+                    # kept, so the runner can refuse it with a control.ack that says why
+                    obj = {**obj, "args": InvalidArgs(error=f"args.{_first_error(exc)}")}
         return obj
+
+    @property
+    def invalid(self) -> str:
+        """Why the args do not fit the action's model; empty when they do."""
+        return self.args.error if isinstance(self.args, InvalidArgs) else ""
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
     def args_dict(self) -> dict[str, Any]:
         """The arguments that were given, as recorded in the `operator.*` event."""
-        return self.args.model_dump(exclude_none=True)
+        return {} if self.invalid else self.args.model_dump(exclude_none=True)
 
 
 def control_schemas() -> dict[str, dict[str, Any]]:

@@ -514,6 +514,8 @@ class RunSupervisor:
     def _refusal(self, cmd: ControlCommand) -> str:
         if self._ending or self.end_status is not None:
             return f"run has ended ({self.end_status or 'ending'})"
+        if cmd.invalid:
+            return cmd.invalid
         a = cmd.action
         if a == "hold" and self._hold is not None:
             return f"run is already {self._hold}"
