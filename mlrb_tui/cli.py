@@ -259,9 +259,9 @@ def replay(run: str, speed: float) -> None:
 
 
 def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = None) -> None:
-    from runner.bus import BusUnavailable, send_control
     from pydantic import ValidationError
 
+    from runner.bus import BusUnavailable, send_control
     from runner.control import ControlCommand, default_operator
 
     cfg = _cfg()
