@@ -11,6 +11,18 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from runner.event_data import (
+    GpuData,
+    OperatorApprovalModeData,
+    OperatorLimitData,
+    ResourceData,
+    RunCreatedData,
+    RunEndedData,
+    RunLimitData,
+    ToolApprovalData,
+    ToolCallData,
+    ToolResultData,
+)
 from runner.events import Event
 
 HISTORY = 60  # telemetry samples kept per series (a minute at 1 Hz)
@@ -66,53 +78,50 @@ class RunSignals:
         self._calls: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 
     def apply(self, ev: Event) -> None:
-        d, k = ev.data, ev.kind
-        if k == "resource":
-            cpu, mem = d.get("cpu_pct"), d.get("mem_bytes")
-            if is_number(cpu):
-                self.cpu.append(float(cpu))
-            if is_number(mem):
-                self.mem.append(float(mem))
-            if is_number(d.get("cpu_limit")):
-                self.cpu_limit = float(d["cpu_limit"])
-            if is_number(d.get("mem_limit")):
-                self.mem_limit = float(d["mem_limit"])
-        elif k == "gpu":
-            if is_number(d.get("util")):
-                self.gpu.append(float(d["util"]))
-        elif k == "run.created":
-            if isinstance(d.get("approval"), bool):
-                self.approval_mode = d["approval"]
-        elif k == "operator.approval_mode":
-            self.approval_mode = bool(d.get("on", True))
+        b = ev.body
+        if isinstance(b, ResourceData):
+            if b.cpu_pct is not None:
+                self.cpu.append(b.cpu_pct)
+            if b.mem_bytes is not None:
+                self.mem.append(float(b.mem_bytes))
+            if b.cpu_limit is not None:
+                self.cpu_limit = b.cpu_limit
+            if b.mem_limit is not None:
+                self.mem_limit = float(b.mem_limit)
+        elif isinstance(b, GpuData):
+            if b.util is not None:
+                self.gpu.append(b.util)
+        elif isinstance(b, RunCreatedData):
+            if b.approval is not None:
+                self.approval_mode = b.approval
+        elif isinstance(b, OperatorApprovalModeData):
+            self.approval_mode = b.on
             if not self.approval_mode:
                 self.pending.clear()  # the runner lets every waiting call through
-        elif k == "tool.call":
-            call_id = str(d.get("id", ""))[:80]
+        elif isinstance(b, ToolCallData):
+            call_id = b.id[:80]
             if call_id:
-                self._calls[call_id] = (str(d.get("name", "?"))[:80], d.get("args"))
+                self._calls[call_id] = ((b.name or "?")[:80], b.args)
                 while len(self._calls) > RECENT_CALLS:
                     self._calls.popitem(last=False)
-        elif k == "tool.approval":
-            call_id = str(d.get("id", ""))[:80]
-            if d.get("state") == "pending" and call_id:
+        elif isinstance(b, ToolApprovalData):
+            call_id = b.id[:80]
+            if b.state == "pending" and call_id:
                 self.approval_mode = True
-                name, args = self._calls.get(call_id, (str(d.get("name", "?"))[:80], {}))
+                name, args = self._calls.get(call_id, ((b.name or "?")[:80], {}))
                 self.pending[call_id] = PendingCall(call_id, name, args, ev.ts, ev.seq)
                 while len(self.pending) > MAX_PENDING:
                     self.pending.popitem(last=False)
             else:
                 self.pending.pop(call_id, None)
-        elif k == "tool.result":
-            self.pending.pop(str(d.get("id", "")), None)
-        elif k == "run.limit":
-            name = str(d.get("limit", "?"))[:20]
-            frac = d.get("fraction")
-            if d.get("level") == "warning" and is_number(frac):
-                self.limit_warnings[name] = float(frac)
-        elif k == "operator.limit":
-            self.limit_warnings.pop(str(d.get("name", "")), None)  # a new limit, a fresh warning
-        elif k == "run.ended":
+        elif isinstance(b, ToolResultData):
+            self.pending.pop(b.id, None)
+        elif isinstance(b, RunLimitData):
+            if b.level == "warning" and b.fraction is not None:
+                self.limit_warnings[b.limit] = b.fraction
+        elif isinstance(b, OperatorLimitData):
+            self.limit_warnings.pop(b.name, None)  # a new limit, a fresh warning
+        elif isinstance(b, RunEndedData):
             self.pending.clear()
 
     def warning_text(self) -> str:

@@ -16,7 +16,28 @@ from typing import Any
 
 from mlrb_tui.signals import RunSignals
 from runner.escapes import strip_escapes
-from runner.events import TERMINAL_STATUSES, Event
+from runner.event_data import (
+    AgentErrorData,
+    AgentMessageData,
+    AgentStepData,
+    AgentSubmitData,
+    ControlAckData,
+    IntegrityFlagData,
+    MetricData,
+    OperatorData,
+    RunEndedData,
+    RunHeldData,
+    RunLimitData,
+    RunWarningData,
+    SandboxOutputData,
+    SandboxStartedData,
+    SandboxStoppedData,
+    ScoreData,
+    ToolApprovalData,
+    ToolCallData,
+    ToolResultData,
+)
+from runner.events import Event
 from runner.journal import RunFold
 
 MAX_TIMELINE = 2000
@@ -99,82 +120,71 @@ class Entry:
 
 def entry_for(ev: Event) -> Entry | None:
     """The timeline entry of an event, or None for kinds the timeline does not show."""
-    d, k = ev.data, ev.kind
-    if k.startswith("operator."):
-        who = one_line(d.get("operator", "?"), 40)
-        reason = one_line(d.get("reason", ""), 80)
+    b, k = ev.body, ev.kind
+    if isinstance(b, OperatorData):
+        who = one_line(b.operator, 40)
+        reason = one_line(b.reason, 80)
         return Entry(ev.seq, ev.ts, k, k.split(".", 1)[1], f"{who}: {reason}" if reason else who,
                      "operator")
     if k not in TIMELINE_KINDS:
         return None
-    if k == "tool.call":
-        return Entry(ev.seq, ev.ts, k, "call", f"{one_line(d.get('name', '?'), 30)} "
-                     f"{summarize_args(d.get('args'))}", detail=args_detail(d.get("args")))
-    if k == "tool.result":
-        ok = bool(d.get("ok"))
-        code = d.get("exit_code")
-        dur = d.get("duration_s")
-        head = "ok" if ok else "failed"
-        if code is not None:
-            head += f" exit {code}"
-        if isinstance(dur, (int, float)):
-            head += f" {dur:.1f}s"
-        lines = [line for line in clean(d.get("output", ""), 4000).splitlines() if line.strip()]
+    if isinstance(b, ToolCallData):
+        return Entry(ev.seq, ev.ts, k, "call", f"{one_line(b.name, 30)} {summarize_args(b.args)}",
+                     detail=args_detail(b.args))
+    if isinstance(b, ToolResultData):
+        head = "ok" if b.ok else "failed"
+        if b.exit_code is not None:
+            head += f" exit {b.exit_code}"
+        if b.duration_s is not None:
+            head += f" {b.duration_s:.1f}s"
+        lines = [line for line in clean(b.output, 4000).splitlines() if line.strip()]
         first = one_line(lines[0], 90) if lines else ""
         more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
         return Entry(ev.seq, ev.ts, k, "result", f"{head}  {first}{more}".rstrip(),
-                     "ok" if ok else "bad", detail="\n".join(lines[:MAX_DETAIL_LINES]))
-    if k == "tool.approval":
-        return Entry(ev.seq, ev.ts, k, "approval",
-                     f"{one_line(d.get('name', d.get('id', '?')), 40)} {one_line(d.get('state'), 20)}",
-                     "warn")
-    if k == "agent.step":
-        left = d.get("time_left_s")
-        tail = f"  ({fmt_duration(left)} left)" if isinstance(left, (int, float)) else ""
-        return Entry(ev.seq, ev.ts, k, "step", f"step {d.get('step', '?')}{tail}", "dim")
-    if k == "agent.message":
-        return Entry(ev.seq, ev.ts, k, "agent", one_line(d.get("text", ""), 160))
-    if k == "agent.error":
-        return Entry(ev.seq, ev.ts, k, "error",
-                     f"{one_line(d.get('error', ''), 60)} {one_line(d.get('detail', ''), 80)}", "bad")
-    if k == "agent.submit":
-        return Entry(ev.seq, ev.ts, k, "submit", one_line(d.get("summary") or d.get("path", ""), 120),
-                     "ok")
-    if k == "control.ack":
-        accepted = bool(d.get("accepted"))
-        why = one_line(d.get("reason", ""), 80)
-        text = f"{one_line(d.get('action', '?'), 20)} {'accepted' if accepted else 'refused'}"
+                     "ok" if b.ok else "bad", detail="\n".join(lines[:MAX_DETAIL_LINES]))
+    if isinstance(b, ToolApprovalData):
+        name = b.name if b.name is not None else b.id
+        return Entry(ev.seq, ev.ts, k, "approval", f"{one_line(name, 40)} {b.state}", "warn")
+    if isinstance(b, AgentStepData):
+        tail = f"  ({fmt_duration(b.time_left_s)} left)" if b.time_left_s is not None else ""
+        step = b.step if b.step is not None else "?"
+        return Entry(ev.seq, ev.ts, k, "step", f"step {step}{tail}", "dim")
+    if isinstance(b, AgentMessageData):
+        return Entry(ev.seq, ev.ts, k, "agent", one_line(b.text, 160))
+    if isinstance(b, AgentErrorData):
+        return Entry(ev.seq, ev.ts, k, "error", f"{one_line(b.error, 60)} {one_line(b.detail, 80)}",
+                     "bad")
+    if isinstance(b, AgentSubmitData):
+        return Entry(ev.seq, ev.ts, k, "submit", one_line(b.summary or b.path, 120), "ok")
+    if isinstance(b, ControlAckData):
+        why = one_line(b.reason, 80)
+        text = f"{b.action} {'accepted' if b.accepted else 'refused'}"
         return Entry(ev.seq, ev.ts, k, "ack", f"{text}: {why}" if why else text,
-                     "ok" if accepted else "bad")
-    if k == "score":
-        v = d.get("value")
-        val = f"{v:.4g}" if isinstance(v, (int, float)) else "—"
-        final = " (final)" if d.get("final") else ""
-        return Entry(ev.seq, ev.ts, k, "score", f"{one_line(d.get('metric', ''), 40)} = {val}{final}",
-                     "ok")
-    if k == "integrity.flag":
-        return Entry(ev.seq, ev.ts, k, "flag", f"{one_line(d.get('check', ''), 40)}: "
-                     f"{one_line(d.get('detail', ''), 100)}", "bad")
-    if k == "sandbox.started":
-        iso = "isolated" if d.get("isolated") else "NOT isolated"
-        return Entry(ev.seq, ev.ts, k, "sandbox", f"{one_line(d.get('backend', '?'), 20)} "
-                     f"{one_line(d.get('id', ''), 16)} ({iso})", "dim" if d.get("isolated") else "warn")
-    if k == "sandbox.stopped":
-        return Entry(ev.seq, ev.ts, k, "sandbox", f"stopped exit {d.get('exit_code')} "
-                     f"{one_line(d.get('reason', ''), 80)}", "dim")
-    if k == "run.warning":
-        return Entry(ev.seq, ev.ts, k, "warning", one_line(d.get("message", ""), 140), "warn")
-    if k == "run.limit":
-        frac = d.get("fraction")
-        pct = f" {frac:.0%}" if isinstance(frac, (int, float)) else ""
-        return Entry(ev.seq, ev.ts, k, "limit", f"{one_line(d.get('limit', ''), 20)}{pct} "
-                     f"{one_line(d.get('level', ''), 20)}", "warn")
-    if k == "run.held":
-        return Entry(ev.seq, ev.ts, k, "run", f"{one_line(d.get('level', 'hold'), 10)} in effect", "warn")
-    if k == "run.ended":
-        status = one_line(d.get("status", ""), 20)
-        return Entry(ev.seq, ev.ts, k, "run", f"ended {status}: {one_line(d.get('reason', ''), 100)}",
-                     "ok" if status == "succeeded" else "bad")
+                     "ok" if b.accepted else "bad")
+    if isinstance(b, ScoreData):
+        val = f"{b.value:.4g}" if b.value is not None else "—"
+        final = " (final)" if b.final else ""
+        return Entry(ev.seq, ev.ts, k, "score", f"{one_line(b.metric, 40)} = {val}{final}", "ok")
+    if isinstance(b, IntegrityFlagData):
+        return Entry(ev.seq, ev.ts, k, "flag", f"{one_line(b.check, 40)}: {one_line(b.detail, 100)}",
+                     "bad")
+    if isinstance(b, SandboxStartedData):
+        iso = "isolated" if b.isolated else "NOT isolated"
+        return Entry(ev.seq, ev.ts, k, "sandbox", f"{one_line(b.backend or '?', 20)} "
+                     f"{one_line(b.id, 16)} ({iso})", "dim" if b.isolated else "warn")
+    if isinstance(b, SandboxStoppedData):
+        return Entry(ev.seq, ev.ts, k, "sandbox", f"stopped exit {b.exit_code} "
+                     f"{one_line(b.reason, 80)}", "dim")
+    if isinstance(b, RunWarningData):
+        return Entry(ev.seq, ev.ts, k, "warning", one_line(b.message, 140), "warn")
+    if isinstance(b, RunLimitData):
+        pct = f" {b.fraction:.0%}" if b.fraction is not None else ""
+        return Entry(ev.seq, ev.ts, k, "limit", f"{b.limit}{pct} {b.level}", "warn")
+    if isinstance(b, RunHeldData):
+        return Entry(ev.seq, ev.ts, k, "run", f"{b.level} in effect", "warn")
+    if isinstance(b, RunEndedData):
+        return Entry(ev.seq, ev.ts, k, "run", f"ended {b.status}: {one_line(b.reason, 100)}",
+                     "ok" if b.status == "succeeded" else "bad")
     return Entry(ev.seq, ev.ts, k, "run", k.split(".", 1)[1], "dim")
 
 
@@ -211,7 +221,6 @@ class RunState:
         self.output: deque[tuple[str, str]] = deque(maxlen=max_output)  # (stream, line)
         self.metrics: dict[str, deque[tuple[float, float]]] = {}
         self.interventions: deque[Entry] = deque(maxlen=200)
-        self.acks: deque[dict[str, Any]] = deque(maxlen=200)
         self.metric_times: dict[str, deque[float]] = {}  # journal time of each metric point
         self.audit: deque[dict[str, Any]] = deque(maxlen=200)  # who, when, what, why, ack
         self.audit_version = 0
@@ -230,7 +239,6 @@ class RunState:
         self.output.clear()
         self.metrics.clear()
         self.interventions.clear()
-        self.acks.clear()
         self.metric_times.clear()
         self.audit.clear()
         self.audit_version += 1
@@ -247,32 +255,29 @@ class RunState:
             return False
         self.last_seq = ev.seq
         self.signals.apply(ev)
-        if ev.kind == "sandbox.output":
-            self._output(str(ev.data.get("stream", "stdout"))[:10], ev.data.get("text", ""))
+        b = ev.body
+        if isinstance(b, SandboxOutputData):
+            self._output(b.stream, b.text)
             return True
-        if ev.kind == "metric":
-            self._metric(ev)
+        if isinstance(b, MetricData):
+            self._metric(ev, b)
             return True
-        if ev.kind == "control.ack":
-            self.acks.append(dict(ev.data))
-            self._ack(ev)
-        elif ev.kind.startswith("operator."):
-            d = ev.data
+        if isinstance(b, ControlAckData):
+            self._ack(ev, b)
+        elif isinstance(b, OperatorData):
             self.add_audit({"ts": ev.ts, "action": ev.kind.split(".", 1)[1],
-                            "operator": d.get("operator"), "reason": d.get("reason"),
-                            "command_id": d.get("command_id"),
-                            "detail": {k: v for k, v in d.items()
-                                       if k not in ("operator", "reason", "command_id", "ts_sent")}})
+                            "operator": b.operator, "reason": b.reason,
+                            "command_id": b.command_id, "detail": b.action_args()})
         entry = entry_for(ev)
         if entry is not None:
             self.timeline.append(entry)
             self.timeline_total += 1
             if entry.tone == "operator":
                 self.interventions.append(entry)
-        if ev.kind == "tool.result":
+        if isinstance(b, ToolResultData):
             # a result's output is also the sandbox's output the operator wants to read
-            out = clean(ev.data.get("output", ""), 4000)
-            if out.strip() and not ev.data.get("streamed"):
+            out = clean(b.output, 4000)
+            if out.strip() and not b.streamed:
                 for line in out.splitlines()[-20:]:
                     self._push_line("result", line)
         return True
@@ -296,18 +301,17 @@ class RunState:
                            "ack": record.get("ack")})
         self.audit_version += 1
 
-    def _ack(self, ev: Event) -> None:
-        d = ev.data
-        cid = d.get("command_id")
-        verdict = ("accepted" if d.get("accepted") else "refused") + (
-            f": {one_line(d.get('reason'), 80)}" if d.get("reason") else "")
+    def _ack(self, ev: Event, b: ControlAckData) -> None:
+        cid = b.command_id
+        verdict = ("accepted" if b.accepted else "refused") + (
+            f": {one_line(b.reason, 80)}" if b.reason else "")
         for r in reversed(self.audit):
             if cid and r.get("command_id") == cid:
                 r["ack"] = verdict
                 break
         else:  # a refused command leaves no operator.* event, only its ack
-            self.audit.append({"ts": ev.ts, "operator": one_line(d.get("operator") or "?", 40),
-                               "action": one_line(d.get("action") or "?", 20), "reason": "",
+            self.audit.append({"ts": ev.ts, "operator": one_line(b.operator or "?", 40),
+                               "action": b.action, "reason": "",
                                "command_id": cid, "detail": {}, "ack": verdict})
         self.audit_version += 1
 
@@ -320,15 +324,10 @@ class RunState:
                             float(value), float(r.get("ts") or 0.0))
         self.metrics_version += 1
 
-    def _metric(self, ev: Event) -> None:
-        values = ev.data.get("values")
-        if not isinstance(values, dict):
-            return
-        step = ev.data.get("step")
-        x = float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else float(ev.seq)
-        for name, value in list(values.items())[:16]:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._point(one_line(name, 40), x, float(value), ev.ts)
+    def _metric(self, ev: Event, b: MetricData) -> None:
+        x = float(b.step) if b.step is not None else float(ev.seq)
+        for name, value in list(b.values.items())[:16]:
+            self._point(one_line(name, 40), x, value, ev.ts)
         self.metrics_version += 1
 
     def _point(self, name: str, x: float, y: float, ts: float = 0.0) -> None:
@@ -341,8 +340,8 @@ class RunState:
         series.append((x, y))
         self.metric_times[name].append(ts)
 
-    def _output(self, stream: str, text: object) -> None:
-        s = strip_escapes(text if isinstance(text, str) else str(text))
+    def _output(self, stream: str, text: str) -> None:
+        s = strip_escapes(text)
         pieces = (self._partial.pop(stream, "") + s).split("\n")
         for line in pieces[:-1]:
             self._push_line(stream, line)
@@ -356,10 +355,6 @@ class RunState:
     def _push_line(self, stream: str, line: str) -> None:
         self.output.append((stream, line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"))
         self.output_total += 1
-
-    def partial_lines(self) -> list[tuple[str, str]]:
-        """Output not yet ended by a newline (shown, but still open)."""
-        return list(self._partial.items())
 
 
 @dataclass
@@ -478,6 +473,3 @@ class FleetState:
 
     def unwatch(self, run: str) -> None:
         self.watched.pop(run, None)
-
-    def active_count(self) -> int:
-        return sum(1 for r in self.fold.rows.values() if r.get("status") not in TERMINAL_STATUSES)

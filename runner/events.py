@@ -4,6 +4,8 @@
 so a re-sent event is a no-op and a gap is detectable. Events enter from untrusted places
 (MQTT payloads, files written by sandboxes), so everything that builds an Event from
 outside goes through `parse_event`, which raises `EventError` with a short reason code.
+Each kind's `data` is checked against its model (`runner.event_data`) whenever an Event is
+built, so an Event that exists is one that fits the contract.
 """
 
 from __future__ import annotations
@@ -15,57 +17,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, get_args
 
-SCHEMA_VERSION = 1
+from pydantic import ValidationError
 
-# The closed, versioned list of kinds (version 1). Adding a kind is a contract change.
-KINDS: frozenset[str] = frozenset(
-    {
-        # run lifecycle
-        "run.created",  # data: task, agent, model, scale, limits, runner, job
-        "run.started",
-        "run.held",  # data: level ("hold" | "freeze")
-        "run.resumed",
-        "run.warning",  # data: message, code
-        "run.limit",  # data: limit, used, fraction (a limit crossed 80% or 100%)
-        "run.ended",  # data: status, reason
-        # the agent
-        "agent.step",  # data: step, time_left_s
-        "agent.message",  # data: role, text
-        "agent.error",  # data: error, detail
-        "agent.submit",  # data: path, summary
-        # tools
-        "tool.call",  # data: id, name, args
-        "tool.result",  # data: id, name, ok, output, exit_code, duration_s
-        "tool.approval",  # data: id, state ("pending" | "approved" | "rejected")
-        # the sandbox
-        "sandbox.started",  # data: backend, id, image, isolated, limits
-        "sandbox.output",  # data: stream, text
-        "sandbox.stopped",  # data: exit_code, reason
-        # telemetry
-        "metric",  # data: step, values {name: number}, source
-        "gpu",  # data: device, util, mem_used, mem_total, power_w, temp_c, proc_mem (the run's own)
-        "resource",  # data: cpu_pct, mem_bytes, mem_limit, cpu_limit
-        "usage",  # data: model, input_tokens, output_tokens, cost_usd, latency_s
-        # operators
-        "operator.hold",
-        "operator.freeze",
-        "operator.resume",
-        "operator.kill",
-        "operator.message",
-        "operator.approve",
-        "operator.reject",
-        "operator.approval_mode",
-        "operator.limit",
-        "operator.shell",
-        "operator.score",
-        "control.ack",  # data: command_id, action, accepted, reason
-        # results
-        "score",  # data: metric, value, details, final
-        "integrity.flag",  # data: check, severity, detail
-    }
+from runner.event_data import (
+    EVENT_DATA,
+    SCHEMA_VERSION,
+    EndStatus,
+    EventData,
+    RunEndedData,
+    RunHeldData,
 )
+
+# The closed, versioned list of kinds (version SCHEMA_VERSION); each kind's data has a model
+# in `runner.event_data`. Adding a kind is a contract change.
+KINDS: frozenset[str] = frozenset(EVENT_DATA)
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DATA_BYTES = 256 * 1024  # one event's data; sandbox output is chunked below this
@@ -90,6 +57,7 @@ class RunStatus(StrEnum):
 
 TERMINAL_STATUSES: frozenset[str] = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.KILLED, RunStatus.LIMIT})
+assert TERMINAL_STATUSES == frozenset(get_args(EndStatus))
 # a run with a sandbox that an operator can act on (shell, freeze, ...)
 LIVE_STATUSES: frozenset[str] = frozenset({RunStatus.RUNNING, RunStatus.HELD, RunStatus.FROZEN})
 # the order runs are grouped in: live first, then waiting, then ended
@@ -109,12 +77,20 @@ class EventError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One event. `data` is the JSON object on the wire and in the journal; `body` is the same
+    data validated by its kind's model, once, when the event is built (EventError if it fails).
+    """
+
     run: str
     seq: int
     ts: float
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
     v: int = SCHEMA_VERSION
+    body: EventData = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body", validate_data(self.kind, self.data))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,8 +110,26 @@ class Event:
         return (self.run, self.seq)
 
 
+def validate_data(kind: str, data: object) -> EventData:
+    """The model of `data` for `kind`; EventError (unknown_kind, bad_data) if it does not fit."""
+    model = EVENT_DATA.get(kind)
+    if model is None:
+        raise EventError("unknown_kind", kind[:80])
+    if not isinstance(data, dict):
+        raise EventError("bad_data", type(data).__name__)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "data"
+        raise EventError("bad_data", f"{kind} {where}: {first.get('msg', '')}"[:200]) from None
+
+
 def valid_run_id(run: object) -> bool:
     return isinstance(run, str) and bool(RUN_ID_RE.match(run))
+
+
+_FIELDS = frozenset({"v", "run", "seq", "ts", "kind", "data"})
 
 
 def parse_event(obj: object) -> Event:
@@ -167,11 +161,11 @@ def parse_event(obj: object) -> Event:
     data = obj.get("data", {})
     if not isinstance(data, dict):
         raise EventError("bad_data", type(data).__name__)
-    extra = set(obj) - {"v", "run", "seq", "ts", "kind", "data"}
-    if extra:
+    if not _FIELDS.issuperset(obj):
+        extra = set(obj) - _FIELDS
         raise EventError("unknown_field", ",".join(sorted(extra))[:80])
     assert isinstance(run, str)
-    return Event(run=run, seq=seq, ts=float(ts), kind=kind, data=data)
+    return Event(run=run, seq=seq, ts=float(ts), kind=kind, data=data)  # validates the data
 
 
 def decode_payload(payload: bytes | str) -> list[Event]:
@@ -223,6 +217,7 @@ class EventFactory:
         self.next_seq = next_seq
 
     def make(self, kind: str, data: dict[str, Any] | None = None, ts: float | None = None) -> Event:
+        """The next event of this run; EventError if `data` breaks its kind's model."""
         if kind not in KINDS:
             raise EventError("unknown_kind", kind)
         data = data or {}
@@ -250,9 +245,9 @@ def status_after(status: str, event: Event) -> str:
         return "queued"
     if k in ("run.started", "run.resumed"):
         return "running"
-    if k == "run.held":
-        return "frozen" if event.data.get("level") == "freeze" else "held"
-    if k == "run.ended":
-        s = event.data.get("status", "failed")
-        return s if s in TERMINAL_STATUSES else "failed"
+    body = event.body
+    if isinstance(body, RunHeldData):
+        return "frozen" if body.level == "freeze" else "held"
+    if isinstance(body, RunEndedData):
+        return body.status
     return status

@@ -24,7 +24,22 @@ from typing import Any
 
 import sqlite_utils
 
-from runner.events import Event, status_after
+from runner.event_data import (
+    AgentStepData,
+    Clocked,
+    GpuData,
+    IntegrityFlagData,
+    MetricData,
+    OperatorData,
+    ResourceData,
+    RunCreatedData,
+    RunEndedData,
+    RunStartedData,
+    SandboxStartedData,
+    ScoreData,
+    UsageData,
+)
+from runner.events import Event, EventError, RejectCounter, parse_event, status_after
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -124,22 +139,6 @@ def ensure_schema(path: str | Path) -> None:
         conn.close()
 
 
-def _as_float(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
-
-
-def _as_dict(x: Any) -> dict[str, Any]:
-    return x if isinstance(x, dict) else {}
-
-
-def _as_int(x: Any) -> int | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return int(x)
-
-
 class RunFold:
     """Folds events into `runs` rows. Pure: used by the writer and by tests."""
 
@@ -161,105 +160,83 @@ class RunFold:
             return None
         row["last_seq"] = ev.seq
         row["updated_ts"] = ev.ts
-        d = ev.data
-        k = ev.kind
-        prev_status = row["status"]
-        row["status"] = status_after(prev_status, ev)
-        if "elapsed_s" in d and _as_float(d["elapsed_s"]) is not None:
-            row["active_s"] = _as_float(d["elapsed_s"])
+        b = ev.body
+        row["status"] = status_after(row["status"], ev)
+        if isinstance(b, Clocked) and b.elapsed_s is not None:
+            row["active_s"] = b.elapsed_s
             row["active_ts"] = ev.ts
-        if k == "run.created":
+        if isinstance(b, RunCreatedData):
             row["created_ts"] = ev.ts
             for key in ("task", "agent", "model", "scale", "runner"):
-                if isinstance(d.get(key), str):
-                    row[key] = d[key]
-            limits = _as_dict(d.get("limits"))
-            row["budget_s"] = _as_float(limits.get("time_s"))
-        elif k == "run.started":
+                if getattr(b, key) is not None:
+                    row[key] = getattr(b, key)
+            row["budget_s"] = b.limits.get("time_s")
+        elif isinstance(b, RunStartedData):
             row["started_ts"] = ev.ts
             row["active_ts"] = ev.ts
-        elif k == "run.ended":
+        elif isinstance(b, RunEndedData):
             row["ended_ts"] = ev.ts
-            row["reason"] = str(d.get("reason", ""))[:500]
-        elif k == "agent.step":
-            row["steps"] = _as_int(d.get("step")) or row["steps"]
-        elif k == "metric":
-            values = _as_dict(d.get("values"))
-            for name, value in values.items():
-                if _as_float(value) is not None:
-                    row["metric_name"], row["metric_value"] = str(name), _as_float(value)
-                    row["metric_step"] = _as_int(d.get("step"))
-                    break
-        elif k == "resource":
-            row["cpu_pct"] = _as_float(d.get("cpu_pct"))
-            row["mem_bytes"] = _as_int(d.get("mem_bytes"))
-            row["mem_limit"] = _as_int(d.get("mem_limit"))
-            row["cpu_limit"] = _as_float(d.get("cpu_limit"))
-        elif k == "gpu":
-            row["gpu_util"] = _as_float(d.get("util"))
-            row["gpu_mem_used"] = _as_int(d.get("mem_used"))
-            row["gpu_mem_total"] = _as_int(d.get("mem_total"))
-        elif k == "usage":
-            row["input_tokens"] += _as_int(d.get("input_tokens")) or 0
-            row["output_tokens"] += _as_int(d.get("output_tokens")) or 0
-            row["cost_usd"] += _as_float(d.get("cost_usd")) or 0.0
-        elif k == "score":
-            row["score"] = _as_float(d.get("value"))
-            row["score_metric"] = str(d.get("metric", ""))[:80]
-        elif k == "integrity.flag":
+            row["reason"] = b.reason[:500]
+        elif isinstance(b, AgentStepData):
+            row["steps"] = b.step or row["steps"]
+        elif isinstance(b, MetricData):
+            for name, value in b.values.items():  # the first value is the one a row shows
+                row["metric_name"], row["metric_value"] = name, value
+                row["metric_step"] = b.step
+                break
+        elif isinstance(b, ResourceData):
+            row["cpu_pct"], row["mem_bytes"] = b.cpu_pct, b.mem_bytes
+            row["mem_limit"], row["cpu_limit"] = b.mem_limit, b.cpu_limit
+        elif isinstance(b, GpuData):
+            row["gpu_util"], row["gpu_mem_used"], row["gpu_mem_total"] = (
+                b.util, b.mem_used, b.mem_total)
+        elif isinstance(b, UsageData):
+            row["input_tokens"] += b.input_tokens
+            row["output_tokens"] += b.output_tokens
+            row["cost_usd"] += b.cost_usd
+        elif isinstance(b, ScoreData):
+            row["score"] = b.value
+            row["score_metric"] = b.metric[:80]
+        elif isinstance(b, IntegrityFlagData):
             row["flags"] += 1
-        elif k == "sandbox.started":
-            row["sandbox"] = str(d.get("backend", ""))[:40]
-            row["isolated"] = 1 if d.get("isolated") else 0
+        elif isinstance(b, SandboxStartedData):
+            row["sandbox"] = b.backend[:40]
+            row["isolated"] = 1 if b.isolated else 0
         return row
 
 
 def side_rows(ev: Event) -> list[tuple[str, dict[str, Any]]]:
     """The typed side-table rows an event contributes."""
-    d, k = ev.data, ev.kind
+    b = ev.body
     base = {"run": ev.run, "seq": ev.seq, "ts": ev.ts}
-    if k == "metric":
-        values = _as_dict(d.get("values"))
-        step = _as_int(d.get("step"))
-        return [
-            ("metrics", {**base, "name": str(n)[:120], "step": step, "value": _as_float(v)})
-            for n, v in values.items()
-            if _as_float(v) is not None
-        ]
-    if k == "gpu":
-        return [("gpu_samples", {**base, "device": _as_int(d.get("device")),
-                                 "util": _as_float(d.get("util")),
-                                 "mem_used": _as_int(d.get("mem_used")),
-                                 "mem_total": _as_int(d.get("mem_total")),
-                                 "power_w": _as_float(d.get("power_w")),
-                                 "temp_c": _as_float(d.get("temp_c"))})]
-    if k == "resource":
-        return [("resources", {**base, "cpu_pct": _as_float(d.get("cpu_pct")),
-                               "mem_bytes": _as_int(d.get("mem_bytes")),
-                               "mem_limit": _as_int(d.get("mem_limit")),
-                               "cpu_limit": _as_float(d.get("cpu_limit"))})]
-    if k == "usage":
-        return [("usage", {**base, "model": str(d.get("model", ""))[:120],
-                           "input_tokens": _as_int(d.get("input_tokens")),
-                           "output_tokens": _as_int(d.get("output_tokens")),
-                           "cost_usd": _as_float(d.get("cost_usd")),
-                           "latency_s": _as_float(d.get("latency_s"))})]
-    if k.startswith("operator."):
-        detail = {x: y for x, y in d.items() if x not in ("operator", "reason", "command_id")}
-        return [("interventions", {**base, "action": k.split(".", 1)[1],
-                                   "operator": str(d.get("operator", ""))[:120],
-                                   "reason": str(d.get("reason", ""))[:1000],
-                                   "command_id": str(d.get("command_id", ""))[:80],
+    if isinstance(b, MetricData):
+        return [("metrics", {**base, "name": n[:120], "step": b.step, "value": v})
+                for n, v in b.values.items()]
+    if isinstance(b, GpuData):
+        return [("gpu_samples", {**base, "device": b.device, "util": b.util,
+                                 "mem_used": b.mem_used, "mem_total": b.mem_total,
+                                 "power_w": b.power_w, "temp_c": b.temp_c})]
+    if isinstance(b, ResourceData):
+        return [("resources", {**base, "cpu_pct": b.cpu_pct, "mem_bytes": b.mem_bytes,
+                               "mem_limit": b.mem_limit, "cpu_limit": b.cpu_limit})]
+    if isinstance(b, UsageData):
+        return [("usage", {**base, "model": b.model[:120], "input_tokens": b.input_tokens,
+                           "output_tokens": b.output_tokens, "cost_usd": b.cost_usd,
+                           "latency_s": b.latency_s})]
+    if isinstance(b, OperatorData):
+        detail = b.model_dump(mode="json", exclude_unset=True,
+                              exclude={"operator", "reason", "command_id"})
+        return [("interventions", {**base, "action": ev.kind.split(".", 1)[1],
+                                   "operator": b.operator[:120], "reason": b.reason[:1000],
+                                   "command_id": b.command_id[:80],
                                    "detail": json.dumps(detail)[:4000]})]
-    if k == "score":
-        return [("scores", {**base, "metric": str(d.get("metric", ""))[:120],
-                            "value": _as_float(d.get("value")),
-                            "final": 1 if d.get("final") else 0,
-                            "details": json.dumps(d.get("details", {}))[:8000]})]
-    if k == "integrity.flag":
-        return [("integrity", {**base, "check": str(d.get("check", ""))[:120],
-                               "severity": str(d.get("severity", "warning"))[:20],
-                               "detail": str(d.get("detail", ""))[:2000]})]
+    if isinstance(b, ScoreData):
+        return [("scores", {**base, "metric": b.metric[:120], "value": b.value,
+                            "final": 1 if b.final else 0,
+                            "details": json.dumps(b.details)[:8000]})]
+    if isinstance(b, IntegrityFlagData):
+        return [("integrity", {**base, "check": b.check[:120], "severity": b.severity[:20],
+                               "detail": b.detail[:2000]})]
     return []
 
 
@@ -380,15 +357,16 @@ class Journal:
         return int(row["last_seq"]) if row else 0
 
 
-def _event_from_row(row: sqlite3.Row) -> Event:
-    return Event(row["run"], row["seq"], row["ts"], row["kind"], json.loads(row["data"]))
-
-
 class JournalReader:
-    """Read-side queries over a journal file; every query pages, nothing loads a whole run."""
+    """Read-side queries over a journal file; every query pages, nothing loads a whole run.
+
+    Every event read is validated like one from the bus: a row that breaks the contract (a
+    file edited by hand, or written by another version) is left out and counted in `rejects`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.rejects = RejectCounter()
         if not self.path.exists():
             ensure_schema(self.path)
         self._conn = connect(self.path, readonly=True)
@@ -403,6 +381,17 @@ class JournalReader:
     def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _events_of(self, rows: Iterable[sqlite3.Row]) -> list[Event]:
+        out: list[Event] = []
+        for row in rows:
+            try:
+                out.append(parse_event({"run": row["run"], "seq": row["seq"], "ts": row["ts"],
+                                        "kind": row["kind"], "data": json.loads(row["data"])}))
+            except ValueError as exc:  # EventError, or data that is not JSON
+                reason = exc.reason if isinstance(exc, EventError) else "bad_json"
+                self.rejects.add(reason, f"{row['run']}#{row['seq']}: {exc}")
+        return out
 
     def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
         if status:
@@ -434,7 +423,7 @@ class JournalReader:
         else:
             rows = self._all("SELECT * FROM events WHERE run = ? AND seq > ? ORDER BY seq LIMIT ?",
                              [run, after_seq, limit])
-        return [_event_from_row(r) for r in rows]
+        return self._events_of(rows)
 
     def events_before(self, run: str, before_seq: int, limit: int = 1000,
                       kinds: Sequence[str] | None = None) -> list[Event]:
@@ -448,7 +437,7 @@ class JournalReader:
             rows = self._all(
                 "SELECT * FROM events WHERE run = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 [run, before_seq, limit])
-        return [_event_from_row(r) for r in reversed(rows)]
+        return self._events_of(reversed(rows))
 
     def max_seq(self, run: str) -> int:
         rows = self._all("SELECT MAX(seq) AS m FROM events WHERE run = ?", [run])
@@ -486,7 +475,8 @@ class JournalReader:
         rows = self._all(
             f"SELECT * FROM events WHERE run = ? AND seq = (SELECT {agg}(seq) FROM events "
             "WHERE run = ? AND kind = ? AND seq < ?)", [run, run, kind, before_seq])
-        return _event_from_row(rows[0]) if rows else None
+        found = self._events_of(rows)
+        return found[0] if found else None
 
     def latest_events(self, run: str, kinds: Sequence[str], before_seq: int) -> list[Event]:
         """The last event of each of `kinds` before `before_seq`, oldest first (one index

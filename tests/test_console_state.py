@@ -15,7 +15,7 @@ from mlrb_tui.state import (
     fmt_duration,
     summarize_args,
 )
-from runner.events import Event, EventFactory
+from runner.events import Event, EventError, EventFactory
 from runner.journal import JournalReader
 from tests.fixtures.demo_journal import (
     HELD,
@@ -122,8 +122,10 @@ def test_output_is_bounded_and_escape_free() -> None:
 def test_metric_series_are_bounded_per_name() -> None:
     rs = RunState("r1", max_points=100)
     f = EventFactory("r1")
+    with pytest.raises(EventError):  # a value that is not a number never reaches a series
+        f.make("metric", {"step": 0, "values": {"loss": 1.0, "bad": "x"}})
     for step in range(300):
-        rs.apply(f.make("metric", {"step": step, "values": {"loss": 1.0 / (step + 1), "bad": "x"}}))
+        rs.apply(f.make("metric", {"step": step, "values": {"loss": 1.0 / (step + 1)}}))
     assert list(rs.metrics) == ["loss"]
     assert len(rs.metrics["loss"]) == 100
     assert rs.metrics["loss"][-1] == (299.0, 1.0 / 300)
