@@ -608,6 +608,53 @@ def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
     click.echo("The runner daemon keeps running (and so do its runs): `mlrb down` stops it.")
 
 
+def _type_of(prop: dict[str, Any]) -> str:
+    """A JSON Schema property's type in a few characters: `number | null`, `{string: number}`."""
+    if "anyOf" in prop:
+        return " | ".join(_type_of(p) for p in prop["anyOf"])
+    if "enum" in prop:
+        return "|".join(json.dumps(v) for v in prop["enum"])
+    if "const" in prop:
+        return json.dumps(prop["const"])
+    kind = prop.get("type", "any")
+    if kind == "object":
+        values = prop.get("additionalProperties", True)
+        return f"{{string: {_type_of(values)}}}" if isinstance(values, dict) else "object"
+    if kind == "array":
+        return f"[{_type_of(prop.get('items', {}))}]"
+    return str(kind)
+
+
+def _echo_schemas(title: str, schemas: dict[str, dict[str, Any]]) -> None:
+    click.echo(title)
+    for name, schema in schemas.items():
+        props: dict[str, Any] = schema.get("properties", {})
+        click.echo(f"\n  {name}" + ("" if props else "  (no fields)"))
+        required = set(schema.get("required", ()))
+        width = max((len(f) for f in props), default=0)
+        for field, prop in props.items():
+            when = "required" if field in required else f"= {json.dumps(prop.get('default'))}"
+            click.echo(f"    {field:<{width}}  {_type_of(prop)}  {when}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON document: {"version", "events": {kind: schema}, "controls": {action: schema}}.')
+def schema(as_json: bool) -> None:
+    """The JSON Schema of every event kind's data and every control action's args."""
+    from runner.control import control_schemas
+    from runner.event_data import SCHEMA_VERSION, event_schemas
+
+    events, controls = event_schemas(), control_schemas()
+    if as_json:
+        click.echo(json.dumps({"version": SCHEMA_VERSION, "events": events, "controls": controls},
+                              indent=2))
+        return
+    _echo_schemas(f"Events (contract version {SCHEMA_VERSION}): the fields of each kind's data", events)
+    click.echo()
+    _echo_schemas("Controls: the args of each action", controls)
+
+
 def main() -> None:
     cli(prog_name="mlrb")
 

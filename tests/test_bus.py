@@ -26,7 +26,7 @@ from runner.bus import (
 )
 from runner.control import ControlCommand
 from runner.embedded_broker import EmbeddedBroker, find_mosquitto
-from runner.events import Event, EventFactory, RejectCounter
+from runner.events import Event, EventFactory, RejectCounter, encode_batch
 from runner.journal import Journal, JournalReader
 from tests.conftest import Mosquitto, free_port, require, until
 
@@ -180,6 +180,29 @@ async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> N
         assert dict(rejects.counts) == {"bad_json": 2, "oversized": 1, "unknown_kind": 1,
                                         "run_mismatch": 1}
         assert sink.keys == {("run-a", 1)} and sub.connected
+    finally:
+        task.cancel()
+
+
+async def test_data_that_breaks_its_model_is_counted(broker: EmbeddedBroker) -> None:
+    config = BusConfig(broker.url)
+    rejects = RejectCounter()
+    sink = Sink()
+    sub, task = await subscribe(config, sink, rejects)
+    t = Topics(config.prefix)
+    good = make_events("run-a", 2)
+    forged = {**good[0].to_dict(), "data": {"stream": "stdout", "text": 7}}
+    extra = {**good[0].to_dict(), "data": {"stream": "stdout", "text": "x", "sudo": True}}
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port,
+                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish(t.event("run-a"), json.dumps([forged]).encode(), qos=1)
+            await c.publish(t.event("run-a"), json.dumps([extra]).encode(), qos=1)
+            await c.publish(t.event("run-a"), encode_batch(good), qos=1)
+        await until(lambda: sub.received == 2)
+        await until(lambda: rejects.total == 2)
+        assert dict(rejects.counts) == {"bad_data": 2}
+        assert sink.keys == {("run-a", 1), ("run-a", 2)} and sub.connected
     finally:
         task.cancel()
 

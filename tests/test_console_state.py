@@ -296,3 +296,26 @@ def test_replay_seek_shows_what_playing_shows(tmp_path: Path) -> None:
     assert flag == next(e.seq for e in evs if e.kind == "integrity.flag")
     assert ctl.row["flags"] == 1
     reader.close()
+
+
+def test_replay_of_a_journal_with_a_row_that_breaks_its_model(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = write_demo_journal(tmp_path / "demo.db")
+    with sqlite3.connect(path) as conn:  # one metric of the running run, edited by hand
+        seq = conn.execute("select min(seq) from events where run = ? and kind = 'metric'",
+                           [RUNNING]).fetchone()[0]
+        conn.execute("update events set data = ? where run = ? and seq = ?",
+                     ['{"step": 20, "values": {"loss": true}}', RUNNING, seq])
+    reader = JournalReader(path)
+    ctl = ReplayController(reader, RUNNING, speed=1000)
+    played: list[int] = []
+    for _ in range(1000):  # bounded: a replay that stalls fails here instead of hanging
+        if ctl.finished:
+            break
+        played += [e.seq for e in ctl.advance(60.0)]
+    assert ctl.finished and ctl.position == ctl.max_seq
+    assert seq not in played and len(played) == ctl.max_seq - 1
+    assert reader.rejects.counts["bad_data"] >= 1
+    assert len(ctl.state.metrics["loss"]) == 29  # the other 29 points are there
+    reader.close()

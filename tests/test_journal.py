@@ -1,3 +1,4 @@
+import json
 import sqlite3
 import subprocess
 
@@ -145,3 +146,53 @@ def test_seek_queries_are_index_seeks(journal, tmp_path):
         assert "SCAN" not in plan and "TEMP B-TREE" not in plan, (name, plan)
         assert "INDEX" in plan or "PRIMARY KEY (run=? AND" in plan, (name, plan)
     r.close()
+
+
+def test_side_tables_hold_the_typed_fields(journal, tmp_path):
+    f = EventFactory("typed")
+    journal.write_sync([
+        f.make("metric", {"step": 3, "values": {"loss": 1, "acc": 0.5}}),  # an int value is a number
+        f.make("gpu", {"device": 0, "util": 97, "mem_used": 5, "mem_total": 10, "power_w": 300,
+                       "temp_c": 60.0}),
+        f.make("usage", {"model": "m", "input_tokens": 7, "output_tokens": 3, "cost_usd": 0.25}),
+        f.make("operator.limit", {"operator": "ana@host", "reason": "more", "command_id": "c9",
+                                  "ts_sent": 1.5, "name": "steps", "value": 50.0}),
+        f.make("integrity.flag", {"check": "c", "detail": "d"}),
+    ])
+    conn = sqlite3.connect(tmp_path / "j.db")
+    rows = conn.execute("select name, step, value, typeof(value) from metrics where run = 'typed' "
+                        "order by name").fetchall()
+    assert rows == [("acc", 3, 0.5, "real"), ("loss", 3, 1.0, "real")]
+    assert conn.execute("select device, util, mem_used, power_w from gpu_samples").fetchone() == (
+        0, 97.0, 5, 300.0)
+    assert conn.execute("select input_tokens, output_tokens, cost_usd from usage").fetchone() == (
+        7, 3, 0.25)
+    action, operator, detail = conn.execute(
+        "select action, operator, detail from interventions").fetchone()
+    assert (action, operator) == ("limit", "ana@host")
+    assert json.loads(detail) == {"ts_sent": 1.5, "name": "steps", "value": 50.0}
+    assert conn.execute('select "check", severity from integrity').fetchone() == ("c", "warning")
+    run = JournalReader(tmp_path / "j.db").get_run("typed")
+    assert (run["metric_name"], run["metric_value"], run["gpu_util"], run["input_tokens"],
+            run["flags"]) == ("loss", 1.0, 97.0, 7, 1)
+
+
+def test_a_row_that_breaks_its_model_is_left_out_and_counted(journal, tmp_path):
+    evs = _run_events("tampered", n=5)
+    journal.write_sync(evs)
+    conn = sqlite3.connect(tmp_path / "j.db")
+    with conn:  # edited by hand, or written by something that does not keep the contract
+        conn.execute("update events set data = ? where run = 'tampered' and seq = 3",
+                     [json.dumps({"step": 0, "values": {"loss": "low"}})])
+        conn.execute("update events set data = ? where run = 'tampered' and seq = 4",
+                     [json.dumps({"step": 1, "values": {"loss": 1.0}, "sudo": True})])
+        conn.execute("update events set data = '{not json' where run = 'tampered' and seq = 5")
+        conn.execute("update events set kind = 'agent.teleport' where run = 'tampered' and seq = 6")
+    r = JournalReader(tmp_path / "j.db")
+    seqs = [e.seq for e in r.events("tampered")]
+    assert seqs == [1, 2, *range(7, len(evs) + 1)]
+    assert dict(r.rejects.counts) == {"bad_data": 2, "bad_json": 1, "unknown_kind": 1}
+    assert r.rejects.last["bad_data"].startswith("tampered#4: bad_data: metric sudo")
+    assert [e.seq for e in r.events_before("tampered", 8)] == [1, 2, 7]
+    assert r.latest_events("tampered", ["metric"], before_seq=6) == []  # the last one is bad
+    assert [e.seq for e in r.latest_events("tampered", ["metric"], before_seq=8)] == [7]
