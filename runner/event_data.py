@@ -315,6 +315,8 @@ EVENT_DATA: dict[str, type[EventData]] = {
     "integrity.flag": IntegrityFlagData,
 }
 
+CLOCKED_KINDS: frozenset[str] = frozenset(k for k, m in EVENT_DATA.items() if issubclass(m, Clocked))
+
 
 def event_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each kind's data, for `mlrb schema`."""

@@ -25,6 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from runner.event_data import (
+    CLOCKED_KINDS,
     AgentStepData,
     Clocked,
     GpuData,
@@ -162,44 +163,45 @@ class RunFold:
         row["updated_ts"] = ev.ts
         b = ev.body
         row["status"] = status_after(row["status"], ev)
-        if isinstance(b, Clocked) and b.elapsed_s is not None:
+        if ev.kind in CLOCKED_KINDS and isinstance(b, Clocked) and b.elapsed_s is not None:
             row["active_s"] = b.elapsed_s
             row["active_ts"] = ev.ts
-        if isinstance(b, RunCreatedData):
+        # `type(b) is`, not isinstance(): a miss on a pydantic model is an ABC check, per event
+        if type(b) is RunCreatedData:
             row["created_ts"] = ev.ts
             for key in ("task", "agent", "model", "scale", "runner"):
                 if getattr(b, key) is not None:
                     row[key] = getattr(b, key)
             row["budget_s"] = b.limits.get("time_s")
-        elif isinstance(b, RunStartedData):
+        elif type(b) is RunStartedData:
             row["started_ts"] = ev.ts
             row["active_ts"] = ev.ts
-        elif isinstance(b, RunEndedData):
+        elif type(b) is RunEndedData:
             row["ended_ts"] = ev.ts
             row["reason"] = b.reason[:500]
-        elif isinstance(b, AgentStepData):
+        elif type(b) is AgentStepData:
             row["steps"] = b.step or row["steps"]
-        elif isinstance(b, MetricData):
+        elif type(b) is MetricData:
             for name, value in b.values.items():  # the first value is the one a row shows
                 row["metric_name"], row["metric_value"] = name, value
                 row["metric_step"] = b.step
                 break
-        elif isinstance(b, ResourceData):
+        elif type(b) is ResourceData:
             row["cpu_pct"], row["mem_bytes"] = b.cpu_pct, b.mem_bytes
             row["mem_limit"], row["cpu_limit"] = b.mem_limit, b.cpu_limit
-        elif isinstance(b, GpuData):
+        elif type(b) is GpuData:
             row["gpu_util"], row["gpu_mem_used"], row["gpu_mem_total"] = (
                 b.util, b.mem_used, b.mem_total)
-        elif isinstance(b, UsageData):
+        elif type(b) is UsageData:
             row["input_tokens"] += b.input_tokens
             row["output_tokens"] += b.output_tokens
             row["cost_usd"] += b.cost_usd
-        elif isinstance(b, ScoreData):
+        elif type(b) is ScoreData:
             row["score"] = b.value
             row["score_metric"] = b.metric[:80]
-        elif isinstance(b, IntegrityFlagData):
+        elif type(b) is IntegrityFlagData:
             row["flags"] += 1
-        elif isinstance(b, SandboxStartedData):
+        elif type(b) is SandboxStartedData:
             row["sandbox"] = b.backend[:40]
             row["isolated"] = 1 if b.isolated else 0
         return row
@@ -209,32 +211,32 @@ def side_rows(ev: Event) -> list[tuple[str, dict[str, Any]]]:
     """The typed side-table rows an event contributes."""
     b = ev.body
     base = {"run": ev.run, "seq": ev.seq, "ts": ev.ts}
-    if isinstance(b, MetricData):
+    if type(b) is MetricData:
         return [("metrics", {**base, "name": n[:120], "step": b.step, "value": v})
                 for n, v in b.values.items()]
-    if isinstance(b, GpuData):
+    if type(b) is GpuData:
         return [("gpu_samples", {**base, "device": b.device, "util": b.util,
                                  "mem_used": b.mem_used, "mem_total": b.mem_total,
                                  "power_w": b.power_w, "temp_c": b.temp_c})]
-    if isinstance(b, ResourceData):
+    if type(b) is ResourceData:
         return [("resources", {**base, "cpu_pct": b.cpu_pct, "mem_bytes": b.mem_bytes,
                                "mem_limit": b.mem_limit, "cpu_limit": b.cpu_limit})]
-    if isinstance(b, UsageData):
+    if type(b) is UsageData:
         return [("usage", {**base, "model": b.model[:120], "input_tokens": b.input_tokens,
                            "output_tokens": b.output_tokens, "cost_usd": b.cost_usd,
                            "latency_s": b.latency_s})]
-    if isinstance(b, OperatorData):
+    if ev.kind.startswith("operator.") and isinstance(b, OperatorData):
         detail = b.model_dump(mode="json", exclude_unset=True,
                               exclude={"operator", "reason", "command_id"})
         return [("interventions", {**base, "action": ev.kind.split(".", 1)[1],
                                    "operator": b.operator[:120], "reason": b.reason[:1000],
                                    "command_id": b.command_id[:80],
                                    "detail": json.dumps(detail)[:4000]})]
-    if isinstance(b, ScoreData):
+    if type(b) is ScoreData:
         return [("scores", {**base, "metric": b.metric[:120], "value": b.value,
                             "final": 1 if b.final else 0,
                             "details": json.dumps(b.details)[:8000]})]
-    if isinstance(b, IntegrityFlagData):
+    if type(b) is IntegrityFlagData:
         return [("integrity", {**base, "check": b.check[:120], "severity": b.severity[:20],
                                "detail": b.detail[:2000]})]
     return []
