@@ -26,6 +26,14 @@ def _cfg() -> Config:
         raise click.ClickException(str(exc)) from None
 
 
+def _need_broker(cfg: Config) -> None:
+    """Stop with the install hint when the embedded broker would be needed and is missing."""
+    from runner.embedded_broker import INSTALL_HINT, find_mosquitto
+
+    if not cfg.bus_url and find_mosquitto() is None:
+        raise click.ClickException(INSTALL_HINT)
+
+
 def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
     from runner.bus import BusConfig
 
@@ -93,6 +101,7 @@ def up() -> None:
     from runner.daemon import DaemonError, start_detached
 
     cfg = _cfg()
+    _need_broker(cfg)
     try:
         info = start_detached(cfg)
     except DaemonError as exc:
@@ -571,6 +580,8 @@ async def _demo_headless(cfg: Config, names: list[str], use_bus: bool) -> list[d
 def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
     """Start the engine and scripted baseline runs on smoke-scale tasks, and watch them."""
     cfg = _cfg()
+    if not (headless and no_bus):
+        _need_broker(cfg)
     names = _demo_tasks(count, task)
     if headless:
         started = time.monotonic()

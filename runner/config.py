@@ -112,7 +112,7 @@ class DaemonInfo:
     prefix: str
     runner_id: str
     db: str
-    broker: str  # "mosquitto" | "inprocess" | "external"
+    broker: str  # "mosquitto" | "external"
     started: float
 
 
