@@ -121,7 +121,7 @@ async def test_outage_events_are_resent_from_the_journal(
     sink = Sink()
     sub, task = await subscribe(config, sink)
     pub = RunnerEndpoint(config, "host-a", reader.events)
-    pub.backoff_min = pub.backoff_max = 30.0  # reconnects only when told, after the subscriber
+    pub.link.backoff_min = pub.link.backoff_max = 30.0  # reconnects only when told, after the subscriber
     await pub.start()
     try:
         await until(lambda: pub.connected)
