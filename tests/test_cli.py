@@ -65,6 +65,24 @@ def test_headless_demo_runs_to_the_end_and_prints_a_summary(env, tmp_path):
     assert "paper:" in mlrb(env, "tasks", "show", "mini_pile").stdout
 
 
+def test_a_config_typo_or_a_wrong_type_stops_every_command_with_one_line(env, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "config.toml"
+    config.write_text("[consle]\nrepaint_hz = 4\n")
+    for args in (("status",), ("up",), ("runs",)):
+        proc = mlrb(env, *args, check=False)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines() == [
+            f"Error: {config}: unknown key 'consle' (known: bus, console, providers, runner, sandbox)"]
+    config.write_text('[console]\nrepaint_hz = "fast"\n')
+    proc = mlrb(env, "status", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {config}: console.repaint_hz must be a number, got 'fast'"]
+    assert not (home / "daemon.json").exists()
+
+
 def test_without_mosquitto_up_fails_fast_with_the_install_hint(env, tmp_path):
     env = {**env, "PATH": "/usr/bin:/bin", "MLRB_MOSQUITTO": str(tmp_path / "nowhere" / "mosquitto"),
            "MLRB_SANDBOX": "local"}
