@@ -213,6 +213,7 @@ class RunnerEndpoint:
             "control": asyncio.Queue(maxsize=1000), "job": asyncio.Queue(maxsize=1000)}
         self._workers: list[asyncio.Task[None]] = []
         self.connected = False
+        self.subscribed: set[str] = set()  # topics the broker confirmed on this connection
         self.published = 0
         self.resent = 0
         self.skipped = 0  # events that could not be encoded (should never happen)
@@ -403,6 +404,7 @@ class RunnerEndpoint:
 
     async def _disconnected(self) -> None:
         self.connected = False
+        self.subscribed.clear()
         self._client = None
         senders = [s.task for s in self._runs.values() if s.task is not None]
         for task in senders:
@@ -418,8 +420,10 @@ class RunnerEndpoint:
                                  qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
         if self._control_handler is not None:
             await client.subscribe(self.topics.all_controls, qos=1)
+            self.subscribed.add(self.topics.all_controls)
         if self._job_handler is not None:
             await client.subscribe(self.topics.shared_jobs, qos=1)
+            self.subscribed.add(self.topics.shared_jobs)
 
     # -- what arrives ---------------------------------------------------------------
     async def listen_controls(self, handler: Callable[[ControlCommand], Awaitable[None]],
@@ -442,6 +446,7 @@ class RunnerEndpoint:
         if client is not None and self.connected:
             try:
                 await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+                self.subscribed.add(topic)
             except aiomqtt.MqttError as exc:  # renewed by _on_connect
                 log.warning("bus: subscribe %s failed: %s", topic, exc)
 

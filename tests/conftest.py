@@ -33,7 +33,7 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
-def _describe(cond: Callable[..., object]) -> str:
+def describe(cond: Callable[..., object]) -> str:
     try:
         source = inspect.getsource(cond).strip()
     except (OSError, TypeError):
@@ -58,7 +58,7 @@ async def until(cond: Callable[[], T | Awaitable[T]], what: str = "", *, timeout
         if value:
             return value  # type: ignore[return-value]
         if loop.time() > deadline:
-            raise AssertionError(f"not met within {timeout:g} s: {what or _describe(cond)}")
+            raise AssertionError(f"not met within {timeout:g} s: {what or describe(cond)}")
         await pause(interval)
 
 
