@@ -625,6 +625,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusUnavailable", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "BusConfig", "BusUnavailable", "Reconnector", "RunnerEndpoint", "EventSubscriber", "Topics",
     "read_runner_states", "send_control", "submit_job",
 ]

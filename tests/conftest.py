@@ -34,6 +34,7 @@ def require(condition: bool, what: str) -> None:
 
 
 def describe(cond: Callable[..., object]) -> str:
+    """A condition's source line, for a timeout message that says what was awaited."""
     try:
         source = inspect.getsource(cond).strip()
     except (OSError, TypeError):
