@@ -126,10 +126,6 @@ class RunSupervisor:
     def clock(self) -> RunClock:
         return self.budget.clock
 
-    @property
-    def approval(self) -> bool:
-        return self.approvals.on
-
     # -- events ----------------------------------------------------------------------
     async def emit(self, kind: str, data: dict[str, Any] | None = None) -> Event:
         async with self._emit_lock:
