@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Scale = Literal["smoke", "full"]
 SCALES: tuple[str, ...] = ("smoke", "full")
@@ -76,8 +84,8 @@ class AssetModel(BaseModel):
     kind: Literal["model", "dataset"]
     repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="hub repository id, owner/name")
+    pinned: bool = True  # before revision: its check reads it
     revision: str = Field(min_length=1, max_length=200)
-    pinned: bool = True
     files: tuple[str, ...] = Field(default=("*",), min_length=1,
                                    description="glob patterns of the repository's files to stage")
     configs: tuple[str, ...] = Field(default=(), description="the dataset configs load_dataset names")
@@ -90,17 +98,23 @@ class AssetModel(BaseModel):
     scales: tuple[Scale, ...] = Field(default=("full",), min_length=1)
     note: str = ""
 
-    @model_validator(mode="after")
-    def _revision_shape(self) -> AssetModel:
-        if self.pinned and not re.fullmatch(COMMIT_RE, self.revision):
-            raise ValueError(f"revision {self.revision!r} is not a 40-hex commit; "
-                             "name a commit, or set pinned = false to lock the first fetch's commit")
-        if not self.pinned and (self.revision.startswith("/") or ".." in self.revision):
-            raise ValueError(f"revision {self.revision!r} is not a branch or tag name")
-        for path, digest in self.sha256.items():
+    @field_validator("revision")
+    @classmethod
+    def _revision_shape(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("pinned", True) and not re.fullmatch(COMMIT_RE, v):
+            raise ValueError(f"{v!r} is not a 40-hex commit; name a commit, or set "
+                             "pinned = false to lock the commit the first fetch gets")
+        if v.startswith("/") or ".." in v or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a branch, tag or commit")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_shape(cls, v: dict[str, str]) -> dict[str, str]:
+        for path, digest in v.items():
             if not re.fullmatch(SHA256_RE, digest):
-                raise ValueError(f"sha256 of {path!r} is not 64 lowercase hex digits")
-        return self
+                raise ValueError(f"{path!r}: {digest!r} is not 64 lowercase hex digits")
+        return v
 
     @property
     def repo_type(self) -> str:
