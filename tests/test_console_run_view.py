@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.widgets import Input
 
+from mlrb_tui.frame import Frame
 from mlrb_tui.screens.run_view import RunScreen
+from mlrb_tui.state import FleetState
 from mlrb_tui.widgets.audit_log import AuditLog
 from mlrb_tui.widgets.metric_charts import MetricCharts, chart_groups
 from mlrb_tui.widgets.output_log import OutputLog
@@ -115,4 +118,4 @@ async def test_replay_jumps_to_the_next_intervention(tmp_path: Path) -> None:
 
 def test_a_run_view_not_yet_mounted_is_not_painted() -> None:
     # the repaint timer can fire between pushing the screen and mounting its widgets
-    RunScreen(HELD).repaint(0.0)
+    RunScreen(HELD).repaint(Frame(FleetState(), 0.0, Text()))
