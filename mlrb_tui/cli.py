@@ -44,14 +44,6 @@ def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
     return None
 
 
-def _need_daemon(cfg: Config) -> DaemonInfo:
-    info = read_daemon_info(cfg)
-    if info is None:
-        raise click.ClickException(
-            f"no runner daemon is running for {cfg.home} (start one with `mlrb up`)")
-    return info
-
-
 def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = None,
                   speed: float = 1.0) -> None:
     from mlrb_tui.app import run_console
@@ -208,18 +200,12 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
     click.echo(run_id)
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, in a list.")
 @click.option("--status", "status_filter", default=None, help="Only runs with this status.")
 def runs(as_json: bool, status_filter: str | None) -> None:
     """List runs from the journal."""
+    from mlrb_tui.state import fmt_duration
     from runner.journal import JournalReader
 
     cfg = _cfg()
@@ -242,7 +228,7 @@ def runs(as_json: bool, status_filter: str | None) -> None:
         metric = f"{r['metric_name']}={r['metric_value']:.4g}" if r["metric_name"] else "-"
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         click.echo(f"{r['run']:<26} {str(r['task']):<22} {str(r['agent']):<10} {r['status']:<10} "
-                   f"{_fmt_duration(r['active_s']):>9} {metric:<22} {score:>8}")
+                   f"{fmt_duration(r['active_s']):>9} {metric:<22} {score:>8}")
 
 
 @cli.command()

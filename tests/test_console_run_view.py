@@ -122,10 +122,10 @@ async def test_a_run_view_not_yet_mounted_is_not_painted(tmp_path: Path) -> None
         screen = RunScreen(HELD)
         mounted = app.push_screen(screen)
         assert app.screen is screen and not screen.is_mounted
-        screen.repaint(NOW)  # must neither raise nor paint: there is nothing to paint yet
+        screen.repaint(app.frame())  # must neither raise nor paint: there is nothing to paint yet
         assert not screen.query("#topbar") and not screen.query(RunHeader)
         await mounted
         await until(pilot, lambda: screen.is_mounted)
-        screen.repaint(NOW)  # mounted: the same call paints
+        screen.repaint(app.frame())  # mounted: the same call paints
         assert "MLRB Console" in str(screen.query_one("#topbar", Static).render())
         assert HELD in str(screen.query_one(RunHeader).render())
