@@ -1,6 +1,6 @@
 """Pipeline benchmark: Journal -> MQTT broker -> subscriber, with figures printed.
 
-Two phases against the embedded broker (Mosquitto when installed, else in-process):
+Two phases against the embedded broker (Mosquitto on a free loopback port):
 
 1. throughput: push N synthetic events of several runs as fast as the pipeline takes them;
    report events/s journaled, events/s delivered end to end, and events lost (must be 0);
@@ -228,7 +228,7 @@ def raw_sqlite_rate(workdir: Path, n: int, runs: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="mlrb-bench-") as tmp:
         workdir = Path(tmp)
-        broker = EmbeddedBroker(workdir / "broker", prefer=args.broker)
+        broker = EmbeddedBroker(workdir / "broker")
         url = await broker.start()
         try:
             print(f"broker: {broker.kind} at {url}; cpus: {os.cpu_count()}; "
@@ -263,7 +263,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=8, help="runs the events are spread over")
     p.add_argument("--rate", type=int, default=1000, help="offered events/s in the latency phase")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
-    p.add_argument("--broker", choices=["auto", "mosquitto", "inprocess"], default="auto")
     p.add_argument("--subscribe", help=argparse.SUPPRESS)
     p.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--idle", type=float, default=10.0, help=argparse.SUPPRESS)

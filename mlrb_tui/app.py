@@ -14,15 +14,16 @@ import gc
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
+from textual import on
 from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
 
+from mlrb_tui.controls import CONTROL_ACTIONS, Aim, Controls, Notice, Selection
+from mlrb_tui.frame import Aimed, Frame, Repaintable
 from mlrb_tui.replay import ReplayController, ReplayError
 from mlrb_tui.screens.confirm_kill import KillConfirm
 from mlrb_tui.screens.dashboard import DashboardScreen
@@ -38,17 +39,16 @@ from mlrb_tui.screens.interventions import (
 from mlrb_tui.screens.run_view import RunScreen
 from mlrb_tui.source import LiveSource, SendFailed
 from mlrb_tui.state import FleetState, one_line
+from mlrb_tui.widgets.runs_table import RunsTable
 from runner.bus import BusConfig
 from runner.control import ControlCommand, default_operator
-from runner.events import TERMINAL_STATUSES
+from runner.events import RunStatus
 from runner.journal import JournalReader
 from runner.shell import ShellError, shell_command
 
-CONTROL_ACTIONS = ("hold", "freeze", "resume", "kill")
 # the actions that change a run: hidden in --readonly and in a replay
 OPERATOR_ACTIONS = frozenset({"control", "kill", "message", "approval_mode", "shell", "score",
                               "limit", "approve", "edit_approve", "reject"})
-BULK_CONFIRMED = ("hold", "freeze")  # bulk kill is confirmed too, by its own dialog
 KEY_NAMES = {
     "question_mark": "?", "slash": "/", "left_square_bracket": "[", "right_square_bracket": "]",
     "plus": "+", "equals_sign": "=", "minus": "-", "escape": "esc", "space": "space",
@@ -99,9 +99,7 @@ class MLRBApp(App[None]):
         self.source = LiveSource(self.journal_path, bus, fleet=self.fleet,
                                  on_change=self.request_repaint)
         self.dashboard: DashboardScreen | None = None
-        self.sent: dict[str, ControlCommand] = {}  # command id -> command, to match acks
-        self.acks_seen = 0
-        self.ack_log: deque[str] = deque(maxlen=50)  # the runner's answers, newest last
+        self.controls = Controls(self.fleet, self.operator)
         self._dirty = True
         self._last_full = 0.0
         self._replay_reader: JournalReader | None = None
@@ -156,7 +154,7 @@ class MLRBApp(App[None]):
         except (ReplayError, OSError, Exception) as exc:
             self.exit(message=f"cannot replay {run}: {exc}")
             return
-        await self.push_screen(RunScreen(ctl.run, replay=ctl))
+        await self.push_screen(RunScreen(ctl.run, replay=ctl, frame=self.frame()))
 
     async def on_unmount(self) -> None:
         await self.source.stop()
@@ -167,45 +165,38 @@ class MLRBApp(App[None]):
     def request_repaint(self) -> None:
         self._dirty = True
 
-    def _tick(self) -> None:
-        now = self.now()
-        screen = self.screen
-        if isinstance(screen, RunScreen):
-            screen.tick()
-        second = now - self._last_full >= 1.0
-        if not self._dirty and not second and not (isinstance(screen, RunScreen) and screen.replay):
-            return
-        self._dirty = False
-        added, changed = self.fleet.take_changes()
-        runs = added + sorted(changed.difference(added))
-        if second:
-            # elapsed time moves on for running runs without any event
-            self._last_full = now
-            runs += [r for r, row in self.fleet.rows.items()
-                     if row.get("status") == "running" and r not in changed]
-        if self.dashboard is not None and self.dashboard.is_mounted:
-            with self.batch_update():
-                self.dashboard.sync(self.fleet, now, runs)
-        if isinstance(screen, RunScreen):
-            screen.repaint(now)
-        self._show_acks()
+    def frame(self) -> Frame:
+        """The console now, for a screen that paints before the next tick."""
+        return Frame(self.fleet, self.now(), self.topbar_text())
 
-    def _show_acks(self) -> None:
-        acks = list(self.fleet.acks)
-        self.fleet.acks.clear()
-        for ev in acks:
-            cmd = self.sent.pop(str(ev.data.get("command_id")), None)
-            if cmd is None:
-                continue
-            self.acks_seen += 1
-            why = one_line(ev.data.get("reason", ""), 120)
-            if ev.data.get("accepted"):
-                text = f"{cmd.action} {cmd.run}: accepted" + (f" ({why})" if why else "")
-                self.notify(text, title="runner", timeout=6)
-            else:
-                text = f"{cmd.action} {cmd.run}: refused — {why or 'no reason given'}"
-                self.notify(text, title="runner", severity="warning", timeout=10)
-            self.ack_log.append(text)
+    def _tick(self) -> None:
+        if not self.is_running:  # shutting down: the screens are being taken apart
+            return
+        now = self.now()
+        second = now - self._last_full >= 1.0
+        fresh = self._dirty or second
+        changed: tuple[str, ...] = ()
+        if fresh:
+            self._dirty = False
+            added, moved = self.fleet.take_changes()
+            runs = added + sorted(moved.difference(added))
+            if second:
+                # elapsed time moves on for running runs without any event
+                self._last_full = now
+                runs += [r for r, row in self.fleet.rows.items()
+                         if row.get("status") == RunStatus.RUNNING and r not in moved]
+            changed = tuple(runs)
+        frame = Frame(self.fleet, now, self.topbar_text(), changed, fresh)
+        with self.batch_update():
+            for screen in self.screen_stack:
+                if isinstance(screen, Repaintable):
+                    screen.repaint(frame)
+        if fresh:
+            self._say(*self.controls.answers())
+
+    def _say(self, *notices: Notice) -> None:
+        for n in notices:
+            self.notify(n.text, title=n.title, severity=n.severity, timeout=n.timeout)
 
     def topbar_text(self) -> Text:
         text = Text()
@@ -229,7 +220,20 @@ class MLRBApp(App[None]):
 
     # -- navigation -----------------------------------------------------------------
     def open_run(self, run: str, *, logs: bool = False) -> None:
-        self.push_screen(RunScreen(run, logs=logs))
+        self.push_screen(RunScreen(run, self.source, logs=logs, readonly=self.readonly,
+                                   frame=self.frame()))
+
+    @on(DashboardScreen.OpenRun)
+    def _open_run(self, event: DashboardScreen.OpenRun) -> None:
+        self.open_run(event.run, logs=event.logs)
+
+    @on(DashboardScreen.FilterChanged)
+    def _filter_changed(self) -> None:
+        self.request_repaint()
+
+    @on(RunScreen.ReplayClosed)
+    def _replay_closed(self) -> None:
+        self.exit()
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -242,7 +246,7 @@ class MLRBApp(App[None]):
             # the app's, the screen's and the runs table's keys; not every widget's scrolling
             if not active.enabled or b.system or b.id is None or not (
                     active.node is self or active.node is screen
-                    or type(active.node).__name__ == "RunsTable"):
+                    or isinstance(active.node, RunsTable)):
                 continue
             label = b.description or b.action
             shown = grouped.setdefault((id(active.node), b.action, label), [])
@@ -263,51 +267,36 @@ class MLRBApp(App[None]):
         if action in OPERATOR_ACTIONS:
             if self.readonly:
                 return False
-            return isinstance(self.screen, (DashboardScreen, RunScreen))
+            return isinstance(self.screen, Aimed)
         return True
 
-    def targets(self) -> list[str]:
+    def aim(self) -> Aim:
+        """The runs the operator points at on the current screen, split live and ended."""
         screen = self.screen
-        if isinstance(screen, RunScreen):
-            return [screen.run]
-        if isinstance(screen, DashboardScreen):
-            return screen.table.targets()
-        return []
+        return self.controls.aim(screen.selection() if isinstance(screen, Aimed) else Selection())
 
-    def live_targets(self) -> list[str]:
+    def live_targets(self) -> tuple[str, ...]:
         """The targeted runs that have not ended (each ended one is named in a notice)."""
-        runs = []
-        for run in self.targets():
-            row = self.fleet.rows.get(run, {})
-            if row.get("status") in TERMINAL_STATUSES:
-                self.notify(f"{run} has ended ({row.get('status')})", severity="warning")
-                continue
-            runs.append(run)
-        if not runs and not self.targets():
-            self.notify("no run selected", severity="warning")
-        return runs
-
-    def command(self, run: str, action: str, reason: str, **args: Any) -> None:
-        self.send(ControlCommand.model_validate(
-            {"run": run, "action": action, "operator": self.operator, "reason": reason,
-             "args": args}))
+        aim = self.aim()
+        self._say(*aim.notices())
+        return aim.live
 
     def action_control(self, action: str) -> None:
         if self.readonly or action not in CONTROL_ACTIONS:
             return
         runs = self.live_targets()
-        if len(runs) > 1 and action in BULK_CONFIRMED:
+        if self.controls.bulk_confirmed(action, runs):
             def confirmed(result: Entered | None) -> None:
                 if result is None:
                     self.notify(f"bulk {action} cancelled", timeout=2)
                     return
                 for run in runs:
-                    self.command(run, action, result.reason)
+                    self.send(self.controls.control(run, action, result.reason))
 
-            self.push_screen(BulkConfirm(action, runs), confirmed)
+            self.push_screen(BulkConfirm(action, list(runs)), confirmed)
             return
         for run in runs:
-            self.command(run, action, f"{action} from the console")
+            self.send(self.controls.control(run, action))
 
     def action_message(self) -> None:
         runs = self.live_targets()
@@ -317,19 +306,17 @@ class MLRBApp(App[None]):
         def done(result: Entered | None) -> None:
             if result is not None:
                 for run in runs:
-                    self.command(run, "message", result.reason, text=result.value)
+                    self.send(self.controls.message(run, result.value, result.reason))
 
-        self.push_screen(MessageDialog(runs), done)
+        self.push_screen(MessageDialog(list(runs)), done)
 
     def action_approval_mode(self) -> None:
         for run in self.live_targets():
-            on = not bool(self.fleet.signals_of(run).approval_mode)
-            self.command(run, "approval_mode", f"approval mode {'on' if on else 'off'} from the console",
-                         on=on)
+            self.send(self.controls.toggle_approval_mode(run))
 
     def action_score(self) -> None:
         for run in self.live_targets():
-            self.command(run, "score", "score requested from the console")
+            self.send(self.controls.score(run))
 
     def action_limit(self) -> None:
         runs = self.live_targets()
@@ -340,27 +327,31 @@ class MLRBApp(App[None]):
             if result is not None:
                 name, value = result.value
                 for run in runs:
-                    self.command(run, "limit", result.reason, name=name, value=value)
+                    self.send(self.controls.limit(run, name, value, result.reason))
 
-        self.push_screen(LimitDialog(runs), done)
+        self.push_screen(LimitDialog(list(runs)), done)
 
     # -- approvals (the run view's queue) ---------------------------------------------
-    def approve(self, run: str, call_id: str) -> None:
-        self.command(run, "approve", "approved from the console", call_id=call_id)
+    @on(RunScreen.Approve)
+    def _approve(self, event: RunScreen.Approve) -> None:
+        self.send(self.controls.approve(event.run, event.call_id))
 
-    def edit_then_approve(self, run: str, call_id: str, name: str, args_json: str) -> None:
+    @on(RunScreen.EditApprove)
+    def _edit_then_approve(self, event: RunScreen.EditApprove) -> None:
         def done(result: Entered | None) -> None:
             if result is not None:
-                self.command(run, "approve", result.reason, call_id=call_id, args=result.value)
+                self.send(self.controls.approve(event.run, event.call_id, result.reason,
+                                                args=result.value))
 
-        self.push_screen(EditCallDialog(run, name, args_json), done)
+        self.push_screen(EditCallDialog(event.run, event.name, event.args_json), done)
 
-    def reject(self, run: str, call_id: str, name: str) -> None:
+    @on(RunScreen.Reject)
+    def _reject(self, event: RunScreen.Reject) -> None:
         def done(result: Entered | None) -> None:
             if result is not None:
-                self.command(run, "reject", result.reason, call_id=call_id)
+                self.send(self.controls.reject(event.run, event.call_id, result.reason))
 
-        self.push_screen(RejectDialog(run, name), done)
+        self.push_screen(RejectDialog(event.run, event.name), done)
 
     # -- shell ----------------------------------------------------------------------
     def action_shell(self) -> None:
@@ -384,7 +375,7 @@ class MLRBApp(App[None]):
         except ShellError as exc:
             self.notify(f"no shell: {one_line(exc, 200)}", severity="warning", timeout=8)
             return
-        self.command(run, "shell", "shell opened from the console", state="start")
+        self.send(self.controls.shell(run, "start"))
         try:
             code = self.run_shell(argv, cwd)
         except SuspendNotSupported:
@@ -394,8 +385,7 @@ class MLRBApp(App[None]):
         except OSError as exc:
             self.notify(f"shell failed: {one_line(exc, 200)}", severity="error", timeout=10)
             code = None
-        self.command(run, "shell", "shell closed", state="end",
-                     **({"exit_code": code} if code is not None else {}))
+        self.send(self.controls.shell(run, "end", code))
         self.refresh(layout=True)
 
     def _run_shell_suspended(self, argv: list[str], cwd: Path | None) -> int:
@@ -405,8 +395,7 @@ class MLRBApp(App[None]):
     def action_kill(self) -> None:
         if self.readonly:
             return
-        runs = [r for r in self.targets()
-                if self.fleet.rows.get(r, {}).get("status") not in TERMINAL_STATUSES]
+        runs = self.aim().live
         if not runs:
             self.notify("no live run selected to kill", severity="warning")
             return
@@ -416,47 +405,39 @@ class MLRBApp(App[None]):
                     self.notify("kill cancelled", timeout=2)
                     return
                 for run in runs:
-                    self.command(run, "kill", result.reason)
+                    self.send(self.controls.control(run, "kill", result.reason))
 
-            self.push_screen(BulkConfirm("kill", runs), typed)
+            self.push_screen(BulkConfirm("kill", list(runs)), typed)
             return
-        detail = ""
-        if len(runs) == 1:
-            row = self.fleet.rows.get(runs[0], {})
-            detail = (f"{one_line(row.get('task') or '?', 40)} · {one_line(row.get('agent') or '?', 20)}"
-                      f" · {one_line(row.get('status') or '?', 12)}")
-        modal = KillConfirm(runs, detail)
+        modal = KillConfirm(list(runs), self.controls.kill_detail(runs[0]))
 
         def done(confirmed: bool | None) -> None:
             if not confirmed:
                 self.notify("kill cancelled", timeout=2)
                 return
             for run in runs:
-                self.send(ControlCommand(run=run, action="kill", operator=self.operator,
-                                         reason=modal.reason))
+                self.send(self.controls.control(run, "kill", modal.reason))
 
         self.push_screen(modal, done)
 
     def send(self, command: ControlCommand) -> None:
-        self.sent[command.id] = command
-        if len(self.sent) > 500:  # commands never answered are forgotten, oldest first
-            self.sent.pop(next(iter(self.sent)))
+        """Hand a command to the bus in a worker; one whose args fit no model is refused."""
+        refused = self.controls.admit(command)
+        if refused is not None:
+            self._say(refused)
+            return
         self.run_worker(self._send(command), group="controls")
 
     async def _send(self, command: ControlCommand) -> None:
         try:
             await self.source.send(command)
         except SendFailed as exc:
-            self.sent.pop(command.id, None)
-            self.notify(f"{command.action} {command.run} not sent: {one_line(exc, 200)}",
-                        severity="error", timeout=10)
+            self._say(self.controls.not_sent(command, exc))
             return
         except Exception as exc:  # any failure to send is the operator's to see, not a crash
-            self.sent.pop(command.id, None)
-            self.notify(f"{command.action} {command.run} failed: {one_line(exc, 200)}",
-                        severity="error", timeout=10)
+            self._say(self.controls.not_sent(command, exc, failed=True))
             return
-        self.notify(f"{command.action} sent to {command.run}; waiting for the runner", timeout=3)
+        self._say(self.controls.handed(command))
 
 
 def run_console(journal_path: Path, bus: BusConfig | None = None, *, readonly: bool = False,

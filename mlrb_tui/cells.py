@@ -335,11 +335,6 @@ def row_values(row: dict[str, Any], now: float, sig: RunSignals | None = None) -
     return tuple(c.value(row, now, sig) for c in COLUMNS)
 
 
-def row_cells(row: dict[str, Any], now: float,
-              sig: RunSignals | None = None) -> tuple[Text, ...]:
-    return tuple(fit(c.render(c.value(row, now, sig)), c.width) for c in COLUMNS)
-
-
 def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
     """A comparable value for sorting by `column`: `(0, value...)`, or `(1, ...)` where the
     row has none (those sort last either way)."""
@@ -350,10 +345,8 @@ def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
         return num(elapsed_of(row, now))
     if column == "metric":
         return num(row.get("metric_value"))
-    if column in ("cpu", "res"):
+    if column == "res":
         return num(row.get("cpu_pct"))
-    if column == "mem":
-        return num(row.get("mem_bytes"))
     if column in ("gpu", "trend"):
         return num(row.get("gpu_util"))
     if column == "score":

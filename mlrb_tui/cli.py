@@ -26,6 +26,14 @@ def _cfg() -> Config:
         raise click.ClickException(str(exc)) from None
 
 
+def _need_broker(cfg: Config) -> None:
+    """Stop with the install hint when the embedded broker would be needed and is missing."""
+    from runner.embedded_broker import INSTALL_HINT, find_mosquitto
+
+    if not cfg.bus_url and find_mosquitto() is None:
+        raise click.ClickException(INSTALL_HINT)
+
+
 def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
     from runner.bus import BusConfig
 
@@ -34,14 +42,6 @@ def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
     if cfg.bus_url:
         return BusConfig(cfg.bus_url, cfg.prefix)
     return None
-
-
-def _need_daemon(cfg: Config) -> DaemonInfo:
-    info = read_daemon_info(cfg)
-    if info is None:
-        raise click.ClickException(
-            f"no runner daemon is running for {cfg.home} (start one with `mlrb up`)")
-    return info
 
 
 def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = None,
@@ -93,6 +93,7 @@ def up() -> None:
     from runner.daemon import DaemonError, start_detached
 
     cfg = _cfg()
+    _need_broker(cfg)
     try:
         info = start_detached(cfg)
     except DaemonError as exc:
@@ -199,18 +200,12 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
     click.echo(run_id)
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, in a list.")
 @click.option("--status", "status_filter", default=None, help="Only runs with this status.")
 def runs(as_json: bool, status_filter: str | None) -> None:
     """List runs from the journal."""
+    from mlrb_tui.state import fmt_duration
     from runner.journal import JournalReader
 
     cfg = _cfg()
@@ -233,7 +228,7 @@ def runs(as_json: bool, status_filter: str | None) -> None:
         metric = f"{r['metric_name']}={r['metric_value']:.4g}" if r["metric_name"] else "-"
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         click.echo(f"{r['run']:<26} {str(r['task']):<22} {str(r['agent']):<10} {r['status']:<10} "
-                   f"{_fmt_duration(r['active_s']):>9} {metric:<22} {score:>8}")
+                   f"{fmt_duration(r['active_s']):>9} {metric:<22} {score:>8}")
 
 
 @cli.command()
@@ -462,6 +457,114 @@ def image_build(base: str | None, tag: str | None, force: bool) -> None:
     click.echo(f"sandbox image ready: {result}")
 
 
+@cli.group()
+def assets() -> None:
+    """Models and datasets the tasks name, staged on this host (Hugging Face cache layout)."""
+
+
+def _asset_store() -> Any:
+    from runner.assets import AssetStore, hub_endpoint, hub_token
+
+    cfg = _cfg()
+    return AssetStore(cfg.home, endpoint=hub_endpoint(cfg.raw), token=hub_token(cfg.raw),
+                      log=lambda s: click.echo(s, err=True))
+
+
+def _asset_items(names: tuple[str, ...], scale: str | None, everything: bool = True) -> list[Any]:
+    from runner.assets import task_assets
+    from tasks.api import TaskSpecError, list_tasks, load_task
+
+    if not names and not everything:
+        raise click.ClickException("name a task, or pass --all")
+    try:
+        specs = [load_task(n) for n in names] if names else list_tasks()
+    except TaskSpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    return task_assets(specs, scale)
+
+
+def _assets_call(fn: Any, *args: Any) -> Any:
+    from runner.assets import AssetError
+
+    try:
+        return fn(*args)
+    except AssetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@assets.command("list")
+@click.argument("task", required=False)
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default=None, help="Only this scale's assets.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per asset, in a list.")
+def assets_list(task: str | None, scale: str | None, as_json: bool) -> None:
+    """What each task needs, for whom, how big, whether it is staged, and where."""
+    from runner.assets import human
+
+    states = _assets_call(_asset_store().states, _asset_items((task,) if task else (), scale))
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in states], indent=1))
+        return
+    click.echo(f"{'TASK':<22} {'ASSET':<26} {'KIND':<8} {'FOR':<7} {'SIZE':>10} {'STATUS':<8} "
+               f"{'REPOSITORY':<48} WHERE")
+    for s in states:
+        a = s.asset
+        size = human(s.size_bytes) if s.size_exact else f"~{human(s.size_bytes)}"
+        status = s.status if s.files_expected is None or s.status != "partial" \
+            else f"partial ({s.files_present}/{s.files_expected})"
+        rev = (s.commit or a.revision)[:12]
+        click.echo(f"{s.task:<22} {a.name:<26} {a.kind:<8} {a.audience:<7} {size:>10} {status:<8} "
+                   f"{a.repo + '@' + rev + (' (gated)' if a.gated else ''):<48} {s.path}")
+
+
+@assets.command("fetch")
+@click.argument("task", required=False)
+@click.option("--all", "everything", is_flag=True, help="Every task's assets.")
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default="full", show_default=True)
+def assets_fetch(task: str | None, everything: bool, scale: str) -> None:
+    """Download what is missing with the Hugging Face client (resumable), after a disk check."""
+    if task and everything:
+        raise click.ClickException("name a task or pass --all, not both")
+    items = _asset_items((task,) if task else (), scale, everything=everything)
+    if not items:
+        click.echo(f"nothing to fetch: no asset is declared for {task or 'any task'} at {scale} scale")
+        return
+    for s in _assets_call(_asset_store().fetch, items):
+        click.echo(f"{s.task}/{s.asset.name}: {s.status} ({s.files_present} files) in {s.path}")
+
+
+@assets.command("verify")
+@click.argument("task", required=False)
+def assets_verify(task: str | None) -> None:
+    """Check every staged file's sha256 against the lock; exit 1 on a mismatch."""
+    report = _assets_call(_asset_store().verify, _asset_items((task,) if task else (), None))
+    for label in report.verified:
+        click.echo(f"ok       {label}")
+    for label in report.not_present:
+        click.echo(f"missing  {label}")
+    for p in report.problems:
+        click.echo(f"MISMATCH {p.label}: {p.path}: {p.message}", err=True)
+    click.echo(f"{report.checked_files} files checked, {len(report.problems)} mismatched")
+    if report.problems:
+        sys.exit(1)
+
+
+@assets.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("tasks_", metavar="[TASK]...", nargs=-1)
+def assets_export(file: Path, tasks_: tuple[str, ...]) -> None:
+    """Write the staged assets (verified first) and their lock to a tar, for an air-gapped host."""
+    labels = _assets_call(_asset_store().export, file, _asset_items(tasks_, None))
+    click.echo(f"exported {len(labels)} assets to {file}: {', '.join(labels)}")
+
+
+@assets.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def assets_import(file: Path) -> None:
+    """Install an export's assets; every file is checked against its lock first."""
+    installed = _assets_call(_asset_store().import_, file)
+    click.echo(f"imported {len(installed)} repositories: {', '.join(installed)}")
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def tasks(ctx: click.Context) -> None:
@@ -571,6 +674,8 @@ async def _demo_headless(cfg: Config, names: list[str], use_bus: bool) -> list[d
 def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
     """Start the engine and scripted baseline runs on smoke-scale tasks, and watch them."""
     cfg = _cfg()
+    if not (headless and no_bus):
+        _need_broker(cfg)
     names = _demo_tasks(count, task)
     if headless:
         started = time.monotonic()

@@ -169,6 +169,8 @@ class LiveSource:
                 sig = self.fleet.signals_of(run)
                 for ev in events:
                     sig.apply(ev)
+                # the rows may have been drawn while these were read: draw their cells again
+                self.fleet.changed.add(run)
         for run in behind:
             await self.catch_up(run)
         self.polls += 1

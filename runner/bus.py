@@ -127,6 +127,50 @@ def _payload_bytes(payload: Any) -> bytes:
     return b"" if payload is None else str(payload).encode()
 
 
+class Reconnector:
+    """One broker connection kept up: connect, run a session, and after it ends (or fails)
+    wait a jittered backoff that doubles up to `backoff_max`, cut short by `retry_now`."""
+
+    def __init__(self, config: BusConfig, what: str) -> None:
+        self.config = config
+        self.what = what
+        self.backoff_min, self.backoff_max = BACKOFF_MIN, BACKOFF_MAX
+        self.last_error = ""
+        self.stopping = False  # set before cancelling: a cleanup may swallow the cancel
+        self._backoff = BACKOFF_MIN
+        self._wake = asyncio.Event()
+
+    def up(self) -> None:
+        """The connection works: the next failure waits the shortest backoff again."""
+        self._backoff = self.backoff_min
+
+    def retry_now(self) -> None:
+        self._wake.set()
+
+    async def run(self, connect: Callable[[], aiomqtt.Client],
+                  session: Callable[[aiomqtt.Client], Awaitable[None]],
+                  down: Callable[[], Awaitable[None]]) -> None:
+        """Until cancelled: connect, `session(client)`, then `down()` however the session ended."""
+        self._backoff = self.backoff_min
+        while not self.stopping:
+            try:
+                async with connect() as client:
+                    await session(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect later"
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("bus: %s: %s unreachable (%s); retrying in %.1fs", self.what,
+                            self.config.url, self.last_error, self._backoff)
+            finally:
+                await down()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(),
+                                       self._backoff * (0.8 + 0.4 * random.random()))
+            self._wake.clear()
+            self._backoff = min(self._backoff * 2, self.backoff_max)
+
+
 @dataclass
 class _RunState:
     run: str
@@ -157,8 +201,7 @@ class RunnerEndpoint:
         self._runs: dict[str, _RunState] = {}
         self._client: aiomqtt.Client | None = None
         self._main_task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._wake = asyncio.Event()
+        self.link = Reconnector(config, f"runner {runner_id}")
         self._idle = asyncio.Event()
         self._idle.set()
         self._state: dict[str, Any] | None = None
@@ -170,12 +213,15 @@ class RunnerEndpoint:
             "control": asyncio.Queue(maxsize=1000), "job": asyncio.Queue(maxsize=1000)}
         self._workers: list[asyncio.Task[None]] = []
         self.connected = False
+        self.subscribed: set[str] = set()  # topics the broker confirmed on this connection
         self.published = 0
         self.resent = 0
         self.skipped = 0  # events that could not be encoded (should never happen)
         self.connects = 0
-        self.last_error = ""
-        self.backoff_min, self.backoff_max = BACKOFF_MIN, BACKOFF_MAX
+
+    @property
+    def last_error(self) -> str:
+        return self.link.last_error
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,7 +243,7 @@ class RunnerEndpoint:
             with contextlib.suppress(Exception):
                 await client.publish(self.topics.runner_state(self.runner_id), b"offline",
                                      qos=1, retain=True, timeout=2.0)
-        self._stopping = True
+        self.link.stopping = True
         for task in (self._main_task, *self._workers):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -243,9 +289,6 @@ class RunnerEndpoint:
         except TimeoutError:
             return False
         return True
-
-    def outstanding(self) -> int:
-        return sum(len(s.pending) + (s.resend_after is not None) for s in self._runs.values())
 
     def _check_idle(self) -> None:
         if not any(s.has_work() or s.task is not None for s in self._runs.values()):
@@ -295,7 +338,7 @@ class RunnerEndpoint:
             st.need_resend(st.confirmed)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.link.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("bus: publishing run %s failed: %s", st.run, self.last_error)
         finally:
             st.task = None
@@ -330,54 +373,45 @@ class RunnerEndpoint:
     # -- the connection -------------------------------------------------------------
     def retry_now(self) -> None:
         """Cut the reconnect backoff short (e.g. once a local broker is known to be back)."""
-        self._wake.set()
+        self.link.retry_now()
 
     async def _main(self) -> None:
-        backoff = self.backoff_min
         state_topic = self.topics.runner_state(self.runner_id)
-        while not self._stopping:
-            client = _client(
-                self.config, f"mlrb-runner-{self.runner_id}-{uuid.uuid4().hex[:8]}",
-                will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
-                keepalive=15, max_inflight_messages=200,
-                max_queued_incoming_messages=1000,
-            )
+
+        def connect() -> aiomqtt.Client:
+            return _client(self.config, f"mlrb-runner-{self.runner_id}-{uuid.uuid4().hex[:8]}",
+                           will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
+                           keepalive=15, max_inflight_messages=200,
+                           max_queued_incoming_messages=1000)
+
+        await self.link.run(connect, self._session, self._disconnected)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connected = True
+        self.connects += 1
+        self.link.up()
+        log.info("bus: connected to %s", self.config.url)
+        await self._on_connect(client)
+        for st in list(self._runs.values()):
+            self._kick(st)
+        async for message in client.messages:
+            inbox = self._inboxes["control" if self.topics.run_of(message.topic.value) else "job"]
             try:
-                async with client:
-                    self._client = client
-                    self.connected = True
-                    self.connects += 1
-                    backoff = self.backoff_min
-                    log.info("bus: connected to %s", self.config.url)
-                    await self._on_connect(client)
-                    for st in list(self._runs.values()):
-                        self._kick(st)
-                    async for message in client.messages:
-                        inbox = self._inboxes[
-                            "control" if self.topics.run_of(message.topic.value) else "job"]
-                        try:
-                            inbox.put_nowait(message)
-                        except asyncio.QueueFull:
-                            self._reject_message(message, "backlog")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect later"
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("bus: %s unreachable (%s); retrying in %.1fs",
-                            self.config.url, self.last_error, backoff)
-            finally:
-                self.connected = False
-                self._client = None
-                senders = [s.task for s in self._runs.values() if s.task is not None]
-                for task in senders:
-                    task.cancel()
-                for task in senders:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff * (0.8 + 0.4 * random.random()))
-            self._wake.clear()
-            backoff = min(backoff * 2, self.backoff_max)
+                inbox.put_nowait(message)
+            except asyncio.QueueFull:
+                self._reject_message(message, "backlog")
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        self.subscribed.clear()
+        self._client = None
+        senders = [s.task for s in self._runs.values() if s.task is not None]
+        for task in senders:
+            task.cancel()
+        for task in senders:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._state is not None:
@@ -386,8 +420,10 @@ class RunnerEndpoint:
                                  qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
         if self._control_handler is not None:
             await client.subscribe(self.topics.all_controls, qos=1)
+            self.subscribed.add(self.topics.all_controls)
         if self._job_handler is not None:
             await client.subscribe(self.topics.shared_jobs, qos=1)
+            self.subscribed.add(self.topics.shared_jobs)
 
     # -- what arrives ---------------------------------------------------------------
     async def listen_controls(self, handler: Callable[[ControlCommand], Awaitable[None]],
@@ -410,6 +446,7 @@ class RunnerEndpoint:
         if client is not None and self.connected:
             try:
                 await client.subscribe(topic, qos=1, timeout=PUBLISH_TIMEOUT)
+                self.subscribed.add(topic)
             except aiomqtt.MqttError as exc:  # renewed by _on_connect
                 log.warning("bus: subscribe %s failed: %s", topic, exc)
 
@@ -474,37 +511,36 @@ class EventSubscriber:
         self.connected = False
         self.ready = asyncio.Event()
         self.received = 0  # valid events handed on
-        self.last_error = ""
+        self.link = Reconnector(config, "subscriber")
+
+    @property
+    def last_error(self) -> str:
+        return self.link.last_error
 
     async def run(self) -> None:
         """Connect, subscribe, deliver; reconnect with backoff until cancelled."""
         self.config.host_port()
         topics = [self.topics.event(r) for r in self.runs] if self.runs is not None \
             else [self.topics.all_events]
-        backoff = BACKOFF_MIN
-        while True:
-            client = _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
-                             keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
-            try:
-                async with client:
-                    for topic in topics:
-                        await client.subscribe(topic, qos=1)
-                    self.connected = True
-                    self.ready.set()
-                    backoff = BACKOFF_MIN
-                    async for message in client.messages:
-                        self._deliver(message.topic.value, _payload_bytes(message.payload))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect later"
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("bus: subscriber lost %s (%s); retrying in %.1fs",
-                            self.config.url, self.last_error, backoff)
-            finally:
-                self.connected = False
-                self.ready.clear()
-            await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX)
+
+        def connect() -> aiomqtt.Client:
+            return _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
+                           keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
+
+        async def session(client: aiomqtt.Client) -> None:
+            for topic in topics:
+                await client.subscribe(topic, qos=1)
+            self.connected = True
+            self.ready.set()
+            self.link.up()
+            async for message in client.messages:
+                self._deliver(message.topic.value, _payload_bytes(message.payload))
+
+        async def down() -> None:
+            self.connected = False
+            self.ready.clear()
+
+        await self.link.run(connect, session, down)
 
     def _deliver(self, topic: str, payload: bytes) -> None:
         if len(payload) > MAX_PAYLOAD_BYTES:
@@ -589,6 +625,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusUnavailable", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "BusConfig", "BusUnavailable", "Reconnector", "RunnerEndpoint", "EventSubscriber", "Topics",
     "read_runner_states", "send_control", "submit_job",
 ]

@@ -15,6 +15,9 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     [console.keys]                       # binding id -> keys, e.g. kill = "ctrl+x"
     [providers.anthropic]                # keys stay on the host; environment variables win
     base_url = "..."
+
+Each table is a model: an unknown key or a value of the wrong type is a ConfigError that
+names the key and the file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Backend = Literal["auto", "docker", "local"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 class ConfigError(ValueError):
@@ -38,6 +46,59 @@ def mlrb_home() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "mlrb"
+
+
+class _Table(BaseModel):
+    # a typo must be reported, never ignored
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusTable(_Table):
+    url: str | None = None  # None: the embedded broker
+    prefix: str = "mlrb/v1"
+
+
+class SandboxTable(_Table):
+    backend: Backend = "auto"
+    image: str = "mlrb-sandbox:latest"
+
+
+class RunnerTable(_Table):
+    max_runs: int = Field(default=4, ge=1)
+
+
+class ConsoleTable(_Table):
+    repaint_hz: float = Field(default=8.0, gt=0)
+    keys: dict[str, str] = Field(default_factory=dict)  # binding id -> keys
+
+
+class ProviderTable(_Table):
+    """Options of one LLM provider's agent (runner.agents.make_agent checks them again)."""
+
+    model: str | None = None
+    api_key: str | None = None
+    base_url: str | None = None
+    max_tokens: int | None = None
+    context_window: int | None = None
+    max_retries: int | None = None
+    timeout_s: float | None = None
+    backoff_s: float | None = None
+    max_backoff_s: float | None = None
+
+
+class ProvidersTable(_Table):
+    anthropic: ProviderTable | None = None
+    openai: ProviderTable | None = None
+
+
+class ConfigFile(_Table):
+    """The config file: one model per table."""
+
+    bus: BusTable = Field(default_factory=BusTable)
+    sandbox: SandboxTable = Field(default_factory=SandboxTable)
+    runner: RunnerTable = Field(default_factory=RunnerTable)
+    console: ConsoleTable = Field(default_factory=ConsoleTable)
+    providers: ProvidersTable = Field(default_factory=ProvidersTable)
 
 
 @dataclass
@@ -70,7 +131,44 @@ class Config:
         return self.home / "daemon.log"
 
 
+_WANTED = {"float": "a number", "int": "an integer", "string": "a string", "bool": "true or false",
+           "dict": "a table", "model": "a table"}
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at `loc` accepts."""
+    model: type[BaseModel] = ConfigFile
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        sub = next((a for a in (annotation, *get_args(annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return sorted(model.model_fields)
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as a sentence that names the key."""
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc)
+    kind, got, ctx = error["type"], error["input"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r} (known: {', '.join(_known_keys(loc[:-1]))})"
+    if kind == "literal_error":
+        return f"{where} must be {str(ctx['expected']).replace(chr(39), '')}, not {got!r}"
+    if kind == "greater_than_equal":
+        return f"{where} must be at least {ctx['ge']}"
+    if kind == "greater_than":
+        return f"{where} must be more than {ctx['gt']}"
+    wanted = _WANTED.get(kind.split("_")[0])
+    if wanted is not None:
+        return f"{where} must be {wanted}, got {got!r}"
+    return f"{where}: {error['msg']}"
+
+
 def load_config(home: Path | None = None) -> Config:
+    """The configuration: the file's tables (checked by their models), then the environment."""
     home = home or mlrb_home()
     path = Path(os.environ.get("MLRB_CONFIG", home / "config.toml"))
     raw: dict[str, Any] = {}
@@ -79,30 +177,28 @@ def load_config(home: Path | None = None) -> Config:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    bus = raw.get("bus", {})
-    sandbox = raw.get("sandbox", {})
-    runner = raw.get("runner", {})
-    console = raw.get("console", {})
     try:
-        cfg = Config(
-            home=home,
-            bus_url=os.environ.get("MLRB_BUS_URL") or bus.get("url"),
-            prefix=str(bus.get("prefix", "mlrb/v1")).strip("/"),
-            backend=os.environ.get("MLRB_SANDBOX") or str(sandbox.get("backend", "auto")),
-            image=os.environ.get("MLRB_SANDBOX_IMAGE") or str(sandbox.get("image", "mlrb-sandbox:latest")),
-            max_runs=int(runner.get("max_runs", 4)),
-            repaint_hz=float(console.get("repaint_hz", 8.0)),
-            keys={str(k): str(v) for k, v in console.get("keys", {}).items()},
-            providers=raw.get("providers", {}),
-            raw=raw,
-        )
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if cfg.backend not in ("auto", "docker", "local"):
-        raise ConfigError(f"{path}: sandbox.backend must be auto, docker or local, not {cfg.backend!r}")
-    if cfg.max_runs < 1:
-        raise ConfigError(f"{path}: runner.max_runs must be at least 1")
-    return cfg
+        file = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    backend = os.environ.get("MLRB_SANDBOX") or file.sandbox.backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"MLRB_SANDBOX must be {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, "
+                          f"not {backend!r}")
+    providers = {name: table.model_dump(exclude_unset=True)
+                 for name, table in file.providers if table is not None}
+    return Config(
+        home=home,
+        bus_url=os.environ.get("MLRB_BUS_URL") or file.bus.url,
+        prefix=file.bus.prefix.strip("/"),
+        backend=backend,
+        image=os.environ.get("MLRB_SANDBOX_IMAGE") or file.sandbox.image,
+        max_runs=file.runner.max_runs,
+        repaint_hz=file.console.repaint_hz,
+        keys=dict(file.console.keys),
+        providers=providers,
+        raw=raw,
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +208,7 @@ class DaemonInfo:
     prefix: str
     runner_id: str
     db: str
-    broker: str  # "mosquitto" | "inprocess" | "external"
+    broker: str  # "mosquitto" | "external"
     started: float
 
 

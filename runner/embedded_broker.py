@@ -1,8 +1,8 @@
-"""The embedded broker of a one-machine setup: Mosquitto when installed, else in-process.
+"""The embedded broker of a one-machine setup: Mosquitto, spawned on a loopback port.
 
 Mosquitto runs as a child process on a loopback port, configured from a file in the
-workdir; if the port is taken another free one is chosen. Without Mosquitto the small
-in-process broker (runner.mqtt_broker) serves the same protocol subset.
+workdir; if the port is taken another free one is chosen. Without Mosquitto there is no
+bus: `MosquittoMissing` says how to install it.
 """
 
 from __future__ import annotations
@@ -10,24 +10,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 from pathlib import Path
-
-from runner.mqtt_broker import MqttBroker
 
 log = logging.getLogger(__name__)
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
+# one line: the CLI prints it as its error
+INSTALL_HINT = ("Mosquitto is required for the bus and is not installed: apt-get install mosquitto "
+                "(Debian), brew install mosquitto (Homebrew), or run its container image "
+                "(docker run -d -p 1883:1883 eclipse-mosquitto mosquitto -c /mosquitto-no-auth.conf) "
+                "and set MLRB_BUS_URL=mqtt://127.0.0.1:1883")
 
 
 class BrokerError(RuntimeError):
     """The embedded broker could not start."""
 
 
+class MosquittoMissing(BrokerError):
+    """No `mosquitto` executable was found; the message says how to install it."""
+
+    def __init__(self) -> None:
+        super().__init__(INSTALL_HINT)
+
+
 def find_mosquitto() -> str | None:
+    """The `mosquitto` executable: MLRB_MOSQUITTO when set (and only there), else PATH or sbin."""
+    override = os.environ.get("MLRB_MOSQUITTO")
+    if override:
+        return override if os.access(override, os.X_OK) else None
     exe = shutil.which("mosquitto")
     if exe:
         return exe
@@ -65,24 +80,21 @@ async def _accepts(port: int) -> bool:
 
 
 class EmbeddedBroker:
-    """Spawns `mosquitto` on a free loopback port when installed, else runs the in-process broker."""
+    """Spawns `mosquitto` on a free loopback port; MosquittoMissing when it is not installed."""
 
-    def __init__(self, workdir: Path, port: int | None = None, prefer: str = "auto") -> None:
-        if prefer not in ("auto", "mosquitto", "inprocess"):
-            raise ValueError(f"prefer must be auto, mosquitto or inprocess, not {prefer!r}")
+    kind = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)
-        self.prefer = prefer
         self.port = port or 0
-        self.kind = ""
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
-        self._inprocess: MqttBroker | None = None
 
     async def start(self) -> str:
         """Start the broker; return its URL once it accepts connections."""
-        exe = find_mosquitto() if self.prefer in ("auto", "mosquitto") else None
-        if self.prefer == "mosquitto" and exe is None:
-            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        exe = find_mosquitto()
+        if exe is None:
+            raise MosquittoMissing()
         wanted = self.port or None
         last = ""
         for attempt in range(PORT_ATTEMPTS):
@@ -91,12 +103,7 @@ class EmbeddedBroker:
             if attempt == 0 and wanted and port != wanted:
                 log.warning("broker: port %d is taken; using %d", wanted, port)
             try:
-                if exe is not None:
-                    await self._start_mosquitto(exe, port)
-                    self.kind = "mosquitto"
-                else:
-                    await self._start_inprocess(port)
-                    self.kind = "inprocess"
+                await self._start_mosquitto(exe, port)
             except _PortTaken as exc:
                 last = str(exc)
                 continue
@@ -105,14 +112,6 @@ class EmbeddedBroker:
             log.info("broker: %s on %s", self.kind, self.url)
             return self.url
         raise BrokerError(f"no free port for the broker after {PORT_ATTEMPTS} attempts: {last}")
-
-    async def _start_inprocess(self, port: int) -> None:
-        broker = MqttBroker("127.0.0.1", port)
-        try:
-            await broker.start()
-        except OSError as exc:
-            raise _PortTaken(str(exc)) from None
-        self._inprocess = broker
 
     async def _start_mosquitto(self, exe: str, port: int) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -164,15 +163,10 @@ class EmbeddedBroker:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-        if self._inprocess is not None:
-            broker, self._inprocess = self._inprocess, None
-            await broker.stop()
 
     @property
     def running(self) -> bool:
-        if self._proc is not None:
-            return self._proc.returncode is None
-        return self._inprocess is not None
+        return self._proc is not None and self._proc.returncode is None
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

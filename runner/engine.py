@@ -88,6 +88,11 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        if self.use_bus and not self.cfg.bus_url:
+            from runner.embedded_broker import MosquittoMissing, find_mosquitto
+
+            if find_mosquitto() is None:  # before the journal opens: nothing to undo
+                raise MosquittoMissing()
         self.cfg.home.mkdir(parents=True, exist_ok=True)
         self.cfg.runs_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.cfg.db_path)

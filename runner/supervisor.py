@@ -1,11 +1,12 @@
 """RunSupervisor: owns one run from creation to its end.
 
 It prepares the workspace, starts the sandbox, drives the agent turn by turn (the LLM call
-on the host, each tool call in the sandbox), follows the sandbox's output, metrics and
-resources, keeps the clock (paused and scoring time excluded), enforces limits, obeys
-operator commands, scores the submission with the task's protected scorer, and ends the
-run with a status and a reason. Every fact becomes an event, written to the journal first
-and published on the bus after.
+on the host, each tool call in the sandbox), follows the sandbox's resources and liveness,
+and ends the run with a status and a reason. Its parts do the rest: `SandboxOutput` turns
+output and metrics into events, `Budget` keeps the clock and the limits, `Pause` and
+`Approvals` are where operators stop the agent, `ControlDispatch` applies their commands,
+`Scorer` scores the submission, and `integrity_flags` checks the finished run. Every fact
+becomes an event, written to the journal first and published on the bus after.
 """
 
 from __future__ import annotations
@@ -14,62 +15,38 @@ import asyncio
 import contextlib
 import json
 import logging
-import shlex
-import tempfile
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from runner.agents.base import Agent, AgentContext, Observation, ToolCall, ToolResult
-from runner.control import (
-    ApprovalModeArgs,
-    ApproveArgs,
-    ControlCommand,
-    LimitArgs,
-    MessageArgs,
-    RejectArgs,
-    ShellArgs,
-)
+from runner.approvals import Approvals
+from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
+from runner.control import ControlCommand
+from runner.control_dispatch import ControlDispatch
 from runner.escapes import strip_escapes
 from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
+from runner.integrity_check import integrity_flags
 from runner.journal import Journal
-from runner.metrics import MetricsTail, parse_trainer_line
-from runner.sandbox import (
-    METRICS_FILE,
-    WORKSPACE,
-    Sandbox,
-    SandboxError,
-    SandboxLimits,
-    SandboxSpec,
-)
+from runner.pause import Level, Pause
+from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
+from runner.sandbox_output import SandboxOutput
+from runner.scoring import Scorer
 from runner.telemetry import TelemetryWindow
 from runner.tools import TOOL_SPECS, ToolBox
-from tasks.api import SCORELIB, ScoreOutputError, TaskSpec, parse_score_output, score_command
+from tasks.api import TaskSpec, prepare_workspace
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[Event]], None]
 SandboxFactory = Callable[[SandboxSpec], Sandbox]
 
-OUTPUT_FLUSH_S = 0.1
-OUTPUT_CHUNK = 8 * 1024
 SAMPLE_EVERY_S = 2.0
-WARN_FRACTION = 0.8
+WATCH_EVERY_S = 1.0
 MAX_CONSECUTIVE_AGENT_FAILURES = 5
-
-
-@dataclass
-class RunLimits:
-    time_s: float
-    steps: int | None = None
-    tokens: int | None = None
-    cost_usd: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+MAX_MESSAGE = 20_000
 
 
 @dataclass
@@ -83,34 +60,6 @@ class RunRequest:
     approval: bool = False
     job: str | None = None
     submitted_by: str = ""
-
-
-@dataclass
-class _Clock:
-    """Time on the run's budget: stops while held, frozen, waiting for approval or scoring."""
-
-    used: float = 0.0
-    since: float | None = None
-    stops: set[str] = field(default_factory=set)
-
-    def start(self) -> None:
-        if self.since is None and not self.stops:
-            self.since = time.monotonic()
-
-    def stop(self, why: str) -> None:
-        self.stops.add(why)
-        if self.since is not None:
-            self.used += time.monotonic() - self.since
-            self.since = None
-
-    def release(self, why: str) -> None:
-        self.stops.discard(why)
-        if not self.stops and self.since is None:
-            self.since = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        return self.used + (time.monotonic() - self.since if self.since is not None else 0.0)
 
 
 class RunSupervisor:
@@ -129,51 +78,53 @@ class RunSupervisor:
         gpu_sampler: GpuSampler | None = None,
     ) -> None:
         self.req = request
-        self.run_id = request.run
         self.journal = journal
         self._publish = publish
         self._make_sandbox = make_sandbox
-        self._score_sandbox = score_sandbox or make_sandbox
         self.agent = agent
         self.workspace = workspace
         self.runner_id = runner_id
         self.image = image
-        scale = request.task.scale(request.scale)
-        self.limits = request.limits or RunLimits(
-            time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens, cost_usd=scale.cost_usd)
-        self.approval = request.approval
-        self.status = "queued"
-        self.sandbox: Sandbox | None = None
-        self.toolbox: ToolBox | None = None
-        self.clock = _Clock()
-        self._factory = EventFactory(self.run_id, journal.last_seq(self.run_id) + 1)
-        self._emit_lock = asyncio.Lock()
-        self._hold: str | None = None  # None | "hold" | "freeze"
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-        self._messages: list[str] = []
-        self._notices: list[str] = []
-        self._approvals: dict[str, asyncio.Future[tuple[bool, dict[str, Any] | None, str]]] = {}
-        self._warned: set[str] = set()
-        self._ended = asyncio.Event()
-        self._ending = False
-        self._loop_task: asyncio.Task[None] | None = None
-        self._bg: list[asyncio.Task[None]] = []
-        self._out_buf: list[tuple[str, str]] = []
-        self._out_size = 0
-        self._out_line = ""
-        self._metric_step = 0
-        self._tokens = 0
-        self._cost = 0.0
-        self._steps = 0
-        self._scoring = asyncio.Lock()
-        self._tail: MetricsTail | None = None
-        self._bg_fixed: list[asyncio.Task[None]] = []
-        self.end_status: str | None = None
-        self.end_reason = ""
         self.gpu_sampler = gpu_sampler
         self.gpu_ids: tuple[int, ...] = ()  # NVML indices the engine's allocator assigned
         self.telemetry = TelemetryWindow()  # recent resource/gpu samples; older ones are in SQLite
+        self.status = "queued"
+        self.sandbox: Sandbox | None = None
+        self.toolbox: ToolBox | None = None
+        self._factory = EventFactory(self.run_id, journal.last_seq(self.run_id) + 1)
+        self._emit_lock = asyncio.Lock()
+        self._bg: list[asyncio.Task[Any]] = []  # work spawned along the way, awaited at the end
+
+        scale = request.task.scale(request.scale)
+        self.budget = Budget(request.limits or RunLimits(
+            time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens, cost_usd=scale.cost_usd))
+        self.output = SandboxOutput(workspace, self.emit, self._spawn)
+        self.pause = Pause(self.budget.clock)
+        self.approvals = Approvals(request.approval)
+        self.controls = ControlDispatch(self)
+        self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
+                             score_sandbox or make_sandbox, self.budget.clock, self.emit)
+        self._messages: list[str] = []  # from operators, for the agent's next turn
+        self._notices: list[str] = []  # from the runner (limit warnings), likewise
+
+        self._loop_task: asyncio.Task[None] | None = None
+        self._followers: list[asyncio.Task[None]] = []
+        self._ending = False
+        self._ended = asyncio.Event()
+        self.end_status: str | None = None
+        self.end_reason = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.req.run
+
+    @property
+    def limits(self) -> RunLimits:
+        return self.budget.limits
+
+    @property
+    def clock(self) -> RunClock:
+        return self.budget.clock
 
     # -- events ----------------------------------------------------------------------
     async def emit(self, kind: str, data: dict[str, Any] | None = None) -> Event:
@@ -189,8 +140,7 @@ class RunSupervisor:
         if ev.kind in ("resource", "gpu"):
             self.telemetry.add(ev.kind, ev.data, ev.ts)
         elif ev.kind == "usage":
-            self._tokens += int(ev.data.get("input_tokens") or 0) + int(ev.data.get("output_tokens") or 0)
-            self._cost += float(ev.data.get("cost_usd") or 0.0)
+            self.budget.count_usage(ev.data)
 
     async def _agent_emit(self, kind: str, data: dict[str, Any]) -> None:
         if kind not in ("agent.error", "agent.message", "usage"):
@@ -199,55 +149,10 @@ class RunSupervisor:
             data = {**data, "text": strip_escapes(data["text"])[:64_000]}
         await self.emit(kind, data)
 
-    # -- sandbox output ----------------------------------------------------------------
-    def _on_output(self, stream: str, text: str) -> None:
-        text = strip_escapes(text)
-        if not text:
-            return
-        self._out_buf.append((stream, text))
-        self._out_size += len(text)
-        # metrics printed as Trainer log dicts
-        lines = (self._out_line + text).split("\n")
-        self._out_line = lines.pop()[-4096:]
-        for line in lines:
-            parsed = parse_trainer_line(line)
-            if parsed is not None:
-                self._queue_metric(parsed, "stdout")
-        if self._out_size >= OUTPUT_CHUNK:
-            self._spawn(self._flush_output())
-
-    def _metric_data(self, parsed: dict[str, Any], source: str) -> dict[str, Any]:
-        step = parsed["step"]
-        if step is None:
-            self._metric_step += 1
-            step = self._metric_step
-        else:
-            self._metric_step = step
-        return {"step": step, "values": parsed["values"], "source": source}
-
-    def _queue_metric(self, parsed: dict[str, Any], source: str) -> None:
-        self._spawn(self.emit("metric", self._metric_data(parsed, source)))
-
-    async def _emit_metric(self, parsed: dict[str, Any], source: str) -> None:
-        await self.emit("metric", self._metric_data(parsed, source))
-
-    async def _flush_output(self) -> None:
-        if not self._out_buf:
-            return
-        buf, self._out_buf, self._out_size = self._out_buf, [], 0
-        merged: list[tuple[str, str]] = []
-        for stream, text in buf:
-            if merged and merged[-1][0] == stream and len(merged[-1][1]) < OUTPUT_CHUNK:
-                merged[-1] = (stream, merged[-1][1] + text)
-            else:
-                merged.append((stream, text))
-        for stream, text in merged:
-            await self.emit("sandbox.output", {"stream": stream, "text": text[:200_000]})
-
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
-        self._bg.append(task)  # type: ignore[arg-type]
-        task.add_done_callback(lambda t: self._bg.remove(t) if t in self._bg else None)  # type: ignore[arg-type]
+        self._bg.append(task)
+        task.add_done_callback(lambda t: self._bg.remove(t) if t in self._bg else None)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> str:
@@ -274,11 +179,9 @@ class RunSupervisor:
         await self.emit("run.created", {
             "task": task.name, "agent": self.req.agent_kind, "model": self.agent.model,
             "scale": self.req.scale, "limits": self.limits.as_dict(), "runner": self.runner_id,
-            "job": self.req.job, "approval": self.approval, "submitted_by": self.req.submitted_by,
+            "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
         })
-        from tasks.api import prepare_workspace  # the engine calls the tasks API
-
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         spec = SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
@@ -303,20 +206,21 @@ class RunSupervisor:
                 "message": "local sandbox: no Docker engine answered, so the agent's commands "
                            "run on this host without isolation"})
         await self._watch_gpus(scale.gpus)
-        self.toolbox = ToolBox(sb, on_output=self._on_output)
+        self.toolbox = ToolBox(sb, on_output=self.output.add)
         self.clock.start()
         self.status = "running"
         await self.emit("run.started", {"elapsed_s": 0.0})
-        self._bg_fixed = [
-            asyncio.create_task(self._follow_metrics(), name=f"{self.run_id}-metrics"),
+        self._followers = [
+            asyncio.create_task(self.output.follow_metrics(), name=f"{self.run_id}-metrics"),
             asyncio.create_task(self._sample(), name=f"{self.run_id}-sample"),
             asyncio.create_task(self._watch(), name=f"{self.run_id}-watch"),
-            asyncio.create_task(self._flusher(), name=f"{self.run_id}-flush"),
+            asyncio.create_task(self.output.flush_every(), name=f"{self.run_id}-flush"),
         ]
         self._loop_task = asyncio.create_task(self._agent_loop(), name=f"{self.run_id}-agent")
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
 
+    # -- the agent ---------------------------------------------------------------------
     async def _agent_loop(self) -> None:
         assert self.toolbox is not None
         await self.agent.start(AgentContext(
@@ -325,16 +229,17 @@ class RunSupervisor:
         results: list[ToolResult] = []
         failures = 0
         while True:
-            await self._gate()
+            await self.pause.gate()
             if await self._check_limits():
                 return
-            self._steps += 1
-            time_left = max(0.0, self.limits.time_s - self.clock.elapsed)
-            await self.emit("agent.step", {"step": self._steps, "time_left_s": round(time_left, 1),
+            self.budget.steps += 1
+            step = self.budget.steps
+            time_left = self.budget.time_left
+            await self.emit("agent.step", {"step": step, "time_left_s": round(time_left, 1),
                                            "elapsed_s": round(self.clock.elapsed, 1)})
             messages, self._messages = self._messages, []
             notices, self._notices = self._notices, []
-            turn = await self.agent.turn(Observation(self._steps, time_left, results, messages, notices))
+            turn = await self.agent.turn(Observation(step, time_left, results, messages, notices))
             if not turn.calls:
                 failures = failures + 1 if not turn.done else 0
                 if turn.done:
@@ -356,29 +261,27 @@ class RunSupervisor:
                 if self.toolbox.submission is not None:
                     await self._finish("succeeded", "submitted", submitted=True)
                     return
-                await self._gate()
+                await self.pause.gate()
 
     async def _tool(self, call: ToolCall) -> ToolResult:
         assert self.toolbox is not None
         await self.emit("tool.call", {"id": call.id, "name": call.name, "args": _clip_args(call.args)})
         edited: dict[str, Any] | None = None
-        if self.approval:
+        if self.approvals.on:
             await self.emit("tool.approval", {"id": call.id, "state": "pending", "name": call.name})
-            fut: asyncio.Future[tuple[bool, dict[str, Any] | None, str]] = (
-                asyncio.get_running_loop().create_future())
-            self._approvals[call.id] = fut
             self.clock.stop("approval")
             try:
-                ok, edited, reason = await fut
+                decision = await self.approvals.wait(call.id)
             finally:
-                self._approvals.pop(call.id, None)
                 self.clock.release("approval")
-            if not ok:
+            if not decision.ok:
                 result = ToolResult(call.id, call.name, ok=False,
-                                    output=f"The operator rejected this call: {reason or 'no reason given'}",
+                                    output=f"The operator rejected this call: "
+                                           f"{decision.reason or 'no reason given'}",
                                     meta={"rejected": True})
                 await self._emit_result(result)
                 return result
+            edited = decision.edited
             if edited is not None:
                 call = ToolCall(call.id, call.name, edited)
         result = await self.toolbox.execute(call)
@@ -388,7 +291,7 @@ class RunSupervisor:
             result = replace(result, output=f"[The operator edited this call before it ran; "
                                             f"it ran with arguments {ran}]\n{result.output}",
                              meta={**result.meta, "edited": True})
-        await self._flush_output()
+        await self.output.flush()
         await self._emit_result(result)
         return result
 
@@ -397,46 +300,17 @@ class RunSupervisor:
             "id": r.call_id, "name": r.name, "ok": r.ok, "exit_code": r.exit_code,
             "duration_s": r.duration_s, "output": strip_escapes(r.output)[-16_000:], **r.meta})
 
-    async def _gate(self) -> None:
-        """Where a hold takes effect: the agent stops here until resumed."""
-        if self._hold is not None:
-            self.clock.stop("hold")
-            await self._resumed.wait()
-
     async def _check_limits(self) -> bool:
-        checks = [("time_s", self.clock.elapsed, self.limits.time_s),
-                  ("steps", float(self._steps), self.limits.steps),
-                  ("tokens", float(self._tokens), self.limits.tokens),
-                  ("cost_usd", self._cost, self.limits.cost_usd)]
-        for name, used, limit in checks:
-            if not limit:
-                continue
-            frac = used / limit
-            if frac >= 1.0:
-                await self.emit("run.limit", {"limit": name, "used": round(used, 4), "max": limit,
-                                              "fraction": round(frac, 3), "level": "reached"})
-                await self._finish("limit", f"{name} limit reached ({used:g} of {limit:g})")
+        """Warn of limits near their end; True when one is reached (and the run ended)."""
+        for crossing in self.budget.check():
+            await self.emit("run.limit", crossing.data)
+            if crossing.reached:
+                await self._finish("limit", crossing.reason)
                 return True
-            if frac >= WARN_FRACTION and name not in self._warned:
-                self._warned.add(name)
-                await self.emit("run.limit", {"limit": name, "used": round(used, 4), "max": limit,
-                                              "fraction": round(frac, 3), "level": "warning"})
-                self._notices.append(f"Warning: you have used {frac:.0%} of your {name} limit.")
+            self._notices.append(crossing.notice)
         return False
 
     # -- background followers ---------------------------------------------------------
-    async def _flusher(self) -> None:
-        while True:
-            await asyncio.sleep(OUTPUT_FLUSH_S)
-            await self._flush_output()
-
-    async def _follow_metrics(self) -> None:
-        self._tail = tail = MetricsTail(self.workspace, METRICS_FILE)
-        while True:
-            for parsed in await asyncio.to_thread(tail.read):
-                await self._emit_metric(parsed, "file")
-            await asyncio.sleep(0.5)
-
     async def _sample(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_EVERY_S)
@@ -448,12 +322,11 @@ class RunSupervisor:
                 log.debug("stats failed for %s: %s", self.run_id, exc)
                 continue
             await self.emit("resource", {**s, "elapsed_s": round(self.clock.elapsed, 1)})
-            if self.limits.time_s and self.clock.elapsed >= self.limits.time_s and not self._ending:
+            crossing: LimitCrossing | None = self.budget.time_ran_out()
+            if crossing is not None and not self._ending:
                 # the budget ran out in the middle of a tool call: end now
-                await self.emit("run.limit", {"limit": "time_s", "used": round(self.clock.elapsed, 1),
-                                              "max": self.limits.time_s, "fraction": 1.0,
-                                              "level": "reached"})
-                self._spawn(self._finish("limit", f"time_s limit reached ({self.limits.time_s:g} s)"))
+                await self.emit("run.limit", crossing.data)
+                self._spawn(self._finish("limit", crossing.reason))
 
     async def _watch_gpus(self, wanted: int) -> None:
         """Have the runner's GPU sampler report this run's devices; say once if it cannot."""
@@ -475,178 +348,65 @@ class RunSupervisor:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(WATCH_EVERY_S)
             if self.sandbox is None or self._ending:
                 continue
             try:
                 st = await self.sandbox.status()
             except Exception as exc:
-                st_reason = str(exc)
-                self._spawn(self._finish("failed", f"sandbox lost: {st_reason}"))
+                self._spawn(self._finish("failed", f"sandbox lost: {exc}"))
                 return
             if not st.running and not st.paused:
                 code = f" (exit code {st.exit_code})" if st.exit_code is not None else ""
                 self._spawn(self._finish("failed", f"sandbox died: {st.reason or 'stopped'}{code}"))
                 return
 
-    # -- control -----------------------------------------------------------------------
+    # -- control: what ControlDispatch acts on -------------------------------------------
     async def control(self, cmd: ControlCommand) -> None:
         """Apply an operator command; answer with control.ack, record operator.*."""
-        refusal = self._refusal(cmd)
-        if refusal:
-            await self.emit("control.ack", {"command_id": cmd.id, "action": cmd.action,
-                                            "accepted": False, "reason": refusal,
-                                            "operator": cmd.operator})
-            return
-        detail = cmd.args_dict()
-        await self.emit(f"operator.{cmd.action}", {"operator": cmd.operator, "reason": cmd.reason,
-                                                   "command_id": cmd.id, "ts_sent": cmd.ts, **detail})
-        try:
-            note = await self._apply(cmd)
-        except Exception as exc:
-            await self.emit("control.ack", {"command_id": cmd.id, "action": cmd.action,
-                                            "accepted": False, "reason": f"failed: {exc}",
-                                            "operator": cmd.operator})
-            return
-        await self.emit("control.ack", {"command_id": cmd.id, "action": cmd.action,
-                                        "accepted": True, "reason": note, "operator": cmd.operator})
+        await self.controls.handle(cmd)
 
-    def _refusal(self, cmd: ControlCommand) -> str:
-        if self._ending or self.end_status is not None:
-            return f"run has ended ({self.end_status or 'ending'})"
-        if cmd.invalid:
-            return cmd.invalid
-        a = cmd.action
-        if a == "hold" and self._hold is not None:
-            return f"run is already {self._hold}"
-        if a == "freeze" and self._hold == "freeze":
-            return "run is already frozen"
-        if a == "freeze" and self.sandbox is None:
-            return "run has no sandbox yet"
-        if a == "resume" and self._hold is None:
-            return "run is not paused"
-        if isinstance(cmd.args, ApproveArgs | RejectArgs) and cmd.args.call_id not in self._approvals:
-            return "no tool call is waiting for approval with that id"
-        return ""
+    @property
+    def ending(self) -> bool:
+        return self._ending or self.end_status is not None
 
-    async def _apply(self, cmd: ControlCommand) -> str:
-        a = cmd.action
-        if a == "hold":
-            self._hold = "hold"
-            self._resumed.clear()
-            self.status = "held"
-            await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1)})
-            return "the agent stops at its next step"
-        if a == "freeze":
-            assert self.sandbox is not None
-            await self.sandbox.pause()
-            self._hold = "freeze"
-            self._resumed.clear()
-            self.clock.stop("freeze")
-            self.status = "frozen"
-            await self.emit("run.held", {"level": "freeze", "elapsed_s": round(self.clock.elapsed, 1)})
-            return "sandbox paused"
-        if a == "resume":
-            if self._hold == "freeze" and self.sandbox is not None:
-                await self.sandbox.unpause()
-            self._hold = None
-            self.clock.release("freeze")
-            self.clock.release("hold")
-            self._resumed.set()
-            self.status = "running"
-            await self.emit("run.resumed", {"elapsed_s": round(self.clock.elapsed, 1)})
-            return "resumed"
-        if a == "kill":
-            self._spawn(self._finish("killed", cmd.reason or f"killed by {cmd.operator}"))
-            return "killing"
-        if a == "message":
-            assert isinstance(cmd.args, MessageArgs)
-            self._messages.append(strip_escapes(cmd.args.text)[:20_000])
-            return "delivered at the agent's next turn"
-        if a == "approval_mode":
-            assert isinstance(cmd.args, ApprovalModeArgs)
-            self.approval = cmd.args.on
-            if not self.approval:
-                for fut in self._approvals.values():
-                    if not fut.done():
-                        fut.set_result((True, None, ""))
-            return f"approval mode {'on' if self.approval else 'off'}"
-        if a in ("approve", "reject"):
-            assert isinstance(cmd.args, ApproveArgs | RejectArgs)
-            call_id = cmd.args.call_id
-            fut = self._approvals[call_id]
-            edited = cmd.args.args if isinstance(cmd.args, ApproveArgs) else None
-            if not fut.done():
-                fut.set_result((a == "approve", edited, cmd.reason))
-            await self.emit("tool.approval", {"id": call_id, "state": "approved" if a == "approve" else "rejected",
-                                              "edited": edited is not None})
-            return "approved" if a == "approve" else "rejected"
-        if a == "limit":
-            assert isinstance(cmd.args, LimitArgs)
-            name, value = cmd.args.name, cmd.args.value
-            setattr(self.limits, name, int(value) if name in ("steps", "tokens") else value)
-            self._warned.discard(name)
-            return f"{name} limit is now {value:g}"
-        if a == "score":
-            self._spawn(self._score(final=False))
-            return "scoring off the clock"
-        if a == "shell":
-            assert isinstance(cmd.args, ShellArgs)
-            return f"shell {cmd.args.state}"
-        return ""
+    @property
+    def pause_level(self) -> Level | None:
+        return self.pause.level
+
+    @property
+    def has_sandbox(self) -> bool:
+        return self.sandbox is not None
+
+    async def hold(self) -> None:
+        self.pause.hold()
+        self.status = "held"
+        await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1)})
+
+    async def freeze(self) -> None:
+        assert self.sandbox is not None
+        await self.pause.freeze(self.sandbox)
+        self.status = "frozen"
+        await self.emit("run.held", {"level": "freeze", "elapsed_s": round(self.clock.elapsed, 1)})
+
+    async def resume(self) -> None:
+        await self.pause.resume(self.sandbox)
+        self.status = "running"
+        await self.emit("run.resumed", {"elapsed_s": round(self.clock.elapsed, 1)})
+
+    def end_soon(self, status: str, reason: str) -> None:
+        self._spawn(self._finish(status, reason))
+
+    def tell_agent(self, text: str) -> None:
+        self._messages.append(strip_escapes(text)[:MAX_MESSAGE])
+
+    def score_soon(self) -> None:
+        self._spawn(self._score(final=False))
 
     # -- scoring and the end -------------------------------------------------------------
-    async def _score(self, final: bool) -> dict[str, Any] | None:
-        async with self._scoring:
-            self.clock.stop("scoring")
-            try:
-                result = await self._run_scorer()
-            finally:
-                self.clock.release("scoring")
-        data = {"metric": result.get("metric") or self.req.task.metric,
-                "value": result.get("value"), "metrics": result.get("metrics", {}),
-                "details": result.get("details", {}), "error": result.get("error"),
-                "final": final}
-        await self.emit("score", data)
-        return result
-
-    async def _run_scorer(self) -> dict[str, Any]:
-        task = self.req.task
-        scratch = Path(tempfile.mkdtemp(prefix=f"mlrb-score-{self.run_id}-"))
-        spec = SandboxSpec(
-            run=f"{self.run_id}-score", workspace=scratch, image=self.image,
-            limits=SandboxLimits(cpus=2.0, memory_bytes=8 * 1024**3,
-                                 gpus=task.scale(self.req.scale).gpus,
-                                 gpu_ids=tuple(str(i) for i in self.gpu_ids)),
-            readonly_mounts=((self.workspace, "/submission"), (task.scorer_dir, "/scorer"),
-                             (SCORELIB, "/scorer_lib/scorelib.py")),
-        )
-        sb = self._score_sandbox(spec)
-
-        model = self.toolbox.submission.path if self.toolbox and self.toolbox.submission else None
-        if model is not None and model.startswith(WORKSPACE + "/"):
-            model = model[len(WORKSPACE) + 1:]
-        if sb.isolated:
-            argv = score_command(task, self.req.scale, model, "/submission", "/scorer")
-        else:
-            argv = score_command(task, self.req.scale, model, str(self.workspace),
-                                 str(task.scorer_dir), str(SCORELIB.parent))
-        try:
-            await sb.start()
-            res = await sb.exec(" ".join(shlex.quote(a) for a in argv),
-                                timeout_s=task.scale(self.req.scale).score_timeout_s,
-                                output_cap=256 * 1024)
-        except SandboxError as exc:
-            return {"value": None, "error": f"scoring sandbox: {exc}"}
-        finally:
-            with contextlib.suppress(Exception):
-                await sb.stop()
-        try:
-            return parse_score_output(res.output)
-        except ScoreOutputError as exc:
-            return {"value": None, "error": f"{exc} (scorer exit {res.exit_code}): "
-                                            f"{strip_escapes(res.output)[-500:]}"}
-
+    async def _score(self, final: bool) -> dict[str, Any]:
+        submission = self.toolbox.submission if self.toolbox is not None else None
+        return await self.scorer.score(final, submission.path if submission else None, self.gpu_ids)
 
     async def _finish(self, status: str, reason: str, submitted: bool = False) -> None:
         if self._ending:
@@ -656,79 +416,39 @@ class RunSupervisor:
         self.status = status
         if self.gpu_sampler is not None:
             self.gpu_sampler.unwatch(self.run_id)
-        for t in self._bg_fixed:
+        for t in self._followers:
             t.cancel()
-        # a frozen sandbox cannot even be told to stop a command: thaw it first
-        if self.sandbox is not None and self._hold == "freeze":
-            with contextlib.suppress(Exception):
-                await self.sandbox.unpause()
-        self._hold = None
-        self._resumed.set()
+        await self.pause.end(self.sandbox)
         current = asyncio.current_task()
         if self._loop_task is not None and self._loop_task is not current and not self._loop_task.done():
             self._loop_task.cancel()
             await asyncio.wait([self._loop_task], timeout=30)
-        for fut in self._approvals.values():
-            if not fut.done():
-                fut.cancel()
+        self.approvals.cancel()
         with contextlib.suppress(Exception):
-            await self._flush_output()
+            await self.output.flush()
         if self.sandbox is not None:
             with contextlib.suppress(Exception):
                 await self.sandbox.stop()
         # metrics written in the last moments still count
-        if self._tail is not None:
-            with contextlib.suppress(Exception):
-                for parsed in self._tail.read():
-                    await self._emit_metric(parsed, "file")
+        with contextlib.suppress(Exception):
+            await self.output.read_last_metrics()
         pending = [t for t in self._bg if not t.done() and t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=5)
         if submitted:
             result = await self._score(final=True)
-            if result is None or result.get("value") is None:
-                status, reason = "failed", f"scoring failed: {(result or {}).get('error')}"
-        await self._integrity()
+            if result.get("value") is None:
+                status, reason = "failed", f"scoring failed: {result.get('error')}"
+        for flag in await integrity_flags(self.journal.path, self.run_id, self.req.task,
+                                          self.req.scale, self.workspace):
+            await self.emit("integrity.flag", flag)
         self.end_status, self.end_reason = status, reason
         await self.emit("run.ended", {"status": status, "reason": reason,
                                       "elapsed_s": round(self.clock.elapsed, 1),
-                                      "steps": self._steps})
+                                      "steps": self.budget.steps})
         with contextlib.suppress(Exception):
             await self.agent.close()
         self._ended.set()
-
-    async def _integrity(self) -> None:
-        try:
-            from tasks import integrity
-        except ImportError:
-            return
-        check = getattr(integrity, "check_run", None)
-        if check is None:
-            return
-        from runner.journal import JournalReader
-
-        def _events() -> list[dict[str, Any]]:
-            reader = JournalReader(self.journal.path)
-            try:
-                out: list[dict[str, Any]] = []
-                after = 0
-                while True:
-                    page = reader.events(self.run_id, after_seq=after, limit=5000)
-                    if not page:
-                        return out
-                    out.extend(e.to_dict() for e in page)
-                    after = page[-1].seq
-            finally:
-                reader.close()
-
-        try:
-            events = await asyncio.to_thread(_events)
-            flags = await asyncio.to_thread(check, self.req.task, self.req.scale, self.workspace, events)
-        except Exception as exc:
-            log.warning("integrity checks failed for %s: %s", self.run_id, exc)
-            return
-        for flag in flags or []:
-            await self.emit("integrity.flag", {k: flag.get(k) for k in ("check", "severity", "detail")})
 
     # -- for the engine ---------------------------------------------------------------
     @property
@@ -740,8 +460,8 @@ class RunSupervisor:
 
     def summary(self) -> dict[str, Any]:
         return {"run": self.run_id, "task": self.req.task.name, "status": self.end_status or self.status,
-                "reason": self.end_reason, "elapsed_s": round(self.clock.elapsed, 1), "steps": self._steps,
-                "workspace": str(self.workspace)}
+                "reason": self.end_reason, "elapsed_s": round(self.clock.elapsed, 1),
+                "steps": self.budget.steps, "workspace": str(self.workspace)}
 
 
 def _clip_args(args: dict[str, Any]) -> dict[str, Any]:

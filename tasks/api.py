@@ -19,6 +19,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Scale = Literal["smoke", "full"]
 SCALES: tuple[str, ...] = ("smoke", "full")
@@ -58,6 +67,60 @@ class ReferenceModel(BaseModel):
     results: dict[str, Any] = Field(default_factory=dict)
 
 
+COMMIT_RE = r"^[0-9a-f]{40}$"
+SHA256_RE = r"^[0-9a-f]{64}$"
+
+
+class AssetModel(BaseModel):
+    """A model or dataset the task names, fetched from the Hugging Face hub and staged on the host.
+
+    `revision` is a 40-hex commit when `pinned` (the default). Where the commit is not known when
+    the spec is written, `revision` names a branch or tag and `pinned = false`: the first fetch
+    resolves it, and the commit, sizes and sha256 it got are locked from then on.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="unique within the task")
+    kind: Literal["model", "dataset"]
+    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="hub repository id, owner/name")
+    pinned: bool = True  # before revision: its check reads it
+    revision: str = Field(min_length=1, max_length=200)
+    files: tuple[str, ...] = Field(default=("*",), min_length=1,
+                                   description="glob patterns of the repository's files to stage")
+    configs: tuple[str, ...] = Field(default=(), description="the dataset configs load_dataset names")
+    splits: tuple[str, ...] = Field(default=(), description="the splits the task reads, for the record")
+    size_bytes: int = Field(gt=0, description="expected bytes on disk (an estimate unless sha256 is given)")
+    sha256: dict[str, str] = Field(default_factory=dict, description="file path -> sha256, where known")
+    gated: bool = Field(default=False, description="the hub asks for a token with access (HF_TOKEN)")
+    audience: Literal["agent", "scorer"] = Field(
+        alias="for", description="agent: mounted for the agent; scorer: the scorer only, never the agent")
+    scales: tuple[Scale, ...] = Field(default=("full",), min_length=1)
+    note: str = ""
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_shape(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("pinned", True) and not re.fullmatch(COMMIT_RE, v):
+            raise ValueError(f"{v!r} is not a 40-hex commit; name a commit, or set "
+                             "pinned = false to lock the commit the first fetch gets")
+        if v.startswith("/") or ".." in v or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a branch, tag or commit")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_shape(cls, v: dict[str, str]) -> dict[str, str]:
+        for path, digest in v.items():
+            if not re.fullmatch(SHA256_RE, digest):
+                raise ValueError(f"{path!r}: {digest!r} is not 64 lowercase hex digits")
+        return v
+
+    @property
+    def repo_type(self) -> str:
+        return self.kind
+
+
 class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,40}$")
@@ -73,6 +136,16 @@ class SpecModel(BaseModel):
     full: ScaleModel
     reference: ReferenceModel = Field(default_factory=ReferenceModel)
     integrity: list[str] = Field(default_factory=list, description="integrity checks that apply")
+    assets: list[AssetModel] = Field(default_factory=list, description="models and datasets to stage")
+
+    @model_validator(mode="after")
+    def _unique_asset_names(self) -> SpecModel:
+        seen: set[str] = set()
+        for a in self.assets:
+            if a.name in seen:
+                raise ValueError(f"assets: two assets are named {a.name!r}")
+            seen.add(a.name)
+        return self
 
 
 @dataclass(frozen=True)
@@ -91,6 +164,13 @@ class TaskSpec:
     integrity: tuple[str, ...]
     dir: Path
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    assets: tuple[AssetModel, ...] = ()
+
+    def assets_for(self, scale: str, audience: str | None = None) -> tuple[AssetModel, ...]:
+        """The assets a scale needs; `audience` ("agent" or "scorer") narrows them to one side."""
+        self.scale(scale)
+        return tuple(a for a in self.assets if scale in a.scales
+                     and (audience is None or a.audience == audience))
 
     def scale(self, scale: str) -> ScaleModel:
         if scale not in self.scales:
@@ -142,9 +222,7 @@ def load_spec_file(path: Path) -> TaskSpec:
     try:
         m = SpecModel.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_where(e['loc'], raw)}: {e['msg']}" for e in exc.errors())
         raise TaskSpecError(f"{path}: {problems}") from None
     if m.name != path.parent.name:
         raise TaskSpecError(f"{path}: name {m.name!r} does not match its folder {path.parent.name!r}")
@@ -153,8 +231,20 @@ def load_spec_file(path: Path) -> TaskSpec:
         higher_is_better=m.higher_is_better, deliverable=m.deliverable, data=m.data,
         rules=tuple(m.rules), metrics=tuple(m.metrics or [m.metric]),
         scales={"smoke": m.smoke, "full": m.full}, reference=m.reference,
-        integrity=tuple(m.integrity), dir=path.parent, raw=raw,
+        integrity=tuple(m.integrity), dir=path.parent, raw=raw, assets=tuple(m.assets),
     )
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """A validation error's field, with an asset named as well as numbered: assets[2] (phi-2).revision."""
+    parts = [str(x) for x in loc]
+    if len(loc) >= 2 and loc[0] == "assets" and isinstance(loc[1], int):
+        items = raw.get("assets")
+        name = items[loc[1]].get("name") if isinstance(items, list) and loc[1] < len(items) \
+            and isinstance(items[loc[1]], dict) else None
+        head = f"assets[{loc[1]}]" + (f" ({name})" if isinstance(name, str) else "")
+        return ".".join([head, *parts[2:]])
+    return ".".join(parts) or "(top)"
 
 
 def task_roots() -> list[Path]:

@@ -7,15 +7,19 @@ Where a real part is missing, a test skips on a developer's machine but FAILS un
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
-import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+from runner.embedded_broker import find_mosquitto, free_port
+
+T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -29,31 +33,52 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def describe(cond: Callable[..., object]) -> str:
+    """A condition's source line, for a timeout message that says what was awaited."""
+    try:
+        source = inspect.getsource(cond).strip()
+    except (OSError, TypeError):
+        return repr(cond)
+    return source if len(source) <= 200 else source[:200] + "..."
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Let the event loop run until `cond()` holds."""
+async def until(cond: Callable[[], T | Awaitable[T]], what: str = "", *, timeout: float = 10.0,
+                interval: float = 0.01,
+                pause: Callable[[float], Awaitable[object]] = asyncio.sleep) -> T:
+    """Poll `cond()` (awaited when it returns an awaitable) until its value is truthy; return it.
+
+    `pause` is how the wait yields between polls: `pilot.pause` lets a Textual app process
+    its messages. On timeout the AssertionError names `what` (or the condition's source).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not cond():
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
         if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+            raise AssertionError(f"not met within {timeout:g} s: {what or describe(cond)}")
+        await pause(interval)
+
+
+def until_blocking(cond: Callable[[], T], what: str = "", *, timeout: float = 10.0,
+                   interval: float = 0.05) -> T:
+    """`until` for a test or fixture that runs outside an event loop."""
+    return asyncio.run(until(cond, what, timeout=timeout, interval=interval))
+
+
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+    until_blocking(lambda: _listens(port), f"something to listen on 127.0.0.1:{port}", timeout=timeout)
 
 
 class Mosquitto:
@@ -64,7 +89,7 @@ class Mosquitto:
 
 
 def start_mosquitto(tmp: Path) -> Mosquitto:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = find_mosquitto()
     require(exe is not None, "mosquitto")
     assert exe is not None
     port = free_port()

@@ -18,7 +18,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import util
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from runner.events import Event
 from runner.journal import Journal, JournalReader
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
 from tasks.api import load_spec_file
-from tests.conftest import require
+from tests.conftest import require, until
 from tests.llm_server import LLMServer, Reply
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
@@ -73,14 +73,9 @@ class Watch:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
 
     def feed(self, events: Sequence[Event]) -> None:
-        for ev in events:
-            self.events.append(ev)
-            for pred, fut in self._waiters:
-                if not fut.done() and pred(ev):
-                    fut.set_result(ev)
+        self.events.extend(events)
 
     async def wait(self, kind: str, run: str | None = None, timeout: float = 90,
                    after_seq: int = 0, **match: Any) -> Event:
@@ -90,15 +85,9 @@ class Watch:
             return (ev.kind == kind and (run is None or ev.run == run) and ev.seq > after_seq
                     and all(ev.data.get(k) == v for k, v in match.items()))
 
-        for ev in self.events:
-            if pred(ev):
-                return ev
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove((pred, fut))
+        return await until(lambda: next((ev for ev in self.events if pred(ev)), None),
+                           f"a {kind} event of {run or 'any run'} after seq {after_seq} with {match}",
+                           timeout=timeout)
 
 
 def command(run: str, action: str, reason: str = "", **args: Any) -> ControlCommand:

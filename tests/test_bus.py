@@ -1,4 +1,4 @@
-"""The MQTT bus against real brokers: Mosquitto and the in-process fallback."""
+"""The MQTT bus against a real broker: Mosquitto, spawned as the embedded broker."""
 
 from __future__ import annotations
 
@@ -33,13 +33,12 @@ from tests.conftest import Mosquitto, free_port, require, until
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["mosquitto", "inprocess"])
-async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
-    if request.param == "mosquitto":
-        require(find_mosquitto() is not None, "mosquitto")
-    b = EmbeddedBroker(tmp_path / "broker", prefer=request.param)
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
+    require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path / "broker")
     await b.start()
-    assert b.kind == request.param
+    assert b.kind == "mosquitto"
     yield b
     await b.stop()
 
@@ -122,7 +121,7 @@ async def test_outage_events_are_resent_from_the_journal(
     sink = Sink()
     sub, task = await subscribe(config, sink)
     pub = RunnerEndpoint(config, "host-a", reader.events)
-    pub.backoff_min = pub.backoff_max = 30.0  # reconnects only when told, after the subscriber
+    pub.link.backoff_min = pub.link.backoff_max = 30.0  # reconnects only when told, after the subscriber
     await pub.start()
     try:
         await until(lambda: pub.connected)
@@ -139,7 +138,7 @@ async def test_outage_events_are_resent_from_the_journal(
         await journal.write(during)
         pub.publish(during)
         assert not await pub.flush(0.2)
-        again = EmbeddedBroker(tmp_path / "broker2", port=broker.port, prefer=broker.kind)
+        again = EmbeddedBroker(tmp_path / "broker2", port=broker.port)
         assert await again.start() == broker.url
         try:
             await asyncio.wait_for(sub.ready.wait(), 15)
@@ -282,9 +281,7 @@ async def test_runner_state_is_retained_and_the_will_says_offline(broker: Embedd
 
     async def offline() -> bool:
         return (await read_runner_states(config, timeout=0.3)).get("doomed") == "offline"
-    for _ in range(50):
-        if await offline():
-            break
+    await until(offline, "the broker to publish the will 'offline'", timeout=20)
     assert await offline()
 
 

@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, until_blocking
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -39,13 +38,10 @@ def runs_json(env):
 
 
 def wait_status(env, run, statuses, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached():
         row = runs_json(env).get(run)
-        if row and row["status"] in statuses:
-            return row
-        time.sleep(0.5)
-    raise AssertionError(f"{run} never reached {statuses}: {runs_json(env).get(run)}")
+        return row if row and row["status"] in statuses else None
+    return until_blocking(reached, f"{run} to reach {statuses}", timeout=timeout, interval=0.5)
 
 
 def test_tasks_listing_and_a_clear_error_for_an_unknown_task(env):
@@ -69,6 +65,39 @@ def test_headless_demo_runs_to_the_end_and_prints_a_summary(env, tmp_path):
     assert "paper:" in mlrb(env, "tasks", "show", "mini_pile").stdout
 
 
+def test_a_config_typo_or_a_wrong_type_stops_every_command_with_one_line(env, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "config.toml"
+    config.write_text("[consle]\nrepaint_hz = 4\n")
+    for args in (("status",), ("up",), ("runs",)):
+        proc = mlrb(env, *args, check=False)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines() == [
+            f"Error: {config}: unknown key 'consle' (known: bus, console, providers, runner, sandbox)"]
+    config.write_text('[console]\nrepaint_hz = "fast"\n')
+    proc = mlrb(env, "status", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {config}: console.repaint_hz must be a number, got 'fast'"]
+    assert not (home / "daemon.json").exists()
+
+
+def test_without_mosquitto_up_fails_fast_with_the_install_hint(env, tmp_path):
+    env = {**env, "PATH": "/usr/bin:/bin", "MLRB_MOSQUITTO": str(tmp_path / "nowhere" / "mosquitto"),
+           "MLRB_SANDBOX": "local"}
+    for args in (("up",), ("demo",), ("demo", "--headless", "--task", "tiny_train")):
+        proc = mlrb(env, *args, check=False, timeout=60)
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert all(way in lines[0] for way in ("apt-get install mosquitto", "brew install mosquitto",
+                                               "eclipse-mosquitto")), lines[0]
+        assert not (tmp_path / "home").exists()  # nothing started: no daemon, no journal, no log
+    proc = mlrb(env, "demo", "--headless", "--no-bus", "--task", "tiny_train", "--runs", "1", timeout=300)
+    assert proc.stdout.count("succeeded") == 1, proc.stdout + proc.stderr
+
+
 @pytest.mark.docker
 def test_daemon_submit_freeze_resume_kill_down(env, tmp_path, docker_client):
     require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
@@ -79,8 +108,8 @@ def test_daemon_submit_freeze_resume_kill_down(env, tmp_path, docker_client):
     run = mlrb(env, "submit", "tiny_train").stdout.strip()
     assert run.startswith("tiny_train-")
     row = wait_status(env, run, {"running"})
-    while not runs_json(env)[run]["metric_name"]:
-        time.sleep(0.3)
+    until_blocking(lambda: runs_json(env)[run]["metric_name"], f"a metric of {run}", timeout=180,
+                   interval=0.3)
     assert row["sandbox"] == "docker"
 
     mlrb(env, "pause", run, "--freeze", "--reason", "inspect the loss")

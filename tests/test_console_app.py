@@ -195,8 +195,8 @@ async def test_controls_send_commands_and_show_acks(tmp_path: Path) -> None:
         feed.push(f.make("control.ack", {"command_id": hold.id, "action": "hold",
                                          "accepted": False, "reason": "run is already held"},
                          ts=NOW))
-        await until(pilot, lambda: app.acks_seen == 1)
-        assert app.ack_log[-1] == "hold r-mini-pile-01: refused — run is already held"
+        await until(pilot, lambda: app.controls.acks_seen == 1)
+        assert app.controls.ack_log[-1] == "hold r-mini-pile-01: refused — run is already held"
         # controls on an ended run are refused locally, nothing is sent
         await pilot.press("down", "down")
         assert app.dashboard.table.current_run == KILLED  # type: ignore[union-attr]
@@ -351,4 +351,4 @@ async def test_journal_poll_is_the_live_source_without_a_bus(tmp_path: Path) -> 
         await pilot.press("p")
         await until(pilot, lambda: any("hold r-mini-pile-01 not sent" in n.message
                                        for n in app._notifications))
-        assert app.sent == {} and app.is_running
+        assert app.controls.sent == {} and app.is_running

@@ -54,8 +54,8 @@ async def test_console_over_a_real_broker(tmp_path: Path, mosquitto: Mosquitto) 
                 await runner_side.publish(topics.event(RUNNING), encode_batch([f.make(
                     "control.ack", {"command_id": cmd.id, "action": "hold", "accepted": True,
                                     "reason": "held at the next step"}, ts=NOW)]), qos=1)
-                await until(pilot, lambda: app.acks_seen == 1)
-                assert app.ack_log[-1].startswith("hold r-mini-pile-01: accepted")
+                await until(pilot, lambda: app.controls.acks_seen == 1)
+                assert app.controls.ack_log[-1].startswith("hold r-mini-pile-01: accepted")
                 # a malformed payload is counted, never fatal
                 await runner_side.publish(topics.event(RUNNING), b"{not json", qos=1)
                 await until(pilot, lambda: app.source.rejects.total == 1)

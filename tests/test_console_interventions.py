@@ -59,8 +59,8 @@ async def test_message_score_and_approval_mode(tmp_path: Path) -> None:
                   f.make("control.ack", {"command_id": catcher.commands[1].id,
                                          "action": "approval_mode", "accepted": True,
                                          "reason": "approval mode on"}, ts=NOW))
-        await until(pilot, lambda: app.acks_seen == 1)
-        assert app.ack_log[-1] == "approval_mode r-mini-pile-01: accepted (approval mode on)"
+        await until(pilot, lambda: app.controls.acks_seen == 1)
+        assert app.controls.ack_log[-1] == "approval_mode r-mini-pile-01: accepted (approval mode on)"
         await pilot.press("a")  # now known to be on: the toggle turns it off
         await until(pilot, lambda: len(catcher.commands) == 3)
         assert catcher.commands[2].args_dict() == {"on": False}

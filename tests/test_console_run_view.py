@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from mlrb_tui.screens.run_view import RunScreen
 from mlrb_tui.widgets.audit_log import AuditLog
 from mlrb_tui.widgets.metric_charts import MetricCharts, chart_groups
 from mlrb_tui.widgets.output_log import OutputLog
+from mlrb_tui.widgets.run_header import RunHeader
 from mlrb_tui.widgets.timeline import ActionLog
 from runner.events import EventFactory
 from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, started, until
@@ -113,6 +114,18 @@ async def test_replay_jumps_to_the_next_intervention(tmp_path: Path) -> None:
         assert ctl.row["status"] == "held"
 
 
-def test_a_run_view_not_yet_mounted_is_not_painted() -> None:
+async def test_a_run_view_not_yet_mounted_is_not_painted(tmp_path: Path) -> None:
     # the repaint timer can fire between pushing the screen and mounting its widgets
-    RunScreen(HELD).repaint(0.0)
+    app = make_app(tmp_path, send=Catcher())
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        screen = RunScreen(HELD)
+        mounted = app.push_screen(screen)
+        assert app.screen is screen and not screen.is_mounted
+        screen.repaint(app.frame())  # must neither raise nor paint: there is nothing to paint yet
+        assert not screen.query("#topbar") and not screen.query(RunHeader)
+        await mounted
+        await until(pilot, lambda: screen.is_mounted)
+        screen.repaint(app.frame())  # mounted: the same call paints
+        assert "MLRB Console" in str(screen.query_one("#topbar", Static).render())
+        assert HELD in str(screen.query_one(RunHeader).render())

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from mlrb_tui.serve import ServeError, check_loopback, console_command
-from tests.conftest import free_port
+from tests.conftest import free_port, until_blocking
 
 
 def test_only_loopback_is_served() -> None:
@@ -30,18 +29,15 @@ def test_serve_answers_in_a_browser_on_loopback(tmp_path) -> None:  # type: igno
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={"MLRB_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
                                  "HOME": str(tmp_path)})
+    def served() -> str | None:  # the page once the port answers, or why it never will
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            return f"mlrb serve exited with {proc.returncode}" if proc.poll() is not None else None
+
     try:
-        deadline = time.monotonic() + 30
-        page = ""
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-                    page = resp.read().decode()
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.2)  # polling a port that is still opening: no event to await
+        page = until_blocking(served, f"mlrb serve to answer on port {port}", timeout=30, interval=0.2)
         assert "MLRB Console" in page, proc.stdout.read().decode() if proc.poll() is not None else page[:500]
     finally:
         proc.terminate()

@@ -23,6 +23,7 @@ from runner.sandbox import (
     SandboxSpec,
 )
 from runner.sandbox_factory import SandboxUnavailable, create_sandbox, docker_available
+from tests.conftest import until
 
 
 @pytest.fixture(scope="session")
@@ -251,12 +252,13 @@ async def test_stats_report_cpu_and_memory(sandbox: DockerSandbox) -> None:
         timeout_s=30))
     await sandbox.exec("while ! grep -q python3 /proc/[0-9]*/cmdline 2>/dev/null; do sleep 0.05; done")
     try:
-        # samples stream about once a second: wait for one taken while the loop spins
-        for _ in range(100):
+        async def spinning() -> dict[str, Any] | None:
             sample = await sandbox.stats()
-            if (sample["cpu_pct"] or 0) > 20:
-                break
-            await asyncio.sleep(0.1)
+            return sample if (sample["cpu_pct"] or 0) > 20 else None
+
+        # samples stream about once a second: wait for one taken while the loop spins
+        sample = await until(spinning, "a stats sample taken while the loop spins", timeout=20,
+                             interval=0.1)
     finally:
         busy.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""The embedded broker: Mosquitto on a free loopback port, else the in-process broker."""
+"""The embedded broker: Mosquitto on a free loopback port; without it, an install hint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import aiomqtt
 import pytest
 
 import runner.embedded_broker as broker_mod
-from runner.embedded_broker import BrokerError, EmbeddedBroker, find_mosquitto
+from runner.embedded_broker import BrokerError, EmbeddedBroker, MosquittoMissing, find_mosquitto
 from tests.conftest import require
 
 
@@ -33,15 +33,13 @@ async def test_mosquitto_is_spawned_and_serves(tmp_path: Path) -> None:
     assert not b.running
 
 
-@pytest.mark.parametrize("prefer", ["mosquitto", "inprocess"])
-async def test_a_taken_port_moves_to_a_free_one(tmp_path: Path, prefer: str) -> None:
-    if prefer == "mosquitto":
-        require(find_mosquitto() is not None, "mosquitto")
+async def test_a_taken_port_moves_to_a_free_one(tmp_path: Path) -> None:
+    require(find_mosquitto() is not None, "mosquitto")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        b = EmbeddedBroker(tmp_path, port=taken, prefer=prefer)
+        b = EmbeddedBroker(tmp_path, port=taken)
         url = await b.start()
         try:
             assert b.port != taken and url.endswith(f":{b.port}")
@@ -50,15 +48,27 @@ async def test_a_taken_port_moves_to_a_free_one(tmp_path: Path, prefer: str) -> 
             await b.stop()
 
 
-async def test_auto_falls_back_to_inprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_mosquitto_the_error_says_how_to_install_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)
-    async with EmbeddedBroker(tmp_path) as b:
-        assert b.kind == "inprocess"
-        assert await roundtrip(b.port) == b"pong"
-    with pytest.raises(BrokerError, match="not installed"):
-        await EmbeddedBroker(tmp_path, prefer="mosquitto").start()
-    with pytest.raises(ValueError):
-        EmbeddedBroker(tmp_path, prefer="emqx")
+    b = EmbeddedBroker(tmp_path)
+    with pytest.raises(MosquittoMissing, match="not installed") as caught:
+        await b.start()
+    hint = str(caught.value)
+    assert "\n" not in hint
+    assert all(way in hint for way in ("apt-get install mosquitto", "brew install mosquitto",
+                                       "eclipse-mosquitto"))
+    assert not b.running and not (tmp_path / "mosquitto.conf").exists()
+
+
+def test_mlrb_mosquitto_names_the_one_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLRB_MOSQUITTO", str(tmp_path / "nowhere" / "mosquitto"))
+    assert find_mosquitto() is None
+    exe = tmp_path / "mosquitto"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("MLRB_MOSQUITTO", str(exe))
+    assert find_mosquitto() == str(exe)
 
 
 async def test_a_broker_that_dies_at_start_is_reported_with_its_stderr(

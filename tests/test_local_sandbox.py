@@ -13,6 +13,7 @@ import pytest
 from runner.local_sandbox import LocalSandbox
 from runner.metrics import parse_metrics_line
 from runner.sandbox import METRICS_FILE, SandboxError, SandboxLimits, SandboxSpec
+from tests.conftest import until
 
 
 @pytest.fixture
@@ -26,8 +27,13 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
 
 
 async def _wait_for_line(lines: asyncio.Queue[str], needle: str) -> None:
-    while needle not in await asyncio.wait_for(lines.get(), 30):
-        pass
+    def seen() -> bool:  # takes lines off the queue up to the first that has `needle`
+        while not lines.empty():
+            if needle in lines.get_nowait():
+                return True
+        return False
+
+    await until(seen, f"a line with {needle!r}", timeout=30)
 
 
 async def test_exec_streams_and_returns_the_exit_code(sandbox: LocalSandbox) -> None:

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from runner.bus import BusConfig, EventSubscriber, submit_job
+from runner.bus import BusConfig, EventSubscriber, Topics, submit_job
 from runner.config import Config
 from runner.engine import Engine
 from runner.journal import JournalReader
 from runner.recorder import Recorder
+from tests.conftest import until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -34,15 +35,16 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
     watch_task = asyncio.create_task(watcher.run())
     try:
         await asyncio.wait_for(asyncio.gather(rec.ready.wait(), watcher.ready.wait()), 10)
-        await asyncio.sleep(0.5)  # both runners' shared subscriptions are in place
+        jobs = Topics(BusConfig(mosquitto.url).prefix).shared_jobs
+        await until(lambda: all(jobs in e.publisher.subscribed for e in engines),
+                    "both runners' shared subscriptions to the jobs queue")
         for i in range(4):
             await submit_job(BusConfig(mosquitto.url), {"id": f"job{i}", "task": "tiny_train",
                                                          "agent": "scripted", "submitted_by": "test"})
-        async def all_ended():
-            while len(ended) < 4:
-                await asyncio.sleep(0.2)
-        await asyncio.wait_for(all_ended(), 240)
-        await asyncio.sleep(1.0)  # the recorder's last batch
+        await until(lambda: len(ended) >= 4, "the four runs to end", timeout=240)
+        await until(lambda: all(rec.journal.last_seq(run) == e.journal.last_seq(run)
+                                for e in engines for run in e.supervisors),
+                    "the recorder to journal every run's last event")
     finally:
         watch_task.cancel()
         for engine in engines:

@@ -97,11 +97,9 @@ def sandbox_image(docker_client):
 
 
 async def wait_for(pred, timeout=60.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
+    from tests.conftest import until
+
+    await until(pred, timeout=timeout, interval=0.05)
 
 
 def cmd(action, run="tiny-1", **args):

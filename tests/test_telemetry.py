@@ -27,6 +27,7 @@ from runner.gpu import (
     watch_for_sandbox,
 )
 from runner.telemetry import StatsStream, TelemetryWindow
+from tests.conftest import describe, until, until_blocking
 
 CID_A = "a1" * 32
 CID_B = "b2" * 32
@@ -313,9 +314,8 @@ def test_stats_stream_of_a_real_container(container: Any) -> None:
     assert stream.latest()["cpu_pct"] == 0  # type: ignore[index]
     container.unpause()
     container.remove(force=True)  # the engine ends the stream; the thread ends with it
-    deadline = time.monotonic() + 20
-    while stream.alive and time.monotonic() < deadline:
-        stream.wait(stream.count + 1, timeout_s=1)
+    until_blocking(lambda: not stream.alive, "the stats thread to end with its container", timeout=20,
+                   interval=0.1)
     assert not stream.alive
 
 
@@ -354,23 +354,14 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self._waiters: list[tuple[Any, asyncio.Future[Event]]] = []
 
     def __call__(self, events: Any) -> None:
-        for ev in events:
-            self.events.append(ev)
-            for pred, fut in list(self._waiters):
-                if not fut.done() and pred(ev):
-                    fut.set_result(ev)
+        self.events.extend(events)
 
     async def wait_for(self, pred: Any, timeout: float = 60, after: int = 0) -> Event:
         """The first event from index `after` on that matches, awaited if none has yet."""
-        for ev in self.events[after:]:
-            if pred(ev):
-                return ev
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        return await asyncio.wait_for(fut, timeout)
+        return await until(lambda: next((ev for ev in self.events[after:] if pred(ev)), None),
+                           f"an event that matches {describe(pred)}", timeout=timeout)
 
 
 def _supervisor(tmp_path: Path, backend: str, scale: str, publish: _Recorder,

@@ -9,6 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from mlrb_tui.frame import Frame
 from mlrb_tui.state import one_line
 
 DEFAULT_REASON = "killed by operator"
@@ -42,6 +43,9 @@ class KillConfirm(ModalScreen[bool]):
                 yield Button("Cancel", variant="primary", id="cancel")
                 yield Button(f"Kill {len(self.runs)} run" + ("s" if len(self.runs) > 1 else ""),
                              variant="error", id="kill")
+
+    def repaint(self, frame: Frame) -> None:
+        """It shows what it was opened with: a new frame changes nothing in it."""
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()

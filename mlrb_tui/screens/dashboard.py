@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
+from mlrb_tui.controls import Selection
+from mlrb_tui.frame import Frame
 from mlrb_tui.state import FleetState
 from mlrb_tui.widgets.runs_table import RunsTable
 from runner.events import RunStatus
-
-if TYPE_CHECKING:
-    from mlrb_tui.app import MLRBApp
 
 
 class DashboardScreen(Screen[None]):
@@ -26,7 +26,15 @@ class DashboardScreen(Screen[None]):
         Binding("l", "logs", "Logs", show=False, id="logs"),
     ]
 
-    app: MLRBApp
+    @dataclass
+    class OpenRun(Message):
+        """The operator asked for a run's view (`logs`: its sandbox output full screen)."""
+
+        run: str
+        logs: bool = False
+
+    class FilterChanged(Message):
+        """The filter changed what the table shows: the summary line is out of date."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,10 +60,16 @@ class DashboardScreen(Screen[None]):
         self.filter_input.display = False
         self.table.focus()
 
-    def sync(self, fleet: FleetState, now: float, runs: list[str]) -> None:
-        self.table.sync(fleet, now, runs)
-        self._set("#topbar", self.app.topbar_text())
-        self._set("#summary", self._summary(fleet))
+    def repaint(self, frame: Frame) -> None:
+        """The changed rows, the top bar and the summary; nothing when nothing changed."""
+        if not frame.fresh:
+            return
+        self.table.sync(frame.fleet, frame.now, frame.changed)
+        self._set("#topbar", frame.topbar)
+        self._set("#summary", self._summary(frame.fleet))
+
+    def selection(self) -> Selection:
+        return self.table.selection()
 
     def _set(self, selector: str, text: Text) -> None:
         # a Static's update lays out the whole screen again: skip it when nothing changed
@@ -84,17 +98,17 @@ class DashboardScreen(Screen[None]):
     def action_open_run(self) -> None:
         run = self.table.current_run
         if run is not None:
-            self.app.open_run(run)
+            self.post_message(self.OpenRun(run))
 
     def action_logs(self) -> None:
         """The run under the cursor, its sandbox output full screen."""
         run = self.table.current_run
         if run is not None:
-            self.app.open_run(run, logs=True)
+            self.post_message(self.OpenRun(run, logs=True))
 
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:
-        self.app.open_run(event.run)
+        self.post_message(self.OpenRun(event.run))
 
     def action_filter(self) -> None:
         box = self.filter_input
@@ -108,12 +122,12 @@ class DashboardScreen(Screen[None]):
             self.filter_input.display = False
             self.table.set_filter("")
             self.table.focus()
-            self.app.request_repaint()
+            self.post_message(self.FilterChanged())
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.table.set_filter(event.value)
-        self.app.request_repaint()
+        self.post_message(self.FilterChanged())
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, event: Input.Submitted) -> None:

@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from mlrb_tui.frame import Frame
+
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [
@@ -33,6 +35,9 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             for note in self.notes:
                 yield Static(Text(note, style="dim"), classes="note")
+
+    def repaint(self, frame: Frame) -> None:
+        """It shows what it was opened with: a new frame changes nothing in it."""
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(None)

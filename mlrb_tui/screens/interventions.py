@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, TextArea
 
+from mlrb_tui.frame import Frame
 from mlrb_tui.state import one_line
 from runner.control import LIMIT_NAMES
 
@@ -55,6 +56,9 @@ class Dialog(ModalScreen[Entered | None]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button(self.OK_LABEL, variant=self.OK_VARIANT, id="ok")  # type: ignore[arg-type]
+
+    def repaint(self, frame: Frame) -> None:
+        """It shows what it was opened with: a new frame changes nothing in it."""
 
     def entered(self) -> Entered:
         """The dialog's result; raises ValueError with words the operator reads."""

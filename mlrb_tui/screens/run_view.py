@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
+from mlrb_tui.controls import Selection
+from mlrb_tui.frame import Frame
 from mlrb_tui.replay import ReplayController
 from mlrb_tui.signals import RunSignals
 from mlrb_tui.state import RunState
@@ -22,9 +26,6 @@ from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.run_header import RunHeader
 from mlrb_tui.widgets.scrubber import Scrubber
 from mlrb_tui.widgets.timeline import IS_ERROR, IS_INTERVENTION, IS_SCORE, ActionLog
-
-if TYPE_CHECKING:
-    from mlrb_tui.app import MLRBApp
 
 REPLAY_BINDINGS = [
     Binding("space", "play_pause", "Play/pause", id="replay.play", priority=True),
@@ -40,8 +41,17 @@ REPLAY_BINDINGS = [
 ]
 
 
+class RunFeed(Protocol):
+    """Where a live run view gets its run's state (the console's LiveSource)."""
+
+    async def open_run(self, run: str) -> RunState: ...
+
+    def close_run(self, run: str) -> None: ...
+
+
 class RunScreen(Screen[None]):
-    """One run. With a ReplayController it plays the recording; else it follows live."""
+    """One run. With a ReplayController it plays the recording; else it follows live,
+    its state backfilled from `feed`."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="back"),
@@ -59,15 +69,44 @@ class RunScreen(Screen[None]):
         *REPLAY_BINDINGS,
     ]
 
-    app: MLRBApp
+    @dataclass
+    class Approve(Message):
+        """Approve the waiting call as the agent made it."""
 
-    def __init__(self, run: str, replay: ReplayController | None = None, *,
-                 logs: bool = False) -> None:
+        run: str
+        call_id: str
+
+    @dataclass
+    class EditApprove(Message):
+        """Edit the waiting call's arguments (`args_json`), then approve it."""
+
+        run: str
+        call_id: str
+        name: str
+        args_json: str
+
+    @dataclass
+    class Reject(Message):
+        """Reject the waiting call, with a reason the agent reads."""
+
+        run: str
+        call_id: str
+        name: str
+
+    class ReplayClosed(Message):
+        """The operator left the replay, the console's only screen."""
+
+    def __init__(self, run: str, feed: RunFeed | None = None, *,
+                 replay: ReplayController | None = None, logs: bool = False,
+                 readonly: bool = False, frame: Frame | None = None) -> None:
         super().__init__()
         self.run = run
+        self.feed = feed
         self.replay = replay
+        self.readonly = readonly
         self.logs_first = logs  # opened with `l`: the sandbox output fills the screen
         self._ready = False  # its widgets are mounted: the repaint timer may paint it
+        self._frame = frame  # the latest the timer handed over, painted from between frames
         self.state: RunState | None = replay.state if replay is not None else None
         self._last_tick = time.monotonic()
 
@@ -98,7 +137,7 @@ class RunScreen(Screen[None]):
         if action == "toggle_entry":
             return self.replay is None
         if action in ("approve", "edit_approve", "reject"):
-            if self.replay is not None or self.app.readonly:
+            if self.replay is not None or self.readonly:
                 return False
             return self.pending_call() is not None or None  # None: shown greyed out
         return True
@@ -117,44 +156,55 @@ class RunScreen(Screen[None]):
         if self.replay is None:
             self._load()
         else:
-            self.repaint(self.app.now())
+            self._paint()
 
     @work(exclusive=True, group="run-backfill")
     async def _load(self) -> None:
-        self.state = await self.app.source.open_run(self.run)
-        self.repaint(self.app.now())
+        if self.feed is not None:
+            self.state = await self.feed.open_run(self.run)
+        self._paint()
 
     def on_unmount(self) -> None:
-        if self.replay is None:
-            self.app.source.close_run(self.run)
+        if self.replay is None and self.feed is not None:
+            self.feed.close_run(self.run)
+
+    def selection(self) -> Selection:
+        return Selection(self.run)
 
     # -- painting -------------------------------------------------------------------
     def row(self) -> dict[str, Any]:
         if self.replay is not None:
             return self.replay.row
-        return self.app.fleet.rows.get(self.run) or {"run": self.run, "status": "?"}
+        fleet = self._frame.fleet if self._frame is not None else None
+        return (fleet.rows.get(self.run) if fleet else None) or {"run": self.run, "status": "?"}
 
     def signals(self) -> RunSignals | None:
         """Live: the fleet's (it saw every event since the console opened); replay: the view's."""
-        if self.replay is None and self.run in self.app.fleet.signals:
-            return self.app.fleet.signals[self.run]
+        fleet = self._frame.fleet if self._frame is not None else None
+        if self.replay is None and fleet is not None and self.run in fleet.signals:
+            return fleet.signals[self.run]
         return self.state.signals if self.state is not None else None
 
-    def tick(self) -> None:
-        """Called at the repaint rate; advances a playing replay."""
-        if self.replay is None:
-            return
-        mono = time.monotonic()
-        dt, self._last_tick = mono - self._last_tick, mono
-        if self.replay.playing:
-            self.replay.advance(dt)
-
-    def repaint(self, now: float) -> None:
-        if not self._ready:  # pushed, not yet mounted: the timer got here first
+    def repaint(self, frame: Frame) -> None:
+        """At the repaint rate: a playing replay moves on; the view follows the frame."""
+        self._frame = frame
+        if not self.is_active:  # under a dialog it waits, and a replay does not play on
             return
         if self.replay is not None:
-            now = self.replay.now_ts
-        self.query_one("#topbar", Static).update(self.app.topbar_text())
+            mono = time.monotonic()
+            dt, self._last_tick = mono - self._last_tick, mono
+            if self.replay.playing:
+                self.replay.advance(dt)
+        elif not frame.fresh:
+            return
+        self._paint()
+
+    def _paint(self) -> None:
+        frame = self._frame
+        if not self._ready or frame is None:  # pushed, not yet mounted: the timer got here first
+            return
+        now = self.replay.now_ts if self.replay is not None else frame.now
+        self.query_one("#topbar", Static).update(frame.topbar)
         state = self.state
         self.query_one(RunHeader).show(self.row(), now, self.signals())
         if state is not None:
@@ -185,8 +235,8 @@ class RunScreen(Screen[None]):
             box.display = False
             self.query_one(ActionLog).focus()
             return
-        if self.app.replay_run is not None and len(self.app.screen_stack) <= 2:
-            self.app.exit()
+        if self.replay is not None:
+            self.post_message(self.ReplayClosed())
             return
         self.dismiss(None)
 
@@ -239,21 +289,21 @@ class RunScreen(Screen[None]):
     def action_approve(self) -> None:
         call = self.pending_call()
         if call is not None:
-            self.app.approve(self.run, call.call_id)
+            self.post_message(self.Approve(self.run, call.call_id))
 
     def action_edit_approve(self) -> None:
         call = self.pending_call()
         if call is not None:
-            self.app.edit_then_approve(self.run, call.call_id, call.name, call.args_json())
+            self.post_message(self.EditApprove(self.run, call.call_id, call.name, call.args_json()))
 
     def action_reject(self) -> None:
         call = self.pending_call()
         if call is not None:
-            self.app.reject(self.run, call.call_id, call.name)
+            self.post_message(self.Reject(self.run, call.call_id, call.name))
 
     def _after_replay_action(self) -> None:
         self._last_tick = time.monotonic()
-        self.repaint(self.app.now())
+        self._paint()
 
     def action_play_pause(self) -> None:
         if self.replay is not None:

@@ -27,6 +27,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from mlrb_tui.cells import COLUMNS, Value, fit, row_values, sort_value
+from mlrb_tui.controls import Selection
 from mlrb_tui.state import FleetState, one_line
 
 MARK = "● "
@@ -173,12 +174,9 @@ class RunsTable(ScrollView, can_focus=True):
             return None
         return self._order[min(self.cursor_row, len(self._order) - 1)]
 
-    def targets(self) -> list[str]:
-        """The runs a control applies to: the marked ones, else the one under the cursor."""
-        if self.marked:
-            return sorted(r for r in self.marked if r in self._rows)
-        run = self.current_run
-        return [run] if run else []
+    def selection(self) -> Selection:
+        """The run under the cursor and the marked runs the filter still shows."""
+        return Selection(self.current_run, tuple(r for r in self.marked if r in self._rows))
 
     def row_index(self, run: str) -> int:
         return self._index[run]

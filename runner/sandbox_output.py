@@ -1,0 +1,106 @@
+"""A sandbox's output as events: stdout and stderr in chunks merged by stream, and training
+metrics, from Trainer log lines in the output and from the metrics file.
+
+Output arrives in many small pieces; it is buffered and flushed every `OUTPUT_FLUSH_S`, or
+sooner once `OUTPUT_CHUNK` characters are waiting, so a chatty command makes few events.
+Metrics from both sources share one step count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from runner.escapes import strip_escapes
+from runner.metrics import MetricsTail, parse_trainer_line
+from runner.sandbox import METRICS_FILE
+
+OUTPUT_FLUSH_S = 0.1
+OUTPUT_CHUNK = 8 * 1024
+MAX_EVENT_TEXT = 200_000
+MAX_PARTIAL_LINE = 4096
+METRICS_POLL_S = 0.5
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Spawn = Callable[[Awaitable[Any]], None]
+
+
+class SandboxOutput:
+    def __init__(self, workspace: Path, emit: Emit, spawn: Spawn) -> None:
+        self._workspace = workspace
+        self._emit = emit
+        self._spawn = spawn  # work started from a synchronous output callback
+        self._buf: list[tuple[str, str]] = []
+        self._size = 0
+        self._line = ""  # the unfinished last line, for Trainer log lines split across pieces
+        self._step = 0
+        self._tail: MetricsTail | None = None
+
+    def add(self, stream: str, text: str) -> None:
+        """One piece of a command's output, as the sandbox delivers it."""
+        text = strip_escapes(text)
+        if not text:
+            return
+        self._buf.append((stream, text))
+        self._size += len(text)
+        # metrics printed as Trainer log dicts
+        lines = (self._line + text).split("\n")
+        self._line = lines.pop()[-MAX_PARTIAL_LINE:]
+        for line in lines:
+            parsed = parse_trainer_line(line)
+            if parsed is not None:
+                self._spawn(self.emit_metric(parsed, "stdout"))
+        if self._size >= OUTPUT_CHUNK:
+            self._spawn(self.flush())
+
+    def take_chunks(self) -> list[tuple[str, str]]:
+        """The buffered output as (stream, text) chunks: consecutive pieces of one stream
+        merged until a chunk holds `OUTPUT_CHUNK` characters; the buffer is emptied."""
+        buf, self._buf, self._size = self._buf, [], 0
+        merged: list[tuple[str, str]] = []
+        for stream, text in buf:
+            if merged and merged[-1][0] == stream and len(merged[-1][1]) < OUTPUT_CHUNK:
+                merged[-1] = (stream, merged[-1][1] + text)
+            else:
+                merged.append((stream, text))
+        return merged
+
+    async def flush(self) -> None:
+        for stream, text in self.take_chunks():
+            await self._emit("sandbox.output", {"stream": stream, "text": text[:MAX_EVENT_TEXT]})
+
+    def metric(self, parsed: dict[str, Any], source: str) -> dict[str, Any]:
+        """A `metric` event's data; a metric without a step takes the one after the last."""
+        step = parsed["step"]
+        if step is None:
+            self._step += 1
+            step = self._step
+        else:
+            self._step = step
+        return {"step": step, "values": parsed["values"], "source": source}
+
+    async def emit_metric(self, parsed: dict[str, Any], source: str) -> None:
+        await self._emit("metric", self.metric(parsed, source))
+
+    async def flush_every(self) -> None:
+        """Flush on a short period, for as long as the run lives."""
+        while True:
+            await asyncio.sleep(OUTPUT_FLUSH_S)
+            await self.flush()
+
+    async def follow_metrics(self) -> None:
+        """Follow the metrics file the in-sandbox helper appends to, for as long as the run lives."""
+        self._tail = tail = MetricsTail(self._workspace, METRICS_FILE)
+        while True:
+            for parsed in await asyncio.to_thread(tail.read):
+                await self.emit_metric(parsed, "file")
+            await asyncio.sleep(METRICS_POLL_S)
+
+    async def read_last_metrics(self) -> None:
+        """Metrics written in the run's last moments, after the follower stopped."""
+        if self._tail is None:
+            return
+        for parsed in self._tail.read():
+            await self.emit_metric(parsed, "file")
