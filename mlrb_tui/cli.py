@@ -144,12 +144,13 @@ def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
 async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str:
     """Queue a job on the bus and wait until a runner creates its run."""
     from runner.bus import EventSubscriber, submit_job
+    from runner.event_data import RunCreatedData
 
     found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_events(events: list[Any]) -> None:
         for ev in events:
-            if ev.kind == "run.created" and ev.data.get("job") == job["id"] and not found.done():
+            if isinstance(ev.body, RunCreatedData) and ev.body.job == job["id"] and not found.done():
                 found.set_result(ev.run)
 
     sub = EventSubscriber(bus, on_events)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from mlrb_tui.state import FleetState, one_line
 from runner.control import ControlCommand
+from runner.event_data import ControlAckData
 from runner.events import TERMINAL_STATUSES
 
 # the actions of the `control(...)` key action: the reason says it all
@@ -173,12 +174,15 @@ class Controls:
         self.fleet.acks.clear()
         out = []
         for ev in acks:
-            cmd = self.sent.pop(str(ev.data.get("command_id")), None)
+            ack = ev.body
+            if not isinstance(ack, ControlAckData):
+                continue
+            cmd = self.sent.pop(ack.command_id, None)
             if cmd is None:
                 continue
             self.acks_seen += 1
-            why = one_line(ev.data.get("reason", ""), 120)
-            if ev.data.get("accepted"):
+            why = one_line(ack.reason, 120)
+            if ack.accepted:
                 text = f"{cmd.action} {cmd.run}: accepted" + (f" ({why})" if why else "")
                 out.append(Notice(text, title="runner", timeout=6))
             else:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from runner.control import LimitName
+from runner.event_data import UsageData
 
 WARN_FRACTION = 0.8
 
@@ -81,10 +82,10 @@ class Budget:
         self.cost = 0.0
         self._warned: set[str] = set()
 
-    def count_usage(self, data: dict[str, Any]) -> None:
-        """Tokens and cost from one `usage` event's data."""
-        self.tokens += int(data.get("input_tokens") or 0) + int(data.get("output_tokens") or 0)
-        self.cost += float(data.get("cost_usd") or 0.0)
+    def count_usage(self, usage: UsageData) -> None:
+        """Tokens and cost from one `usage` event."""
+        self.tokens += usage.input_tokens + usage.output_tokens
+        self.cost += usage.cost_usd
 
     @property
     def time_left(self) -> float:

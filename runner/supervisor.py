@@ -26,6 +26,7 @@ from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
 from runner.escapes import strip_escapes
+from runner.event_data import UsageData
 from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
 from runner.integrity_check import integrity_flags
@@ -139,8 +140,8 @@ class RunSupervisor:
     def _observe(self, ev: Event) -> None:
         if ev.kind in ("resource", "gpu"):
             self.telemetry.add(ev.kind, ev.data, ev.ts)
-        elif ev.kind == "usage":
-            self.budget.count_usage(ev.data)
+        elif isinstance(ev.body, UsageData):
+            self.budget.count_usage(ev.body)
 
     async def _agent_emit(self, kind: str, data: dict[str, Any]) -> None:
         if kind not in ("agent.error", "agent.message", "usage"):

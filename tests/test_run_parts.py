@@ -13,6 +13,7 @@ from runner.agents.base import ScriptedAgent
 from runner.approvals import Approvals, Decision
 from runner.budget import WARN_FRACTION, Budget, RunClock, RunLimits
 from runner.control import ACTION_ARGS, ACTIONS, ControlCommand, InvalidArgs
+from runner.event_data import UsageData
 from runner.events import Event
 from runner.journal import Journal, JournalReader
 from runner.pause import Pause
@@ -138,8 +139,8 @@ def test_a_limit_warns_once_at_80_percent_and_ends_at_100():
 
 def test_usage_counts_against_tokens_and_cost_and_a_reached_limit_comes_last():
     budget = Budget(RunLimits(time_s=3600, tokens=100, cost_usd=1.0))
-    budget.count_usage({"input_tokens": 60, "output_tokens": 25, "cost_usd": 0.5})
-    budget.count_usage({"input_tokens": None, "cost_usd": 0.6})
+    budget.count_usage(UsageData(input_tokens=60, output_tokens=25, cost_usd=0.5))
+    budget.count_usage(UsageData(cost_usd=0.6))  # no input tokens reported
     crossings = budget.check()
     assert [(c.name, c.level) for c in crossings] == [("tokens", "warning"), ("cost_usd", "reached")]
     assert crossings[-1].reason == "cost_usd limit reached (1.1 of 1)"
