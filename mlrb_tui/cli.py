@@ -464,10 +464,10 @@ def assets() -> None:
 
 
 def _asset_store() -> Any:
-    from runner.assets import AssetStore, hub_endpoint, hub_token
+    from runner.assets import AssetStore
 
     cfg = _cfg()
-    return AssetStore(cfg.home, endpoint=hub_endpoint(cfg.raw), token=hub_token(cfg.raw),
+    return AssetStore(cfg.home, endpoint=cfg.hub_endpoint, token=cfg.hub_token,
                       log=lambda s: click.echo(s, err=True))
 
 

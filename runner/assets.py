@@ -608,17 +608,3 @@ def _write_ref(repo: Path, revision: str | None, commit: str) -> None:
         tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(commit)
         tmp.replace(ref)
-
-
-def hub_token(config_raw: dict[str, Any]) -> str | None:
-    """The token for gated repositories: HF_TOKEN, else `[hub] token` in the config."""
-    env = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    hub = config_raw.get("hub", {})
-    cfg = hub.get("token") if isinstance(hub, dict) else None
-    return env or (str(cfg) if cfg else None)
-
-
-def hub_endpoint(config_raw: dict[str, Any]) -> str | None:
-    hub = config_raw.get("hub", {})
-    cfg = hub.get("endpoint") if isinstance(hub, dict) else None
-    return os.environ.get("HF_ENDPOINT") or (str(cfg) if cfg else None)

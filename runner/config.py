@@ -91,6 +91,13 @@ class ProvidersTable(_Table):
     openai: ProviderTable | None = None
 
 
+class HubTable(_Table):
+    """Where models and datasets are fetched from (runner.assets); the token stays on the host."""
+
+    endpoint: str | None = None  # HF_ENDPOINT wins
+    token: str | None = None  # for gated repositories; HF_TOKEN wins
+
+
 class ConfigFile(_Table):
     """The config file: one model per table."""
 
@@ -99,6 +106,7 @@ class ConfigFile(_Table):
     runner: RunnerTable = Field(default_factory=RunnerTable)
     console: ConsoleTable = Field(default_factory=ConsoleTable)
     providers: ProvidersTable = Field(default_factory=ProvidersTable)
+    hub: HubTable = Field(default_factory=HubTable)
 
 
 @dataclass
@@ -112,7 +120,9 @@ class Config:
     repaint_hz: float = 8.0
     keys: dict[str, str] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
+    hub_endpoint: str | None = None
+    hub_token: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold keys and tokens
 
     @property
     def db_path(self) -> Path:
@@ -197,6 +207,9 @@ def load_config(home: Path | None = None) -> Config:
         repaint_hz=file.console.repaint_hz,
         keys=dict(file.console.keys),
         providers=providers,
+        hub_endpoint=os.environ.get("HF_ENDPOINT") or file.hub.endpoint,
+        hub_token=(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+                   or file.hub.token),
         raw=raw,
     )
 

@@ -12,7 +12,8 @@ from runner.config import ConfigError, ProviderTable, load_config
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("MLRB_CONFIG", "MLRB_BUS_URL", "MLRB_SANDBOX", "MLRB_SANDBOX_IMAGE"):
+    for var in ("MLRB_CONFIG", "MLRB_BUS_URL", "MLRB_SANDBOX", "MLRB_SANDBOX_IMAGE", "HF_ENDPOINT",
+                "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
@@ -75,12 +76,26 @@ def test_the_environment_wins_over_the_file(home: Path, monkeypatch: pytest.Monk
         load_config(home)
 
 
+def test_the_hub_table_and_its_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(home, '[hub]\nendpoint = "http://hub.lab:8080"\ntoken = "hf_file"\n')
+    cfg = load_config(home)
+    assert (cfg.hub_endpoint, cfg.hub_token) == ("http://hub.lab:8080", "hf_file")
+    assert "hf_file" not in repr(cfg)  # a token is never printed with the config
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_env")
+    cfg = load_config(home)
+    assert (cfg.hub_endpoint, cfg.hub_token) == ("http://127.0.0.1:9", "hf_env")
+    write(home, '[hub]\ntokn = "x"\n')
+    with pytest.raises(ConfigError, match="hub.tokn|tokn"):
+        load_config(home)
+
+
 def test_an_unknown_key_is_named_with_the_file_and_the_known_keys(home: Path) -> None:
     path = write(home, "[consle]\nrepaint_hz = 4\n")
     with pytest.raises(ConfigError) as caught:
         load_config(home)
     assert str(caught.value) == (f"{path}: unknown key 'consle' "
-                                 "(known: bus, console, providers, runner, sandbox)")
+                                 "(known: bus, console, hub, providers, runner, sandbox)")
     write(home, "[console]\nrepaint = 4\n")
     with pytest.raises(ConfigError, match=r"unknown key 'console\.repaint' \(known: keys, repaint_hz\)"):
         load_config(home)
