@@ -325,7 +325,7 @@ class RunnerEndpoint:
                 batch: list[Event] = []
                 size = 2
                 while st.pending and len(batch) < MAX_BATCH_EVENTS:
-                    n = len(st.pending[0].to_json()) + 1
+                    n = len(st.pending[0].wire) + 1
                     if batch and size + n > MAX_BATCH_BYTES:
                         break
                     batch.append(st.pending.popleft())
@@ -349,7 +349,7 @@ class RunnerEndpoint:
         cur: list[Event] = []
         size = 2
         for ev in events:
-            n = len(ev.to_json()) + 1
+            n = len(ev.wire) + 1
             if cur and (len(cur) >= MAX_BATCH_EVENTS or size + n > MAX_BATCH_BYTES):
                 out.append(cur)
                 cur, size = [], 2
@@ -363,7 +363,7 @@ class RunnerEndpoint:
         parts: list[bytes] = []
         for ev in events:
             try:
-                parts.append(ev.to_json().encode())
+                parts.append(ev.wire)
             except (TypeError, ValueError) as exc:
                 self.skipped += 1
                 log.error("bus: event %s/%s cannot be encoded: %s", ev.run, ev.seq, exc)

@@ -89,6 +89,8 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     v: int = SCHEMA_VERSION
     body: EventData = field(init=False, repr=False, compare=False)
+    # the encoded event, made once: a publisher sizes its batch with it, then sends it
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "body", validate_data(self.kind, self.data))
@@ -105,6 +107,14 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @property
+    def wire(self) -> bytes:
+        """The event as it goes on the bus (UTF-8 JSON), encoded once."""
+        if self._wire is None:
+            object.__setattr__(self, "_wire", self.to_json().encode())
+        assert self._wire is not None
+        return self._wire
 
     @property
     def key(self) -> tuple[str, int]:
