@@ -203,9 +203,11 @@ def write_big_run(path: Path, n: int) -> str:
                                                 "output": "ok", "exit_code": 0}, ts=ts))
         else:
             kinds += 1
-            batch.append(f.make("operator.message" if kinds % 2 else "agent.error",
-                                {"operator": "bench", "reason": "check", "text": "hi",
-                                 "error": "x", "detail": "y"}, ts=ts))
+            if kinds % 2:
+                batch.append(f.make("operator.message", {"operator": "bench", "reason": "check",
+                                                         "text": "hi"}, ts=ts))
+            else:
+                batch.append(f.make("agent.error", {"error": "x", "detail": "y"}, ts=ts))
         if len(batch) >= 20000:
             journal.write_sync(batch)
             batch = []
