@@ -1,18 +1,25 @@
 """The embedded broker of a one-machine setup: Mosquitto, spawned on a loopback port.
 
 Mosquitto runs as a child process on a loopback port, configured from a file in the
-workdir; if the port is taken another free one is chosen. Without Mosquitto there is no
-bus: `MosquittoMissing` says how to install it.
+workdir; if the port is taken another free one is chosen. A watch task restarts it on the
+same port if it dies; persistence keeps retained messages and persistent sessions across a
+restart; on Linux a parent-death signal ends it with its parent, even on `kill -9`. Without
+Mosquitto there is no bus: `MosquittoMissing` says how to install it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
+import pwd
 import shutil
+import signal
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -20,6 +27,9 @@ log = logging.getLogger(__name__)
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
+AUTOSAVE_INTERVAL = 2  # seconds: what a kill -9 can lose of retained messages and sessions
+RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 0.1, 2.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # one line: the CLI prints it as its error
 INSTALL_HINT = ("Mosquitto is required for the bus and is not installed: apt-get install mosquitto "
                 "(Debian), brew install mosquitto (Homebrew), or run its container image "
@@ -68,6 +78,34 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel SIGTERM the child when its parent dies (Linux only).
+
+    The signal fires when the spawning thread exits, so the broker is spawned from the event
+    loop's thread, never a worker thread. Elsewhere there is no such signal: None, and the
+    child stays in the parent's process group instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
+
+
+def _own_user() -> str:
+    # mosquitto started as root drops to user "mosquitto", which clears the parent-death
+    # signal and cannot write the workdir; naming our own user keeps both
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "root" if os.geteuid() == 0 else ""
+
+
 async def _accepts(port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
@@ -89,6 +127,8 @@ class EmbeddedBroker:
         self.port = port or 0
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.restarts = 0  # how often the watch brought a dead mosquitto back
 
     async def start(self) -> str:
         """Start the broker; return its URL once it accepts connections."""
@@ -110,16 +150,22 @@ class EmbeddedBroker:
             self.port = port
             self.url = f"mqtt://127.0.0.1:{port}"
             log.info("broker: %s on %s", self.kind, self.url)
+            self._watch = asyncio.create_task(self._supervise(exe), name="broker-watch")
             return self.url
         raise BrokerError(f"no free port for the broker after {PORT_ATTEMPTS} attempts: {last}")
 
     async def _start_mosquitto(self, exe: str, port: int) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        user = _own_user()
         conf.write_text(
             f"listener {port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            + (f"user {user}\n" if user else "")
+            + "persistence true\n"
+            f"persistence_location {self.workdir.resolve()}/\n"
+            "persistence_file mosquitto.db\n"
+            f"autosave_interval {AUTOSAVE_INTERVAL}\n"
             # a console that falls behind must not lose events of a burst
             "max_queued_messages 100000\n"
             "max_inflight_messages 1000\n"
@@ -129,20 +175,30 @@ class EmbeddedBroker:
             "log_type warning\n"
         )
         errlog = self.workdir / "mosquitto.log"
+        hook = _die_with_parent()
         with open(errlog, "wb") as err:
+            # with the parent-death signal, its own session keeps a terminal's Ctrl-C away
+            # from it; without, it stays in our process group so it ends with the group
             proc = await asyncio.create_subprocess_exec(
                 exe, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=True)
+                stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=hook is not None,
+                preexec_fn=hook)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        while loop.time() < deadline:
-            if proc.returncode is not None:
-                break
-            if await _accepts(port):
-                self._proc = proc
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.05)
+        try:
+            while loop.time() < deadline:
+                if proc.returncode is not None:
+                    break
+                if await _accepts(port):
+                    self._proc = proc
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.05)
+        except BaseException:  # cancelled while it starts: leave no orphan behind
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
@@ -153,7 +209,35 @@ class EmbeddedBroker:
             raise _PortTaken(stderr)
         raise BrokerError(f"mosquitto exited with {proc.returncode} at start: {stderr}")
 
+    async def _supervise(self, exe: str) -> None:
+        """Until cancelled: wait for mosquitto to exit, then start it again on the same port."""
+        while True:
+            proc = self._proc
+            assert proc is not None
+            code = await proc.wait()
+            self.restarts += 1
+            tail = _tail(self.workdir / "mosquitto.log")
+            log.warning("broker: mosquitto exited with %s%s; restarting on port %d (restart %d)",
+                        code, f" ({tail})" if tail else "", self.port, self.restarts)
+            delay = RESTART_BACKOFF_MIN
+            while True:
+                try:
+                    await self._start_mosquitto(exe, self.port)
+                    break
+                except (BrokerError, _PortTaken, OSError) as exc:  # the port may be briefly unusable
+                    log.warning("broker: restart %d on port %d failed (%s); retrying in %.1fs",
+                                self.restarts, self.port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_MAX)
+            log.info("broker: mosquitto back on %s (restart %d)", self.url, self.restarts)
+
     async def stop(self) -> None:
+        """Stop the watch first, so this exit is not restarted, then mosquitto."""
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if self._proc is not None:
             proc, self._proc = self._proc, None
             if proc.returncode is None:
@@ -178,3 +262,10 @@ class EmbeddedBroker:
 
 class _PortTaken(Exception):
     pass
+
+
+def _tail(path: Path) -> str:
+    try:
+        return " ".join(path.read_text(errors="replace")[-500:].split())
+    except OSError:
+        return ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -9,8 +12,11 @@ import aiomqtt
 import pytest
 
 import runner.embedded_broker as broker_mod
+from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint
 from runner.embedded_broker import BrokerError, EmbeddedBroker, MosquittoMissing, find_mosquitto
-from tests.conftest import require
+from runner.events import Event, EventFactory
+from runner.journal import Journal, JournalReader
+from tests.conftest import require, until
 
 
 async def roundtrip(url_port: int) -> bytes:
@@ -28,7 +34,9 @@ async def test_mosquitto_is_spawned_and_serves(tmp_path: Path) -> None:
     async with EmbeddedBroker(tmp_path) as b:
         assert b.kind == "mosquitto" and b.running
         assert b.url == f"mqtt://127.0.0.1:{b.port}"
-        assert "persistence false" in (tmp_path / "mosquitto.conf").read_text()
+        conf = (tmp_path / "mosquitto.conf").read_text()
+        assert "persistence true" in conf and f"persistence_location {tmp_path.resolve()}/" in conf
+        assert "autosave_interval" in conf
         assert await roundtrip(b.port) == b"pong"
     assert not b.running
 
@@ -79,3 +87,94 @@ async def test_a_broker_that_dies_at_start_is_reported_with_its_stderr(
     monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: str(fake))
     with pytest.raises(BrokerError, match="exited with 3.*Unable to open config file"):
         await EmbeddedBroker(tmp_path / "w").start()
+
+
+def _pid(b: EmbeddedBroker) -> int:
+    assert b._proc is not None
+    return b._proc.pid
+
+
+async def _retained(port: int, topic: str) -> bytes:
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        await c.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for m in c.messages:
+                return bytes(m.payload)  # type: ignore[arg-type]
+    raise AssertionError("no retained message")
+
+
+async def test_a_killed_broker_is_back_on_its_port_with_its_retained_messages(tmp_path: Path) -> None:
+    require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path)
+    await b.start()
+    try:
+        async with aiomqtt.Client("127.0.0.1", b.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish("mlrb/runner/h/state", b"online", qos=1, retain=True)
+        db = tmp_path / "mosquitto.db"
+        # the autosave has written it: a kill -9 loses nothing published before
+        await until(lambda: db.exists() and b"mlrb/runner/h/state" in db.read_bytes(),
+                    "the retained message in the persistence file", timeout=10)
+        first, port, url = _pid(b), b.port, b.url
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: b.restarts == 1 and b.running, "the broker restarted", timeout=10)
+        assert _pid(b) != first and b.port == port and b.url == url
+        assert await _retained(port, "mlrb/runner/h/state") == b"online"
+        assert await roundtrip(port) == b"pong"
+    finally:
+        await b.stop()
+
+
+async def test_a_stopped_broker_is_not_restarted(tmp_path: Path) -> None:
+    require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path)
+    await b.start()
+    pid, port = _pid(b), b.port
+    await b.stop()
+    assert not b.running and b.restarts == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    # the watch is gone: nothing comes back on the port
+    await until(lambda: broker_mod.port_is_free(port), "the port released", timeout=5)
+    assert not await broker_mod._accepts(port) and b.restarts == 0
+
+
+async def test_events_flow_again_after_the_broker_restarts(tmp_path: Path) -> None:
+    require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path / "broker")
+    await b.start()
+    journal = Journal(tmp_path / "j.db")
+    reader = JournalReader(tmp_path / "j.db")
+    got: set[int] = set()
+
+    def sink(events: list[Event]) -> None:
+        got.update(e.seq for e in events)
+
+    config = BusConfig(b.url)
+    sub = EventSubscriber(config, sink)
+    sub_task = asyncio.create_task(sub.run())
+    pub = RunnerEndpoint(config, "host-a", reader.events)
+    await pub.start()
+    try:
+        await asyncio.wait_for(sub.ready.wait(), 10)
+        factory = EventFactory("run-a", next_seq=1)
+        before = [factory.make("sandbox.output", {"stream": "stdout", "text": f"{i}"}) for i in range(10)]
+        await journal.write(before)
+        pub.publish(before)
+        await until(lambda: len(got) == 10, "the first events")
+        os.kill(_pid(b), signal.SIGKILL)
+        await until(lambda: not pub.connected and not sub.connected, "both to see the broker gone")
+        await until(lambda: b.restarts == 1 and b.running, "the broker restarted", timeout=10)
+        # the subscriber's session is a clean one: it must be back before the events are sent
+        await until(lambda: sub.connected, "the subscriber reconnected", timeout=15)
+        after = [factory.make("sandbox.output", {"stream": "stdout", "text": f"{i}"}) for i in range(10)]
+        await journal.write(after)
+        pub.publish(after)
+        await until(lambda: pub.connected, "the runner reconnected", timeout=15)
+        assert await pub.flush(15)
+        await until(lambda: got == set(range(1, 21)), "every event after the restart", timeout=15)
+    finally:
+        await pub.stop()
+        sub_task.cancel()
+        await b.stop()
+        journal.close()
+        reader.close()
