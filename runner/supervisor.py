@@ -34,8 +34,8 @@ from runner.journal import Journal
 from runner.pause import Level, Pause
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from runner.sandbox_output import SandboxOutput
-from runner.stall_watch import StallWatch, Thresholds
 from runner.scoring import Scorer
+from runner.stall_watch import StallWatch, Thresholds
 from runner.telemetry import TelemetryWindow
 from runner.tools import TOOL_SPECS, ToolBox
 from tasks.api import TaskSpec, prepare_workspace
