@@ -279,11 +279,12 @@ def _v_flags(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     live = sig is not None and row.get("status") not in TERMINAL_STATUSES
     return (row.get("isolated") == 0, int(row.get("flags") or 0),
             len(sig.pending) if live and sig is not None else 0,
-            sig.warning_text() if live and sig is not None else "")
+            sig.warning_text() if live and sig is not None else "",
+            sig.alarm_text() if live and sig is not None else "")
 
 
 def _r_flags(v: Value) -> Text:
-    local, flags, pending, warn = v
+    local, flags, pending, warn, alarm = v
     text = Text()
     if local:
         text.append("local ", style="bold red")
@@ -292,7 +293,9 @@ def _r_flags(v: Value) -> Text:
     if pending:
         text.append(f"✋{pending} ", style="bold yellow reverse")
     if warn:
-        text.append(f"⏱{warn}", style="bold yellow")
+        text.append(f"⏱{warn} ", style="bold yellow")
+    if alarm:
+        text.append(f"⚠{alarm}", style="bold magenta")
     text.rstrip()
     return text
 

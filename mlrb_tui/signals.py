@@ -1,5 +1,5 @@
 """What the operator must notice about a run besides its row: tool calls waiting for approval,
-limit warnings, the approval mode, and a short telemetry history drawn as sparklines.
+limit warnings, stall alarms, the approval mode, and a short telemetry history drawn as sparklines.
 
 Textual-free and bounded: the fleet keeps one `RunSignals` per run, the run view one more.
 """
@@ -19,16 +19,20 @@ from runner.event_data import (
     RunCreatedData,
     RunEndedData,
     RunLimitData,
+    RunWarningData,
     ToolApprovalData,
     ToolCallData,
     ToolResultData,
 )
 from runner.events import Event
+from runner.stall_watch import ALARM_CODES, IDLE_UTIL_PCT, QUIET_KINDS
 
 HISTORY = 60  # telemetry samples kept per series (a minute at 1 Hz)
 RECENT_CALLS = 32  # tool calls remembered per run, to find an approval's arguments
 MAX_PENDING = 64
 SPARK = "▁▂▃▄▅▆▇█"
+ALARM_MARKS = {"stalled": "stall", "gpu_idle": "idle", "llm_slow": "llm"}  # in the flags cell
+LLM_DONE = frozenset({"agent.step", "agent.message", "agent.error", "usage", "tool.call"})
 
 
 def sparkline(values: list[float], width: int = 12, top: float | None = None) -> str:
@@ -75,10 +79,13 @@ class RunSignals:
         self.approval_mode: bool | None = None  # None: not known from what was seen
         self.pending: OrderedDict[str, PendingCall] = OrderedDict()
         self.limit_warnings: dict[str, float] = {}  # limit name -> fraction used
+        self.alarms: dict[str, float | None] = {}  # active stall alarm code -> seconds it held
         self._calls: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 
     def apply(self, ev: Event) -> None:
         b = ev.body  # `type(b) is`: cheaper than an isinstance() that misses, on every event
+        if self.alarms and ev.kind not in QUIET_KINDS:
+            self._clear_alarms(ev.kind)
         if type(b) is ResourceData:
             if b.cpu_pct is not None:
                 self.cpu.append(b.cpu_pct)
@@ -91,6 +98,8 @@ class RunSignals:
         elif type(b) is GpuData:
             if b.util is not None:
                 self.gpu.append(b.util)
+                if b.util >= IDLE_UTIL_PCT:
+                    self.alarms.pop("gpu_idle", None)
         elif type(b) is RunCreatedData:
             if b.approval is not None:
                 self.approval_mode = b.approval
@@ -121,8 +130,25 @@ class RunSignals:
                 self.limit_warnings[b.limit] = b.fraction
         elif type(b) is OperatorLimitData:
             self.limit_warnings.pop(b.name, None)  # a new limit, a fresh warning
+        elif type(b) is RunWarningData:
+            if b.code in ALARM_CODES:
+                self.alarms[b.code] = b.idle_s
         elif type(b) is RunEndedData:
             self.pending.clear()
+
+    def _clear_alarms(self, kind: str) -> None:
+        """An event that ends an alarm's condition: any activity ends a stall, and so on."""
+        self.alarms.pop("stalled", None)
+        if kind == "tool.result":
+            self.alarms.pop("gpu_idle", None)
+        if kind in LLM_DONE:
+            self.alarms.pop("llm_slow", None)
+        if kind in ("run.held", "run.ended"):
+            self.alarms.clear()  # a stopped run raises no alarm
+
+    def alarm_text(self) -> str:
+        """'stall idle' for the active stall alarms; '' when none."""
+        return " ".join(ALARM_MARKS[c] for c in ALARM_CODES if c in self.alarms)
 
     def warning_text(self) -> str:
         """'time_s 82%' for the worst limit past its warning line; '' when none."""

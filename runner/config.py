@@ -12,6 +12,10 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     max_runs = 4
     [console]
     repaint_hz = 8
+    [alarms]                             # stall alarms; 0 turns one off
+    quiet_min = 30                       # a running run with no event
+    gpu_idle_min = 20                    # GPUs idle while a command runs
+    llm_call_s = 600                     # an LLM call still waiting
     [console.keys]                       # binding id -> keys, e.g. kill = "ctrl+x"
     [providers.anthropic]                # keys stay on the host; environment variables win
     base_url = "..."
@@ -72,6 +76,14 @@ class ConsoleTable(_Table):
     keys: dict[str, str] = Field(default_factory=dict)  # binding id -> keys
 
 
+class AlarmsTable(_Table):
+    """Stall alarms (runner.stall_watch): how long each condition may last; 0 turns it off."""
+
+    quiet_min: float = Field(default=30, ge=0)
+    gpu_idle_min: float = Field(default=20, ge=0)
+    llm_call_s: float = Field(default=600, ge=0)
+
+
 class ProviderTable(_Table):
     """Options of one LLM provider's agent (runner.agents.make_agent checks them again)."""
 
@@ -105,6 +117,7 @@ class ConfigFile(_Table):
     sandbox: SandboxTable = Field(default_factory=SandboxTable)
     runner: RunnerTable = Field(default_factory=RunnerTable)
     console: ConsoleTable = Field(default_factory=ConsoleTable)
+    alarms: AlarmsTable = Field(default_factory=AlarmsTable)
     providers: ProvidersTable = Field(default_factory=ProvidersTable)
     hub: HubTable = Field(default_factory=HubTable)
 
@@ -119,6 +132,7 @@ class Config:
     max_runs: int = 4
     repaint_hz: float = 8.0
     keys: dict[str, str] = field(default_factory=dict)
+    alarms: AlarmsTable = field(default_factory=AlarmsTable)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     hub_endpoint: str | None = None
     hub_token: str | None = field(default=None, repr=False)
@@ -168,9 +182,9 @@ def _describe(error: Any) -> str:
     if kind == "literal_error":
         return f"{where} must be {str(ctx['expected']).replace(chr(39), '')}, not {got!r}"
     if kind == "greater_than_equal":
-        return f"{where} must be at least {ctx['ge']}"
+        return f"{where} must be at least {ctx['ge']:g}"
     if kind == "greater_than":
-        return f"{where} must be more than {ctx['gt']}"
+        return f"{where} must be more than {ctx['gt']:g}"
     wanted = _WANTED.get(kind.split("_")[0])
     if wanted is not None:
         return f"{where} must be {wanted}, got {got!r}"
@@ -206,6 +220,7 @@ def load_config(home: Path | None = None) -> Config:
         max_runs=file.runner.max_runs,
         repaint_hz=file.console.repaint_hz,
         keys=dict(file.console.keys),
+        alarms=file.alarms,
         providers=providers,
         hub_endpoint=os.environ.get("HF_ENDPOINT") or file.hub.endpoint,
         hub_token=(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")

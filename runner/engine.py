@@ -26,6 +26,7 @@ from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
 from runner.sandbox import Sandbox, SandboxSpec
+from runner.stall_watch import Thresholds
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
 from tasks.api import TaskSpecError, load_task, scripted_plan
 
@@ -219,7 +220,10 @@ class Engine:
                        submitted_by=job.submitted_by),
             journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
-            runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler)
+            runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
+            alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
+                              gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
+                              llm_call_s=self.cfg.alarms.llm_call_s))
         self.supervisors[run_id] = sup
         self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
         return run_id

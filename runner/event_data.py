@@ -73,8 +73,9 @@ class RunResumedData(Clocked):
 
 
 class RunWarningData(EventData):
-    code: str = ""
+    code: str = ""  # e.g. not_isolated, no_gpu; the stall alarms: stalled, gpu_idle, llm_slow
     message: str = ""
+    idle_s: float | None = None  # a stall alarm: how long its condition has held
 
 
 class RunLimitData(EventData):

@@ -35,6 +35,7 @@ from runner.pause import Level, Pause
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from runner.sandbox_output import SandboxOutput
 from runner.scoring import Scorer
+from runner.stall_watch import StallWatch, Thresholds
 from runner.telemetry import TelemetryWindow
 from runner.tools import TOOL_SPECS, ToolBox
 from tasks.api import TaskSpec, prepare_workspace
@@ -77,6 +78,7 @@ class RunSupervisor:
         image: str = "mlrb-sandbox:latest",
         score_sandbox: SandboxFactory | None = None,
         gpu_sampler: GpuSampler | None = None,
+        alarms: Thresholds | None = None,
     ) -> None:
         self.req = request
         self.journal = journal
@@ -105,6 +107,7 @@ class RunSupervisor:
         self.controls = ControlDispatch(self)
         self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
                              score_sandbox or make_sandbox, self.budget.clock, self.emit)
+        self.stalls = StallWatch(alarms)
         self._messages: list[str] = []  # from operators, for the agent's next turn
         self._notices: list[str] = []  # from the runner (limit warnings), likewise
 
@@ -138,6 +141,7 @@ class RunSupervisor:
         return ev
 
     def _observe(self, ev: Event) -> None:
+        self.stalls.saw_event(ev.kind)
         if ev.kind in ("resource", "gpu"):
             self.telemetry.add(ev.kind, ev.data, ev.ts)
         elif isinstance(ev.body, UsageData):
@@ -217,6 +221,9 @@ class RunSupervisor:
             asyncio.create_task(self._watch(), name=f"{self.run_id}-watch"),
             asyncio.create_task(self.output.flush_every(), name=f"{self.run_id}-flush"),
         ]
+        if self.stalls.thresholds.any:
+            self._followers.append(asyncio.create_task(self._watch_stalls(),
+                                                       name=f"{self.run_id}-stalls"))
         self._loop_task = asyncio.create_task(self._agent_loop(), name=f"{self.run_id}-agent")
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
@@ -240,7 +247,11 @@ class RunSupervisor:
                                            "elapsed_s": round(self.clock.elapsed, 1)})
             messages, self._messages = self._messages, []
             notices, self._notices = self._notices, []
-            turn = await self.agent.turn(Observation(step, time_left, results, messages, notices))
+            self.stalls.llm_started()
+            try:
+                turn = await self.agent.turn(Observation(step, time_left, results, messages, notices))
+            finally:
+                self.stalls.llm_ended()
             if not turn.calls:
                 failures = failures + 1 if not turn.done else 0
                 if turn.done:
@@ -285,7 +296,11 @@ class RunSupervisor:
             edited = decision.edited
             if edited is not None:
                 call = ToolCall(call.id, call.name, edited)
-        result = await self.toolbox.execute(call)
+        self.stalls.command_started()
+        try:
+            result = await self.toolbox.execute(call)
+        finally:
+            self.stalls.command_ended()
         if edited is not None:
             # the model's history shows its own arguments: say what actually ran
             ran = json.dumps(_clip_args(edited))[:2000]
@@ -342,6 +357,7 @@ class RunSupervisor:
                                                        f"runner has no GPU telemetry ({why})"})
 
     async def _on_gpu(self, samples: list[GpuSample]) -> None:
+        self.stalls.gpu(s.get("util") for s in samples)
         for sample in samples:
             if self._ending:
                 return
@@ -361,6 +377,18 @@ class RunSupervisor:
                 code = f" (exit code {st.exit_code})" if st.exit_code is not None else ""
                 self._spawn(self._finish("failed", f"sandbox died: {st.reason or 'stopped'}{code}"))
                 return
+
+    async def _watch_stalls(self) -> None:
+        every = self.stalls.thresholds.tick_s
+        while True:
+            await asyncio.sleep(every)
+            if self._ending:
+                return
+            # held, frozen, waiting for approval or scoring: the clock is stopped, no alarm
+            active = self.status == "running" and self.clock.since is not None
+            for alarm in self.stalls.due(active):
+                await self.emit("run.warning", {"code": alarm.code, "message": alarm.message,
+                                                "idle_s": round(alarm.idle_s, 1)})
 
     # -- control: what ControlDispatch acts on -------------------------------------------
     async def control(self, cmd: ControlCommand) -> None:

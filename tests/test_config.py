@@ -90,12 +90,25 @@ def test_the_hub_table_and_its_environment(home: Path, monkeypatch: pytest.Monke
         load_config(home)
 
 
+def test_the_alarms_table(home: Path) -> None:
+    cfg = load_config(home)
+    assert (cfg.alarms.quiet_min, cfg.alarms.gpu_idle_min, cfg.alarms.llm_call_s) == (30, 20, 600)
+    write(home, "[alarms]\nquiet_min = 5\ngpu_idle_min = 0\nllm_call_s = 90.5\n")
+    cfg = load_config(home)
+    assert (cfg.alarms.quiet_min, cfg.alarms.gpu_idle_min, cfg.alarms.llm_call_s) == (5, 0, 90.5)
+    path = write(home, "[alarms]\nquiet_mins = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(home)
+    assert str(caught.value) == (f"{path}: unknown key 'alarms.quiet_mins' "
+                                 "(known: gpu_idle_min, llm_call_s, quiet_min)")
+
+
 def test_an_unknown_key_is_named_with_the_file_and_the_known_keys(home: Path) -> None:
     path = write(home, "[consle]\nrepaint_hz = 4\n")
     with pytest.raises(ConfigError) as caught:
         load_config(home)
     assert str(caught.value) == (f"{path}: unknown key 'consle' "
-                                 "(known: bus, console, hub, providers, runner, sandbox)")
+                                 "(known: alarms, bus, console, hub, providers, runner, sandbox)")
     write(home, "[console]\nrepaint = 4\n")
     with pytest.raises(ConfigError, match=r"unknown key 'console\.repaint' \(known: keys, repaint_hz\)"):
         load_config(home)
@@ -115,6 +128,8 @@ def test_an_unknown_key_is_named_with_the_file_and_the_known_keys(home: Path) ->
     ("console = 3\n", "console must be a table, got 3"),
     ('[sandbox]\nbackend = "vm"\n', "sandbox.backend must be auto, docker or local, not 'vm'"),
     ("[console.keys]\nkill = 1\n", "console.keys.kill must be a string, got 1"),
+    ('[alarms]\nquiet_min = "soon"\n', "alarms.quiet_min must be a number, got 'soon'"),
+    ("[alarms]\nllm_call_s = -1\n", "alarms.llm_call_s must be at least 0"),
 ])
 def test_a_wrong_type_is_named_with_the_file(home: Path, text: str, message: str) -> None:
     path = write(home, text)
