@@ -3,7 +3,9 @@
 The journal is the source of truth and is written first; the bus publishes after it. A
 runner's `RunnerEndpoint` keeps one long-lived connection, batches events per run, and after
 an outage (or when its bounded in-memory queue overflows) re-reads what was not confirmed
-from the journal, so subscribers see every event. Subscribers dedupe on `(run, seq)`.
+from the journal, so subscribers see every event. Subscribers dedupe on `(run, seq)`, track
+each run's highest contiguous `seq`, and ask the owning runner to re-publish a missing range
+on `run/{run}/repair`; the runner serves it from its journal, capped and coalesced.
 
 Everything that arrives from the bus is untrusted: payloads are size-checked and validated,
 and a bad one is counted in a `RejectCounter`, never raised.
@@ -24,6 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runner.control import ControlCommand, ControlError, parse_control
 from runner.escapes import strip_escapes
@@ -35,6 +40,7 @@ from runner.events import (
     decode_payload,
     valid_run_id,
 )
+from runner.seq_tracker import SeqTracker
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,11 @@ PUBLISH_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 INCOMING_QUEUE = 100_000  # aiomqtt's queue of received messages; drained by a sync callback
+MAX_REPAIR_EVENTS = 5000  # per request: a larger range is served in part and asked for again
+MAX_REPAIR_RANGES = 8  # per run, waiting to be served
+REPAIR_COOLDOWN = 1.0  # seconds a served range is not served again
+MAX_REPAIR_BYTES = 1024
+REPAIR_TICK = 0.2  # how often a subscriber looks for gaps that are due
 
 
 class BusUnavailable(RuntimeError):
@@ -72,6 +83,20 @@ class BusConfig:
         return parts.hostname, port
 
 
+class RepairRequest(BaseModel):
+    """A subscriber asks the run's owner to re-publish `from_seq..to_seq` (inclusive)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    from_seq: int = Field(ge=1)
+    to_seq: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RepairRequest:
+        if self.to_seq < self.from_seq:
+            raise ValueError("to_seq is below from_seq")
+        return self
+
+
 class Topics:
     """Topic names under one prefix."""
 
@@ -84,6 +109,7 @@ class Topics:
         self.shared_jobs = f"$share/mlrb-runners/{prefix}/jobs"
         self.all_events = f"{prefix}/run/+/event"
         self.all_controls = f"{prefix}/run/+/control"
+        self.all_repairs = f"{prefix}/run/+/repair"
         self.all_runner_states = f"{prefix}/runner/+/state"
 
     def event(self, run: str) -> str:
@@ -92,16 +118,26 @@ class Topics:
     def control(self, run: str) -> str:
         return f"{self.prefix}/run/{run}/control"
 
+    def repair(self, run: str) -> str:
+        return f"{self.prefix}/run/{run}/repair"
+
     def runner_state(self, runner_id: str) -> str:
         return f"{self.prefix}/runner/{runner_id}/state"
 
     def run_of(self, topic: str) -> str | None:
         """The run id in an event or control topic, else None."""
+        return self._run_in(topic, ("event", "control"))
+
+    def run_of_repair(self, topic: str) -> str | None:
+        """The run id in a repair topic, else None."""
+        return self._run_in(topic, ("repair",))
+
+    def _run_in(self, topic: str, leaves: tuple[str, ...]) -> str | None:
         head = f"{self.prefix}/run/"
         if not topic.startswith(head):
             return None
         rest = topic[len(head):].split("/")
-        if len(rest) != 2 or rest[1] not in ("event", "control") or not valid_run_id(rest[0]):
+        if len(rest) != 2 or rest[1] not in leaves or not valid_run_id(rest[0]):
             return None
         return rest[0]
 
@@ -179,9 +215,26 @@ class _RunState:
     resend_after: int | None = None  # re-read the journal after this seq before `pending`
     overflows: int = 0
     task: asyncio.Task[None] | None = None
+    repairs: list[tuple[int, int]] = field(default_factory=list)  # disjoint, sorted, inclusive
+    served: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=16))
 
     def has_work(self) -> bool:
-        return bool(self.pending) or self.resend_after is not None
+        return bool(self.pending) or self.resend_after is not None or bool(self.repairs)
+
+    def add_repair(self, first: int, last: int, now: float) -> str | None:
+        """Queue a range to re-publish, merged with the others; a reason when it is dropped."""
+        if any(now - t < REPAIR_COOLDOWN and a <= first and last <= b for t, a, b in self.served):
+            return "repair_coalesced"  # just served: a request already on its way is a no-op
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted([*self.repairs, (first, last)]):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        if len(merged) > MAX_REPAIR_RANGES:
+            return "repair_backlog"
+        self.repairs = merged
+        return None
 
     def need_resend(self, after: int) -> None:
         # what is dropped here is in the journal, which the sender re-reads
@@ -216,6 +269,8 @@ class RunnerEndpoint:
         self.subscribed: set[str] = set()  # topics the broker confirmed on this connection
         self.published = 0
         self.resent = 0
+        self.repaired = 0  # events re-published because a subscriber asked for them
+        self.repair_rejects = RejectCounter()
         self.skipped = 0  # events that could not be encoded (should never happen)
         self.connects = 0
 
@@ -320,6 +375,9 @@ class RunnerEndpoint:
                     if not page and overflows == st.overflows:
                         st.resend_after = None
                     continue
+                if st.repairs:
+                    await self._serve_repair(client, topic, st)
+                    continue
                 if not st.pending:
                     return
                 batch: list[Event] = []
@@ -343,6 +401,38 @@ class RunnerEndpoint:
         finally:
             st.task = None
             self._check_idle()
+
+    async def _serve_repair(self, client: aiomqtt.Client, topic: str, st: _RunState) -> None:
+        first, last = st.repairs.pop(0)
+        page = await asyncio.to_thread(self._resend_from, st.run, first - 1, last - first + 1)
+        page = [e for e in page if e.seq <= last]
+        for chunk in self._chunks(page):
+            await self._send(client, topic, chunk)
+            self.repaired += len(chunk)
+        st.served.append((asyncio.get_running_loop().time(), first, last))
+
+    def _on_repair(self, run: str, payload: bytes) -> None:
+        st = self._runs.get(run)
+        if st is None:
+            return  # another runner's run: its owner answers
+        if len(payload) > MAX_REPAIR_BYTES:
+            self.repair_rejects.add("oversized", f"repair {len(payload)} bytes")
+            return
+        try:
+            req = RepairRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            self.repair_rejects.add("bad_repair", str(exc.errors()[0].get("msg", ""))[:80])
+            return
+        # what is not yet confirmed is on its way anyway
+        last = min(req.to_seq, req.from_seq + MAX_REPAIR_EVENTS - 1, st.confirmed)
+        if last < req.from_seq:
+            return
+        reason = st.add_repair(req.from_seq, last, asyncio.get_running_loop().time())
+        if reason is not None:
+            self.repair_rejects.add(reason, f"{run} {req.from_seq}-{last}")
+            return
+        self._idle.clear()
+        self._kick(st)
 
     def _chunks(self, events: list[Event]) -> list[list[Event]]:
         out: list[list[Event]] = []
@@ -396,6 +486,10 @@ class RunnerEndpoint:
         for st in list(self._runs.values()):
             self._kick(st)
         async for message in client.messages:
+            repair_run = self.topics.run_of_repair(message.topic.value)
+            if repair_run is not None:
+                self._on_repair(repair_run, _payload_bytes(message.payload))
+                continue
             inbox = self._inboxes["control" if self.topics.run_of(message.topic.value) else "job"]
             try:
                 inbox.put_nowait(message)
@@ -418,6 +512,9 @@ class RunnerEndpoint:
             await client.publish(self.topics.runner_state(self.runner_id),
                                  json.dumps(self._state, default=str).encode(),
                                  qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
+        # every runner answers repairs of the runs it owns
+        await client.subscribe(self.topics.all_repairs, qos=1)
+        self.subscribed.add(self.topics.all_repairs)
         if self._control_handler is not None:
             await client.subscribe(self.topics.all_controls, qos=1)
             self.subscribed.add(self.topics.all_controls)
@@ -499,19 +596,37 @@ class RunnerEndpoint:
 
 
 class EventSubscriber:
-    """Console / recorder side: receives event batches, validates them, hands them on."""
+    """Console / recorder side: receives event batches, validates them, hands them on.
+
+    Each run's seqs go to a `SeqTracker`; a gap that outlasts its grace is asked for on the
+    run's repair topic, and again with a backoff while it stays open. With `client_id` the
+    session is persistent (clean start off, `session_expiry` seconds), so the broker queues
+    events for this subscriber while it reconnects.
+    """
 
     def __init__(self, config: BusConfig, on_events: Callable[[list[Event]], None],
-                 rejects: RejectCounter | None = None, runs: Sequence[str] | None = None) -> None:
+                 rejects: RejectCounter | None = None, runs: Sequence[str] | None = None,
+                 *, tracker: SeqTracker | None = None, client_id: str | None = None,
+                 session_expiry: int = 3600) -> None:
         self.config = config
         self.topics = Topics(config.prefix)
         self.on_events = on_events
         self.rejects = rejects if rejects is not None else RejectCounter()
         self.runs = list(runs) if runs is not None else None
+        # a viewer that joins a run mid-way starts there; the recorder passes its own
+        self.tracker = tracker if tracker is not None else SeqTracker(from_start=False)
+        self.client_id = client_id
+        self.session_expiry = session_expiry
         self.connected = False
         self.ready = asyncio.Event()
         self.received = 0  # valid events handed on
+        self.repairs_requested = 0
         self.link = Reconnector(config, "subscriber")
+
+    @property
+    def gaps(self) -> list[str]:
+        """Runs with an open gap (being repaired)."""
+        return self.tracker.gaps
 
     @property
     def last_error(self) -> str:
@@ -524,8 +639,13 @@ class EventSubscriber:
             else [self.topics.all_events]
 
         def connect() -> aiomqtt.Client:
-            return _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
-                           keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
+            if self.client_id is None:
+                return _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
+                               keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            return _client(self.config, self.client_id, keepalive=15, clean_start=False,
+                           properties=props, max_queued_incoming_messages=INCOMING_QUEUE)
 
         async def session(client: aiomqtt.Client) -> None:
             for topic in topics:
@@ -533,8 +653,14 @@ class EventSubscriber:
             self.connected = True
             self.ready.set()
             self.link.up()
-            async for message in client.messages:
-                self._deliver(message.topic.value, _payload_bytes(message.payload))
+            repairer = asyncio.create_task(self._repair_loop(client), name="bus-repairs")
+            try:
+                async for message in client.messages:
+                    self._deliver(message.topic.value, _payload_bytes(message.payload))
+            finally:
+                repairer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await repairer
 
         async def down() -> None:
             self.connected = False
@@ -560,11 +686,25 @@ class EventSubscriber:
             return
         if not events:
             return
+        now = asyncio.get_running_loop().time()
+        for e in events:
+            self.tracker.observe(run, e.seq, now)
         self.received += len(events)
         try:
             self.on_events(events)
         except Exception:  # the consumer's bug must not stop the stream
             log.exception("bus: on_events failed")
+
+
+    async def _repair_loop(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REPAIR_TICK)
+            for run, first, last in self.tracker.due(loop.time()):
+                body = RepairRequest(from_seq=first, to_seq=last).model_dump_json().encode()
+                await client.publish(self.topics.repair(run), body, qos=1, timeout=PUBLISH_TIMEOUT)
+                self.repairs_requested += 1
+                log.info("bus: run %s misses seq %d-%d; asked its runner", run, first, last)
 
 
 async def _publish_once(config: BusConfig, topic: str, payload: bytes, timeout: float) -> None:
@@ -625,6 +765,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusUnavailable", "Reconnector", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "BusConfig", "BusUnavailable", "Reconnector", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
     "read_runner_states", "send_control", "submit_job",
 ]

@@ -2,8 +2,9 @@
 
 Each runner journals its own runs; the recorder subscribes to every run's events and writes
 them into one SQLite file beside the operator's database. `(run, seq)` is the key, so
-events re-sent after an outage are no-ops, and a gap left by an outage is filled when the
-runner re-sends from its own journal.
+events re-sent after an outage are no-ops. Its session is persistent (a stable client id,
+clean start off), so the broker queues events while it reconnects; a gap that still shows
+in a run's seqs is asked for from the owning runner, which re-publishes it from its journal.
 """
 
 from __future__ import annotations
@@ -11,24 +12,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 from runner.bus import BusConfig, EventSubscriber
 from runner.events import Event, RejectCounter
 from runner.journal import Journal
+from runner.seq_tracker import SeqTracker
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "mlrb-recorder"
+SESSION_EXPIRY = 24 * 3600  # seconds the broker keeps queueing for a recorder that is away
+
 
 class Recorder:
-    def __init__(self, bus: BusConfig, db: Path) -> None:
+    def __init__(self, bus: BusConfig, db: Path, *, client_id: str = CLIENT_ID,
+                 session_expiry: int = SESSION_EXPIRY) -> None:
         self.bus = bus
         self.journal = Journal(db)
         self.rejects = RejectCounter()
         self.received = 0
         self._pending: list[Event] = []
         self._wake = asyncio.Event()
-        self._subscriber = EventSubscriber(bus, self._on_events, self.rejects)
+        tracker = SeqTracker(from_start=True)  # the recorder wants every run whole
+        for run, contiguous in _contiguous(db).items():
+            tracker.seed(run, contiguous)
+        self._subscriber = EventSubscriber(bus, self._on_events, self.rejects, tracker=tracker,
+                                           client_id=client_id, session_expiry=session_expiry)
+
+    @property
+    def subscriber(self) -> EventSubscriber:
+        """The bus side: `repairs_requested`, `gaps`, `connected` for a status line."""
+        return self._subscriber
 
     def _on_events(self, events: list[Event]) -> None:
         self._pending.extend(events)
@@ -55,3 +71,10 @@ class Recorder:
     @property
     def ready(self) -> asyncio.Event:
         return self._subscriber.ready
+
+
+def _contiguous(db: Path) -> dict[str, int]:
+    """Each run whose copy here is whole from seq 1: its last seq (a restart asks for no more)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT run, MAX(seq), COUNT(*) FROM events GROUP BY run").fetchall()
+    return {run: int(top) for run, top, count in rows if top == count}

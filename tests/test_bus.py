@@ -332,3 +332,36 @@ async def test_with_the_conftest_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
         await pub.stop()
         task.cancel()
         journal.close()
+
+
+async def test_bad_repair_requests_are_counted_and_a_good_one_is_served(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BusConfig(broker.url)
+    journal = Journal(tmp_path / "j.db")
+    reader = JournalReader(tmp_path / "j.db")
+    sink = Sink()
+    sub, task = await subscribe(config, sink)
+    pub = RunnerEndpoint(config, "host-a", reader.events)
+    await pub.start()
+    topics = Topics(config.prefix)
+    try:
+        await until(lambda: topics.all_repairs in pub.subscribed, "the repair subscription")
+        events = make_events("run-a", 20)
+        await journal.write(events)
+        pub.publish(events)
+        assert await pub.flush(10)
+        await until(lambda: len(sink.keys) == 20)
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            for bad in (b"{", b'{"from_seq": 5}', b'{"from_seq": 9, "to_seq": 3}',
+                        b'{"from_seq": "1", "to_seq": 2}', b"x" * 5000):
+                await c.publish(topics.repair("run-a"), bad, qos=1)
+            await c.publish(topics.repair("run-zz"), b'{"from_seq": 1, "to_seq": 2}', qos=1)
+            await c.publish(topics.repair("run-a"), b'{"from_seq": 3, "to_seq": 7}', qos=1)
+        await until(lambda: pub.repaired == 5, "the good request served")
+        await until(lambda: sink.order["run-a"].count(3) == 2, "the range re-published")
+        assert pub.repair_rejects.counts == {"bad_repair": 4, "oversized": 1}
+        assert sink.order["run-a"][20:] == [3, 4, 5, 6, 7]
+    finally:
+        await pub.stop()
+        task.cancel()
+        journal.close()

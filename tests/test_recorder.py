@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from runner.bus import BusConfig, EventSubscriber, Topics, submit_job
+import pytest
+
+from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint, Topics, submit_job
 from runner.config import Config
+from runner.embedded_broker import EmbeddedBroker, find_mosquitto
 from runner.engine import Engine
-from runner.journal import JournalReader
+from runner.events import Event, EventFactory
+from runner.journal import Journal, JournalReader
 from runner.recorder import Recorder
-from tests.conftest import until
+from tests.conftest import require, until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -63,3 +70,94 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
         assert reader.max_seq(r["run"]) == local.max_seq(r["run"]) == r["last_seq"]
         assert [e.seq for e in reader.events(r["run"], 0, 100000)] == list(range(1, r["last_seq"] + 1))
 
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
+    require(find_mosquitto() is not None, "mosquitto")
+    b = EmbeddedBroker(tmp_path / "broker")
+    await b.start()
+    yield b
+    await b.stop()
+
+
+def outputs(factory: EventFactory, n: int) -> list[Event]:
+    return [factory.make("sandbox.output", {"stream": "stdout", "text": f"line {i}"}) for i in range(n)]
+
+
+def rows(reader: JournalReader, run: str) -> list[bytes]:
+    return [e.wire for e in reader.events(run, 0, 100000)]
+
+
+async def test_events_never_published_are_repaired_from_the_runners_journal(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BusConfig(broker.url)
+    journal = Journal(tmp_path / "host.db")
+    local = JournalReader(tmp_path / "host.db")
+    pub = RunnerEndpoint(config, "host-a", local.events)
+    await pub.start()
+    rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
+    rec_task = asyncio.create_task(rec.run())
+    central = JournalReader(tmp_path / "fleet.db")
+    try:
+        await asyncio.wait_for(rec.ready.wait(), 10)
+        await until(lambda: pub.topics.all_repairs in pub.subscribed, "the runner's repair subscription")
+        factory = EventFactory("run-a")
+        events = outputs(factory, 300)
+        await journal.write(events)
+        # seq 101..160 are journaled but never reach the bus
+        pub.publish([e for e in events if not 101 <= e.seq <= 160])
+        assert await pub.flush(15)
+        await until(lambda: rows(central, "run-a") == rows(local, "run-a"),
+                    "the recorder's copy to equal the journal", timeout=30)
+        assert rec.subscriber.repairs_requested >= 1 and pub.repaired >= 60
+        assert rec.subscriber.gaps == [] and pub.repair_rejects.total == 0
+    finally:
+        await pub.stop()
+        rec_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rec_task
+        journal.close()
+
+
+async def test_after_a_broker_outage_the_recorder_equals_the_journal(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = BusConfig(broker.url)
+    journal = Journal(tmp_path / "host.db")
+    local = JournalReader(tmp_path / "host.db")
+    pub = RunnerEndpoint(config, "host-a", local.events)
+    await pub.start()
+    rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
+    rec_task = asyncio.create_task(rec.run())
+    central = JournalReader(tmp_path / "fleet.db")
+    factory = EventFactory("run-a")
+    try:
+        await asyncio.wait_for(rec.ready.wait(), 10)
+        before = outputs(factory, 100)
+        await journal.write(before)
+        pub.publish(before)
+        await until(lambda: len(rows(central, "run-a")) == 100, "the first events recorded")
+        db = broker.workdir / "mosquitto.db"
+        # the autosave holds the recorder's session: the restarted broker queues for it
+        await until(lambda: db.exists() and b"mlrb-recorder-test" in db.read_bytes(),
+                    "the recorder's session in the persistence file", timeout=10)
+        assert broker._proc is not None
+        os.kill(broker._proc.pid, signal.SIGKILL)
+        await until(lambda: not pub.connected and not rec.subscriber.connected, "both to see it gone")
+        during = outputs(factory, 150)  # journaled while the broker is down
+        await journal.write(during)
+        pub.publish(during)
+        await until(lambda: broker.restarts == 1 and broker.running, "the broker restarted", timeout=15)
+        pub.retry_now()
+        after = outputs(factory, 50)
+        await journal.write(after)
+        pub.publish(after)
+        await until(lambda: rows(central, "run-a") == rows(local, "run-a"),
+                    "the recorder's copy to equal the journal", timeout=60)
+        assert len(rows(central, "run-a")) == 300 and rec.subscriber.gaps == []
+    finally:
+        await pub.stop()
+        rec_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rec_task
+        journal.close()
