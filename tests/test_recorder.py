@@ -89,18 +89,41 @@ def rows(reader: JournalReader, run: str) -> list[bytes]:
     return [e.wire for e in reader.events(run, 0, 100000)]
 
 
+class Recorded:
+    """One runner's journal and endpoint, and a recorder of the bus, torn down together."""
+
+    def __init__(self, broker: EmbeddedBroker, tmp_path: Path) -> None:
+        config = BusConfig(broker.url)
+        self.journal = Journal(tmp_path / "host.db")
+        self.local = JournalReader(tmp_path / "host.db")
+        self.pub = RunnerEndpoint(config, "host-a", self.local.events)
+        self.rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
+        self.central = JournalReader(tmp_path / "fleet.db")
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Recorded:
+        await self.pub.start()
+        self._task = asyncio.create_task(self.rec.run())
+        try:
+            await asyncio.wait_for(self.rec.ready.wait(), 10)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pub.stop()
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.journal.close()
+
+
 async def test_events_never_published_are_repaired_from_the_runners_journal(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
-    config = BusConfig(broker.url)
-    journal = Journal(tmp_path / "host.db")
-    local = JournalReader(tmp_path / "host.db")
-    pub = RunnerEndpoint(config, "host-a", local.events)
-    await pub.start()
-    rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
-    rec_task = asyncio.create_task(rec.run())
-    central = JournalReader(tmp_path / "fleet.db")
-    try:
-        await asyncio.wait_for(rec.ready.wait(), 10)
+    async with Recorded(broker, tmp_path) as r:
+        journal, local, pub, rec, central = r.journal, r.local, r.pub, r.rec, r.central
         await until(lambda: pub.topics.all_repairs in pub.subscribed, "the runner's repair subscription")
         factory = EventFactory("run-a")
         events = outputs(factory, 300)
@@ -112,27 +135,13 @@ async def test_events_never_published_are_repaired_from_the_runners_journal(
                     "the recorder's copy to equal the journal", timeout=30)
         assert rec.subscriber.repairs_requested >= 1 and pub.repaired >= 60
         assert rec.subscriber.gaps == [] and pub.repair_rejects.total == 0
-    finally:
-        await pub.stop()
-        rec_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rec_task
-        journal.close()
 
 
 async def test_after_a_broker_outage_the_recorder_equals_the_journal(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
-    config = BusConfig(broker.url)
-    journal = Journal(tmp_path / "host.db")
-    local = JournalReader(tmp_path / "host.db")
-    pub = RunnerEndpoint(config, "host-a", local.events)
-    await pub.start()
-    rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
-    rec_task = asyncio.create_task(rec.run())
-    central = JournalReader(tmp_path / "fleet.db")
     factory = EventFactory("run-a")
-    try:
-        await asyncio.wait_for(rec.ready.wait(), 10)
+    async with Recorded(broker, tmp_path) as r:
+        journal, local, pub, rec, central = r.journal, r.local, r.pub, r.rec, r.central
         before = outputs(factory, 100)
         await journal.write(before)
         pub.publish(before)
@@ -155,9 +164,3 @@ async def test_after_a_broker_outage_the_recorder_equals_the_journal(
         await until(lambda: rows(central, "run-a") == rows(local, "run-a"),
                     "the recorder's copy to equal the journal", timeout=60)
         assert len(rows(central, "run-a")) == 300 and rec.subscriber.gaps == []
-    finally:
-        await pub.stop()
-        rec_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rec_task
-        journal.close()
