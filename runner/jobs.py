@@ -38,6 +38,7 @@ KILL_GRACE_S = 5
 READ_CHUNK = 256 * 1024
 POLL_MIN_S, POLL_MAX_S = 0.01, 0.25
 STATUS_EVERY_S = 1.0
+STATUS_GRACE_S = 2.0  # a job whose processes are gone this long without `rc` wrote none
 START_GRACE_S = 15.0  # a job that has not written `started` by then never started
 _ID_OK = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
@@ -78,7 +79,8 @@ def wrapper(jobs_root: str, job_id: str, timeout_s: float, login: bool = True) -
              f'timeout -k {KILL_GRACE_S} {max(timeout_s, 0.1):.3f}s bash {"-lc" if login else "-c"} "$1" '
              f'>"$d/out" 2>&1 </dev/null & p=$!; echo "$p" > "$d/pid"; '
              f'wait "$p"; rc=$?; echo "$rc" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"')
-    return (f'mkdir -p {d} && rm -f {d}/rc {d}/out && '
+    # only `setsid` goes to the background, so the starting shell returns at once
+    return (f'mkdir -p {d} && rm -f {d}/rc {d}/out || exit 1; '
             f'setsid bash -c {shlex.quote(inner)} mlrb-job "$1" </dev/null >/dev/null 2>&1 &')
 
 
@@ -200,6 +202,7 @@ async def follow_job(
     poll = POLL_MIN_S
     last_status = time.monotonic()
     began = time.monotonic()
+    gone_since: float | None = None
 
     def take(data: bytes, final: bool = False) -> None:
         nonlocal offset
@@ -239,7 +242,11 @@ async def follow_job(
                     return ExecResult(exit_code=126, output="[the command could not be started in "
                                                            "the sandbox]", duration_s=0.0)
                 pid = files.pid()
-                if pid is not None and host.job_alive(pid) is False and files.rc() is None:
+                if pid is None or host.job_alive(pid) is not False:
+                    gone_since = None
+                elif gone_since is None:
+                    gone_since = time.monotonic()  # its status lands a moment after it ends
+                elif time.monotonic() - gone_since > STATUS_GRACE_S and files.rc() is None:
                     # the command's processes are gone and it never wrote its status
                     take(b"", final=True)
                     out.add("\n[the command's processes ended without an exit status]")
@@ -271,7 +278,12 @@ async def run_job(
     keep_on_cancel: Callable[[], bool] = lambda: False,
 ) -> ExecResult:
     """Start a job and follow it to its end."""
-    await host.start_job(job_id, command, timeout_s)
+    try:
+        await host.start_job(job_id, command, timeout_s)
+    except asyncio.CancelledError:
+        if not keep_on_cancel():
+            await asyncio.shield(host.kill_job(job_id))
+        raise
     return await follow_job(host, job_id, timeout_s=timeout_s, output_cap=output_cap,
                             on_output=on_output, on_offset=on_offset,
                             keep_on_cancel=keep_on_cancel)

@@ -114,16 +114,25 @@ class SandboxOutput:
 
     async def follow_metrics(self) -> None:
         """Follow the metrics file the in-sandbox helper appends to, for as long as the run lives."""
-        self._tail = tail = MetricsTail(self._workspace, METRICS_FILE)
-        tail.offset = self.metrics_offset
+        tail = self._metrics_tail()
         while True:
             for parsed in await asyncio.to_thread(tail.read):
                 await self.emit_metric(parsed, "file")
             await asyncio.sleep(METRICS_POLL_S)
 
-    async def read_last_metrics(self) -> None:
-        """Metrics written in the run's last moments, after the follower stopped."""
+    def _metrics_tail(self) -> MetricsTail:
         if self._tail is None:
-            return
-        for parsed in self._tail.read():
-            await self.emit_metric(parsed, "file")
+            self._tail = MetricsTail(self._workspace, METRICS_FILE)
+            self._tail.offset = self.metrics_offset
+        return self._tail
+
+    async def read_last_metrics(self) -> None:
+        """Metrics written in the run's last moments, after the follower stopped (or before
+        it first read: an adopted run whose command ended while no runner watched)."""
+        tail = self._metrics_tail()
+        while True:
+            batch = await asyncio.to_thread(tail.read)
+            for parsed in batch:
+                await self.emit_metric(parsed, "file")
+            if not batch:
+                return
