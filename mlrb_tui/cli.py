@@ -100,18 +100,41 @@ def up() -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"runner {info.runner_id} up (pid {info.pid}); broker {info.bus_url} ({info.broker}); "
                f"journal {info.db}")
+    if info.adopted:
+        click.echo(f"adopted {len(info.adopted)} live run(s): {', '.join(info.adopted)}")
+    if info.orphans:
+        click.echo(f"stopped {len(info.orphans)} sandbox(es) no live run owned: {', '.join(info.orphans)}")
 
 
 @cli.command()
-def down() -> None:
-    """Stop the runner daemon; its live runs end as killed, with the reason."""
+@click.option("--keep-runs", is_flag=True,
+              help="Leave the live runs going in their sandboxes; the next `mlrb up` adopts them.")
+def down(keep_runs: bool) -> None:
+    """Stop the runner daemon; its live runs end as killed, with the reason (or go on, with
+    --keep-runs)."""
     from runner.daemon import stop_daemon
 
     cfg = _cfg()
-    if stop_daemon(cfg):
-        click.echo("runner daemon stopped")
+    if stop_daemon(cfg, keep_runs=keep_runs):
+        click.echo("runner daemon stopped" + ("; its runs go on until `mlrb up`" if keep_runs else ""))
     else:
         click.echo("no runner daemon was running")
+
+
+@cli.command()
+def restart() -> None:
+    """Restart the runner daemon (an upgrade) without ending its runs: `down --keep-runs`, then `up`."""
+    from runner.daemon import DaemonError, start_detached, stop_daemon
+
+    cfg = _cfg()
+    _need_broker(cfg)
+    stop_daemon(cfg, keep_runs=True)
+    try:
+        info = start_detached(cfg)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"runner {info.runner_id} up (pid {info.pid}); adopted {len(info.adopted)} live run(s)"
+               + (f": {', '.join(info.adopted)}" if info.adopted else ""))
 
 
 @cli.command()

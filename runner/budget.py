@@ -82,6 +82,13 @@ class Budget:
         self.cost = 0.0
         self._warned: set[str] = set()
 
+    def restore(self, limits: RunLimits, *, steps: int, tokens: int, cost: float,
+                warned: set[str]) -> None:
+        """What an adopted run had used and been warned of, from its journal."""
+        self.limits = limits
+        self.steps, self.tokens, self.cost = steps, tokens, cost
+        self._warned = set(warned)
+
     def count_usage(self, usage: UsageData) -> None:
         """Tokens and cost from one `usage` event."""
         self.tokens += usage.input_tokens + usage.output_tokens

@@ -238,6 +238,8 @@ class DaemonInfo:
     db: str
     broker: str  # "mosquitto" | "external"
     started: float
+    adopted: list[str] = field(default_factory=list)  # live runs it took over at its start
+    orphans: list[str] = field(default_factory=list)  # sandboxes it stopped: no live run owned them
 
 
 def read_daemon_info(cfg: Config) -> DaemonInfo | None:

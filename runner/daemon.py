@@ -2,7 +2,8 @@
 
 Runs survive the console closing and the SSH session ending: the daemon has its own
 session, ignores SIGHUP, and ends only on SIGTERM/SIGINT, which ends its live runs with a
-reason. While it runs, `$MLRB_HOME/daemon.json` says where its broker and journal are.
+reason, or on SIGUSR1, which leaves them going for the next daemon to adopt (an upgrade).
+A daemon that starts adopts the live runs of its home's journal (runner.adoption). While it runs, `$MLRB_HOME/daemon.json` says where its broker and journal are.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from runner.config import Config, DaemonInfo, load_config, read_daemon_info, write_daemon_info
 from runner.engine import Engine
 
+KEEP_RUNS_SIGNAL = signal.SIGUSR1  # stop, leaving the live runs going (`mlrb down --keep-runs`)
+
 
 class DaemonError(RuntimeError):
     pass
@@ -31,19 +34,32 @@ async def serve(cfg: Config) -> None:
     await engine.start()
     write_daemon_info(cfg, DaemonInfo(pid=os.getpid(), bus_url=engine.bus_url or "", prefix=cfg.prefix,
                                       runner_id=engine.runner_id, db=str(cfg.db_path),
-                                      broker=engine.broker_kind, started=time.time()))
+                                      broker=engine.broker_kind, started=time.time(),
+                                      adopted=engine.adoption["adopted"],
+                                      orphans=engine.adoption["orphans"]))
     logging.info("runner %s up: broker %s (%s), journal %s, sandbox %s", engine.runner_id,
                  engine.bus_url, engine.broker_kind, cfg.db_path, engine._backend)
     stop = asyncio.Event()
+    keep = False
     loop = asyncio.get_running_loop()
+
+    def keep_runs() -> None:
+        nonlocal keep
+        keep = True
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(KEEP_RUNS_SIGNAL, keep_runs)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     try:
         await stop.wait()
     finally:
-        logging.info("stopping")
-        await engine.stop("the runner daemon was stopped")
+        logging.info("stopping%s", " (its runs go on, for the next runner to adopt)" if keep else "")
+        if keep:
+            await engine.stop("the runner daemon stopped and left the run going", keep_runs=True)
+        else:
+            await engine.stop("the runner daemon was stopped")
         with contextlib.suppress(FileNotFoundError):
             cfg.daemon_file.unlink()
 
@@ -75,12 +91,13 @@ def start_detached(cfg: Config, timeout: float = 60.0) -> DaemonInfo:
     raise DaemonError(f"the runner daemon did not become ready in {timeout:g} s; see {cfg.log_path}")
 
 
-def stop_daemon(cfg: Config, timeout: float = 90.0) -> bool:
-    """Stop the running daemon; False when none was running."""
+def stop_daemon(cfg: Config, timeout: float = 90.0, keep_runs: bool = False) -> bool:
+    """Stop the running daemon; False when none was running. With `keep_runs` its runs go on
+    in their sandboxes, and the next daemon of this home adopts them."""
     info = read_daemon_info(cfg)
     if info is None:
         return False
-    os.kill(info.pid, signal.SIGTERM)
+    os.kill(info.pid, KEEP_RUNS_SIGNAL if keep_runs else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -143,7 +143,7 @@ class DockerSandbox:
                 user=spec.user,
                 working_dir=WORKSPACE,
                 environment=dict(spec.env),
-                labels={"mlrb.run": spec.run},
+                labels={"mlrb.run": spec.run, **dict(spec.labels)},
                 network_mode="bridge" if spec.network else "none",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -177,6 +177,72 @@ class DockerSandbox:
             raise SandboxError(f"cannot start sandbox {self.name}: {exc.explanation or exc}") from None
         self._container = container
         self._follow_stats()
+
+    async def adopt(self) -> None:
+        """Take over this run's container, left running by an earlier runner."""
+        await asyncio.to_thread(self._adopt)
+
+    def _adopt(self) -> None:
+        try:
+            container = self._docker().containers.get(self.name)
+        except docker.errors.NotFound:
+            raise SandboxError(f"the sandbox container {self.name} is gone") from None
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"cannot inspect sandbox {self.name}: {exc.explanation or exc}") from None
+        labels = container.labels or {}
+        if labels.get("mlrb.run") != self.spec.run:
+            raise SandboxError(f"container {self.name} is not this run's sandbox "
+                               f"(label mlrb.run={labels.get('mlrb.run')!r})")
+        state = container.attrs.get("State", {})
+        if not state.get("Running"):
+            raise SandboxError(f"the sandbox container {self.name} is not running "
+                               f"({state.get('Status') or 'stopped'})")
+        self._container = container
+        self._follow_stats()
+
+    def release(self) -> None:
+        """Let go of the container without stopping it (the runner is detaching)."""
+        if self._stats_stream is not None:
+            self._stats_stream.stop()
+            self._stats_stream = None
+        self._stopped = True
+
+    # -- jobs: commands that outlive the runner (runner.jobs) -----------------------------
+    @property
+    def workspace_host(self) -> Path:
+        return self.spec.workspace.resolve()
+
+    async def start_job(self, job_id: str, command: str, timeout_s: float) -> None:
+        from runner.jobs import JOBS_DIR, wrapper
+
+        container = self._require()
+        script = wrapper(f"{WORKSPACE}/{JOBS_DIR}", job_id, timeout_s)
+        argv = ["bash", "-c", script, "mlrb-job", command]
+        res = await asyncio.to_thread(self._exec_run, container, argv)
+        if res[0] != 0:
+            raise SandboxError(f"cannot start a command in {self.name}: {res[1][-500:]}")
+
+    def _exec_run(self, container: Any, argv: list[str]) -> tuple[int, str]:
+        try:
+            code, out = container.exec_run(argv, user=self.spec.user, workdir=WORKSPACE)
+        except docker.errors.NotFound:
+            raise self._gone("run a command") from None
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            if "paused" in text:
+                raise SandboxError(f"cannot run a command: sandbox {self.name} is paused "
+                                   "(resume it first)") from None
+            raise SandboxError(f"cannot run a command in {self.name}: {text}") from None
+        return int(code or 0), (out or b"").decode("utf-8", "replace")
+
+    async def kill_job(self, job_id: str) -> None:
+        from runner.jobs import JOBS_DIR, kill_script
+
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._exec_quiet, ["bash", "-c", kill_script(f"{WORKSPACE}/{JOBS_DIR}", job_id)])
+
+    def job_alive(self, pid: int) -> bool | None:
+        return None  # the container's pids are not the host's; its status tells instead
 
     async def stop(self) -> None:
         if self._container is None or self._stopped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runner.adoption import TURNS_DIR, RunResume, load_resume
 from runner.agents.base import Agent, ScriptedAgent
 from runner.config import Config
 from runner.control import ControlCommand
@@ -70,7 +72,10 @@ class Engine:
     def __init__(self, cfg: Config, *, use_bus: bool = True, runner_id: str | None = None) -> None:
         self.cfg = cfg
         self.use_bus = use_bus
+        self._given_id = runner_id
         self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._lock: Any = None  # the home's runner lock: who holds it adopts the home's runs
+        self.adoption: dict[str, list[str]] = {"adopted": [], "gone": [], "orphans": []}
         self.journal: Journal | None = None
         self.reader: JournalReader | None = None
         self.publisher: Any = None
@@ -96,13 +101,14 @@ class Engine:
                 raise MosquittoMissing()
         self.cfg.home.mkdir(parents=True, exist_ok=True)
         self.cfg.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._take_home()
         self.journal = Journal(self.cfg.db_path)
         self.reader = JournalReader(self.cfg.db_path)
         self._slots = asyncio.Semaphore(self.cfg.max_runs)
-        await self._settle_orphans()
         await self.gpu_sampler.start()
         self.gpus.set_devices(self.gpu_sampler.devices)
         self._backend = await asyncio.to_thread(self._choose_backend)
+        await self._adopt_or_settle()
         if self.use_bus:
             from runner.bus import BusConfig, RunnerEndpoint
             from runner.embedded_broker import EmbeddedBroker
@@ -134,18 +140,88 @@ class Engine:
             return "local"
         return "docker"
 
-    async def _settle_orphans(self) -> None:
-        """Runs this journal shows as live belong to a runner that is gone: end them."""
+    def _take_home(self) -> None:
+        """The first engine on a home holds its lock and its stable runner id, so it is the
+        one that adopts the runs an earlier runner of this home left; another engine on the
+        same home (a headless demo beside the daemon) runs apart under an id of its own."""
+        lock = open(self.cfg.home / "runner.lock", "a+")  # noqa: SIM115 - held while the engine lives
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            return
+        self._lock = lock
+        if self._given_id is None:
+            path = self.cfg.home / "runner.id"
+            try:
+                self.runner_id = path.read_text().strip() or ""
+            except OSError:
+                self.runner_id = ""
+            if not self.runner_id:
+                self.runner_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+                path.write_text(self.runner_id + "\n")
+
+    async def _adopt_or_settle(self) -> None:
+        """Runs this journal shows as live: this home's runner adopts its own and goes on with
+        them; runs of a runner that is gone for good are ended. A sandbox no live run owns is
+        stopped and reported."""
         assert self.journal is not None and self.reader is not None
+        live: set[str] = set()
         for row in await asyncio.to_thread(self.reader.list_runs):
             if row["status"] in TERMINAL_STATUSES:
                 continue
-            factory = EventFactory(row["run"], int(row["last_seq"]) + 1)
-            await self.journal.write([factory.make("run.ended", {
-                "status": "failed", "reason": "the runner stopped before the run ended"})])
+            run = row["run"]
+            if self._lock is None or row.get("runner") != self.runner_id:
+                await self._end_left(run, "the runner stopped before the run ended")
+                continue
+            try:
+                resume = await asyncio.to_thread(load_resume, self.reader, run, row["status"],
+                                                 self.cfg.runs_dir / run / TURNS_DIR)
+                sup = self._adopted_supervisor(resume)
+            except (ValueError, TaskSpecError, RuntimeError) as exc:
+                await self._end_left(run, f"the runner stopped and cannot adopt the run: {exc}")
+                continue
+            live.add(run)
+            self.adoption["adopted"].append(run)
+            self.supervisors[run] = sup
+            self.tasks[run] = asyncio.create_task(self._run(sup, resume), name=f"run-{run}")
+        if self._backend == "docker" or self.cfg.backend == "auto":
+            self.adoption["orphans"] = await asyncio.to_thread(self._stop_orphan_sandboxes, live)
 
-    async def stop(self, reason: str = "runner stopped") -> None:
-        for sup in list(self.supervisors.values()):
+    async def _end_left(self, run: str, reason: str) -> None:
+        assert self.journal is not None
+        factory = EventFactory(run, self.journal.last_seq(run) + 1)
+        await self.journal.write([factory.make("run.ended", {"status": "failed", "reason": reason})])
+
+    def _stop_orphan_sandboxes(self, live: set[str]) -> list[str]:
+        """Containers labelled with this journal whose run is not live: stop them, so none
+        keeps a GPU the allocator hands to the next run."""
+        from runner.sandbox_factory import stop_orphans
+
+        stopped = stop_orphans(str(self.cfg.db_path.resolve()), live)
+        for name in stopped:
+            log.warning("stopped sandbox %s: no live run of this journal owns it", name)
+        return stopped
+
+    def _adopted_supervisor(self, r: RunResume) -> RunSupervisor:
+        c = r.created
+        job = Job(task=c.task or "", scale=c.scale or "smoke", agent=c.agent or "scripted",
+                  model=c.model if c.agent != "scripted" else None, approval=r.approval,
+                  id=c.job or "", submitted_by=c.submitted_by or "")
+        task = load_task(job.task)
+        plan = scripted_plan(task, job.scale) if job.agent == "scripted" else None
+        agent = self._make_agent(job, plan)
+        backend = r.sandbox.backend if r.sandbox is not None and r.sandbox.backend else self._backend
+        return self._supervisor(r.run, job, task, agent, r.limits, backend)
+
+    async def stop(self, reason: str = "runner stopped", *, keep_runs: bool = False) -> None:
+        """Stop the engine. Its live runs are killed with `reason`, or with `keep_runs` left
+        going in their sandboxes for the next runner of this home to adopt."""
+        live = [sup for sup in self.supervisors.values() if not sup.ended]
+        if keep_runs:
+            await asyncio.gather(*(asyncio.wait_for(sup.detach(reason), timeout=60) for sup in live),
+                                 return_exceptions=True)
+        for sup in live:
             if not sup.ended:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sup.kill(reason), timeout=60)
@@ -167,6 +243,9 @@ class Engine:
             await asyncio.to_thread(self.journal.close)
         if self.reader is not None:
             self.reader.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- runs --------------------------------------------------------------------------
     def _publish(self, events: Sequence[Event]) -> None:
@@ -181,10 +260,10 @@ class Engine:
 
         return make_agent(job.agent, job.model, self.cfg.providers.get(job.agent))
 
-    def _make_sandbox(self, spec: SandboxSpec) -> Sandbox:
+    def _make_sandbox(self, spec: SandboxSpec, backend: str | None = None) -> Sandbox:
         from runner.sandbox_factory import create_sandbox
 
-        return create_sandbox(spec, backend=self._backend)
+        return create_sandbox(spec, backend=backend or self._backend)
 
     async def submit(self, job: Job) -> str:
         """Start a run (it waits for a free slot); returns its id. Raises SubmitError."""
@@ -214,25 +293,39 @@ class Engine:
         for k, v in (job.limits or {}).items():
             if hasattr(limits, k):
                 setattr(limits, k, v)
-        sup = RunSupervisor(
+        sup = self._supervisor(run_id, job, task, agent, limits, self._backend)
+        self.supervisors[run_id] = sup
+        self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
+        return run_id
+
+    def _supervisor(self, run_id: str, job: Job, task: Any, agent: Agent, limits: RunLimits,
+                    backend: str) -> RunSupervisor:
+        assert self.journal is not None
+        return RunSupervisor(
             RunRequest(run=run_id, task=task, scale=job.scale, agent_kind=job.agent, model=job.model,
                        limits=limits, approval=job.approval, job=job.id or None,
                        submitted_by=job.submitted_by),
-            journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
+            journal=self.journal, publish=self._publish,
+            make_sandbox=lambda spec: self._make_sandbox(spec, backend),
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
             alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
                               llm_call_s=self.cfg.alarms.llm_call_s))
-        self.supervisors[run_id] = sup
-        self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
-        return run_id
 
-    async def _run(self, sup: RunSupervisor) -> str:
+    async def _run(self, sup: RunSupervisor, resume: RunResume | None = None) -> str:
         assert self._slots is not None
-        # GPUs first, then a slot: a run waiting for a GPU must not hold a slot that a
-        # CPU-only run could use
         try:
+            if resume is not None:
+                # an adopted run keeps the devices and the slot it had: it does not queue
+                if resume.sandbox is not None:
+                    sup.gpu_ids = self.gpus.claim(sup.run_id, resume.sandbox.gpu_ids)
+                    return await sup.adopt(resume)
+                sup.gpu_ids = await self.gpus.acquire(sup.run_id, sup.req.task.scale(sup.req.scale).gpus)
+                async with self._slots:
+                    return await sup.adopt(resume)
+            # GPUs first, then a slot: a run waiting for a GPU must not hold a slot that a
+            # CPU-only run could use
             sup.gpu_ids = await self.gpus.acquire(sup.run_id, sup.req.task.scale(sup.req.scale).gpus)
             async with self._slots:
                 return await sup.run()
@@ -300,7 +393,7 @@ class Engine:
                 "runs": live, "max_runs": self.cfg.max_runs, "backend": self._backend,
                 "broker": self.broker_kind, "ts": time.time(), "note": self.docker_note,
                 "gpu": self.gpu_sampler.state, "gpus_free": self.gpus.free,
-                "gpus_waiting": self.gpus.waiting}
+                "gpus_waiting": self.gpus.waiting, "adoption": self.adoption}
 
     async def _state_loop(self) -> None:
         while True:

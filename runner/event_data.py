@@ -72,6 +72,22 @@ class RunResumedData(Clocked):
     """A hold or freeze ended."""
 
 
+class RunAdoptedData(Clocked):
+    """A runner took the run over after the one before it stopped or died."""
+
+    runner: str = ""
+    downtime_s: float | None = None  # from the last event journaled before to this one
+    counted_s: float | None = None  # of that downtime, how much the run's clock counts
+    resumed_call: str | None = None  # the tool call whose command was still running, followed on
+
+
+class RunDetachedData(EventData):
+    """The runner let go of the run, which goes on in its sandbox (`mlrb down --keep-runs`)."""
+
+    reason: str = ""
+    runner: str = ""
+
+
 class RunWarningData(EventData):
     code: str = ""  # e.g. not_isolated, no_gpu; the stall alarms: stalled, gpu_idle, llm_slow
     message: str = ""
@@ -98,6 +114,27 @@ class RunEndedData(Clocked):
 class AgentStepData(Clocked):
     step: int | None = None
     time_left_s: float | None = None
+    # delivered to the agent at this step, as it saw them (an adopted run rebuilds from these)
+    messages: list[str] = []
+    notices: list[str] = []
+
+
+class TurnCall(EventData):
+    id: str
+    name: str
+    args: Mapping = {}
+
+
+class AgentTurnData(EventData):
+    """What the agent decided at a step: its words, its calls with their full arguments, and
+    what it needs to rebuild its own state (its conversation) from the journal."""
+
+    step: int
+    text: str = ""
+    done: bool = False
+    calls: list[TurnCall] = []
+    state: Mapping = {}  # the agent's own record of the turn (e.g. the calls as sent on the wire)
+    payload: str | None = None  # calls and state too large for an event: a file beside the journal
 
 
 class AgentMessageData(EventData):
@@ -149,6 +186,7 @@ class ToolResultData(EventData):
     rejected: bool | None = None  # by an operator
     edited: bool | None = None  # run with an operator's edited arguments
     streamed: bool | None = None  # the output already came as sandbox.output
+    clipped: bool | None = None  # the output was longer than an event holds (what the agent saw, too)
 
 
 class ToolApprovalData(EventData):
@@ -165,11 +203,14 @@ class SandboxStartedData(EventData):
     image: str | None = None
     isolated: bool = False
     limits: dict[str, float] = {}  # cpus, memory_gb, gpus
+    gpu_ids: list[int] = []  # the devices the runner's allocator assigned
 
 
 class SandboxOutputData(EventData):
     stream: Literal["stdout", "stderr"] = "stdout"
     text: str = ""
+    job: str | None = None  # the job (runner.jobs) this output came from
+    offset: int | None = None  # how far into that job's output file this chunk reaches
 
 
 class SandboxStoppedData(EventData):
@@ -182,6 +223,7 @@ class MetricData(EventData):
     step: int | None = None
     values: dict[str, float] = {}  # metric name -> value
     source: str | None = None  # stdout | file
+    offset: int | None = None  # a file metric: where the file's next line starts
 
 
 class GpuData(EventData):
@@ -284,9 +326,12 @@ EVENT_DATA: dict[str, type[EventData]] = {
     "run.held": RunHeldData,
     "run.resumed": RunResumedData,
     "run.warning": RunWarningData,
+    "run.adopted": RunAdoptedData,
+    "run.detached": RunDetachedData,
     "run.limit": RunLimitData,
     "run.ended": RunEndedData,
     "agent.step": AgentStepData,
+    "agent.turn": AgentTurnData,
     "agent.message": AgentMessageData,
     "agent.error": AgentErrorData,
     "agent.submit": AgentSubmitData,

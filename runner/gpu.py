@@ -97,6 +97,13 @@ class GpuAllocator:
     def assigned(self, run: str) -> tuple[int, ...]:
         return self._held.get(run, ())
 
+    def claim(self, run: str, ids: Sequence[int]) -> tuple[int, ...]:
+        """Hold the devices an adopted run already uses (those this host still has)."""
+        held = tuple(i for i in ids if i in self._devices)
+        if held:
+            self._held[run] = held
+        return held
+
     def check(self, n: int) -> None:
         """Raise GpuRequestError for a request that could never be granted here."""
         if self._devices and n > len(self._devices):

@@ -52,6 +52,7 @@ class LocalSandbox:
         self.cwd: Path = spec.workspace.resolve()  # where shell_argv() must be started
         self.env: dict[str, str] = self._environment()
         self._groups: set[int] = set()  # process-group ids of the commands now running
+        self._jobs: dict[str, int] = {}  # job id -> its process group (runner.jobs)
         self._paused = False
         self._started = False
         self._stopped = False
@@ -63,7 +64,12 @@ class LocalSandbox:
     @property
     def process_groups(self) -> frozenset[int]:
         """The process groups of the commands now running (the GPU sampler's view of a run)."""
-        return frozenset(self._groups)
+        return frozenset(self._all_groups())
+
+    def _all_groups(self) -> set[int]:
+        alive = {job: g for job, g in self._jobs.items() if self.job_alive(g)}
+        self._jobs = alive
+        return self._groups | set(alive.values())
 
     def _environment(self) -> dict[str, str]:
         path = os.pathsep.join(dict.fromkeys(
@@ -91,6 +97,93 @@ class LocalSandbox:
         await asyncio.to_thread((self.cwd / METRICS_FILE).parent.mkdir, parents=True, exist_ok=True)
         self._started = True
 
+    async def adopt(self) -> None:
+        """Take over a run an earlier runner left: its jobs run in sessions of their own, so
+        they outlived that runner; find them from their pid files."""
+        from runner.jobs import JOBS_DIR, JobFiles
+
+        if not self.cwd.is_dir():
+            raise SandboxError(f"the local sandbox's workspace {self.cwd} is gone")
+        self._started = True
+        root = self.cwd / JOBS_DIR
+        names = await asyncio.to_thread(lambda: sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
+        for name in names:
+            with contextlib.suppress(SandboxError):
+                files = JobFiles(self.cwd, name)
+                pid = files.pid()
+                if pid is not None and files.rc() is None and self.job_alive(pid):
+                    self._jobs[name] = pid
+
+    def release(self) -> None:
+        self._stopped = True  # this object lets go; the jobs' processes go on
+
+    # -- jobs: commands that outlive the runner (runner.jobs) -----------------------------
+    @property
+    def workspace_host(self) -> Path:
+        return self.cwd
+
+    async def start_job(self, job_id: str, command: str, timeout_s: float) -> None:
+        from runner.jobs import JOBS_DIR, JobFiles, wrapper
+
+        self._check_usable()
+        kb = address_space_limit(self.spec.limits.memory_bytes) // 1024
+        # not a login shell: /etc/profile would reset the PATH this sandbox sets
+        script = wrapper(str(self.cwd / JOBS_DIR), job_id, timeout_s, login=False)
+        argv = ["bash", "-c", f'ulimit -v {kb} 2>/dev/null; ulimit -c 0; {script}', "mlrb-job", command]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=self.cwd, env=self.env, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise SandboxError(f"cannot run a command in {self.cwd}: {exc}") from None
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise SandboxError(f"cannot start a command in {self.cwd}: "
+                               f"{err.decode('utf-8', 'replace')[-500:]}")
+        files = JobFiles(self.cwd, job_id)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the pid lands a moment after the wrapper returns
+            pid = await asyncio.to_thread(files.pid)
+            if pid is not None:
+                self._jobs[job_id] = pid
+                if self._paused:  # frozen while it started: it freezes too
+                    self._signal(pid, signal.SIGSTOP)
+                return
+            await asyncio.sleep(0.005)
+
+    async def kill_job(self, job_id: str) -> None:
+        group = self._jobs.pop(job_id, None)
+        if group is None:
+            from runner.jobs import JobFiles
+
+            group = JobFiles(self.cwd, job_id).pid()
+        if group is None:
+            return
+        self._signal(group, signal.SIGTERM)
+        self._signal(group, signal.SIGCONT)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while time.monotonic() < deadline and self.job_alive(group):
+            await asyncio.sleep(0.05)
+        self._signal(group, signal.SIGKILL)
+
+    def job_alive(self, pid: int) -> bool | None:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _check_usable(self) -> None:
+        if not self._started or self._stopped:
+            raise SandboxError(f"cannot run a command: local sandbox {self.id} is "
+                               f"{'stopped' if self._stopped else 'not started'}")
+        if self._paused:
+            raise SandboxError(f"cannot run a command: local sandbox {self.id} is paused "
+                               "(resume it first)")
+
     async def exec(
         self,
         command: str,
@@ -100,12 +193,7 @@ class LocalSandbox:
         on_output: OutputCallback | None = None,
         workdir: str = WORKSPACE,
     ) -> ExecResult:
-        if not self._started or self._stopped:
-            raise SandboxError(f"cannot run a command: local sandbox {self.id} is "
-                               f"{'stopped' if self._stopped else 'not started'}")
-        if self._paused:
-            raise SandboxError(f"cannot run a command: local sandbox {self.id} is paused "
-                               "(resume it first)")
+        self._check_usable()
         kb = address_space_limit(self.spec.limits.memory_bytes) // 1024
         argv = ["bash", "-c", f'ulimit -v {kb} 2>/dev/null; ulimit -c 0; exec bash -c "$1"',
                 "mlrb-exec", command]
@@ -188,7 +276,7 @@ class LocalSandbox:
 
     async def pause(self) -> None:
         self._paused = True
-        for group in list(self._groups):
+        for group in self._all_groups():
             self._signal(group, signal.SIGSTOP)
         # Signals land asynchronously; like `docker pause`, return once everything is frozen.
         await asyncio.to_thread(self._wait_stopped)
@@ -208,7 +296,7 @@ class LocalSandbox:
 
     async def unpause(self) -> None:
         self._paused = False
-        for group in list(self._groups):
+        for group in self._all_groups():
             self._signal(group, signal.SIGCONT)
 
     async def status(self) -> SandboxStatus:
@@ -222,7 +310,7 @@ class LocalSandbox:
         return await asyncio.to_thread(self._stats)
 
     def _members(self) -> list[psutil.Process]:
-        groups = set(self._groups)
+        groups = self._all_groups()
         found: list[psutil.Process] = []
         if not groups:
             return found
@@ -262,8 +350,9 @@ class LocalSandbox:
 
     async def stop(self) -> None:
         self._stopped = True
-        for group in list(self._groups):
+        for group in self._all_groups():
             self._signal(group, signal.SIGKILL)
+        self._jobs.clear()
 
     def shell_argv(self) -> list[str]:
         """`bash`, to be started with cwd=self.cwd and env=self.env (no /workspace here)."""

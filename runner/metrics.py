@@ -115,6 +115,7 @@ class MetricsTail:
             chunk = os.read(fd, max_bytes)
         finally:
             os.close(fd)
+        pos = self.offset - len(self._partial)  # where the first line below starts in the file
         self.offset += len(chunk)
         data = self._partial + chunk
         lines = data.split(b"\n")
@@ -123,11 +124,13 @@ class MetricsTail:
             self._partial, self.rejected = b"", self.rejected + 1
         out = []
         for raw in lines:
+            pos += len(raw) + 1
             if not raw.strip():
                 continue
             parsed = parse_metrics_line(raw.decode("utf-8", errors="replace"))
             if parsed is None:
                 self.rejected += 1
             else:
+                parsed["offset"] = pos  # the next line's start: where an adopted run resumes
                 out.append(parsed)
         return out

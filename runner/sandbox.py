@@ -44,6 +44,7 @@ class SandboxSpec:
     env: tuple[tuple[str, str], ...] = ()  # never provider keys
     network: bool = False
     user: str = "1000:1000"
+    labels: tuple[tuple[str, str], ...] = ()  # e.g. the runner and journal that own the run
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,29 @@ class Sandbox(Protocol):
     def id(self) -> str: ...
 
     async def start(self) -> None: ...
+
+    async def adopt(self) -> None:
+        """Take over the run's sandbox that an earlier runner left running; SandboxError if
+        it is gone."""
+        ...
+
+    def release(self) -> None:
+        """Let go of the sandbox without stopping it: the runner detaches, its runs go on."""
+        ...
+
+    @property
+    def workspace_host(self) -> Path:
+        """The workspace as the host sees it."""
+        ...
+
+    async def start_job(self, job_id: str, command: str, timeout_s: float) -> None:
+        """Start `command` detached, writing its output and status under the workspace's
+        `.mlrb/jobs/<job_id>/` (runner.jobs)."""
+        ...
+
+    async def kill_job(self, job_id: str) -> None: ...
+
+    def job_alive(self, pid: int) -> bool | None: ...
 
     async def exec(
         self,

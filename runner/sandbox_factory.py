@@ -6,6 +6,7 @@ and the caller warns the operator. Forcing `docker` without an engine is a clear
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from runner.docker_sandbox import DockerSandbox
@@ -57,3 +58,22 @@ def create_sandbox(spec: SandboxSpec, backend: str = "auto") -> Sandbox:
         raise SandboxUnavailable(f"the docker sandbox was asked for but {reason}; start the "
                                  "Docker daemon or choose the local backend")
     return LocalSandbox(spec)
+
+
+def stop_orphans(journal: str, live: set[str]) -> list[str]:
+    """Remove the containers labelled with `journal` whose run is not in `live`; their names.
+    Without a Docker engine there is nothing to stop."""
+    client, _reason = _engine()
+    if client is None:
+        return []
+    stopped: list[str] = []
+    try:
+        for c in client.containers.list(all=True, filters={"label": f"mlrb.journal={journal}"}):
+            if (c.labels or {}).get("mlrb.run") in live:
+                continue
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+                stopped.append(c.name)
+    finally:
+        client.close()
+    return stopped

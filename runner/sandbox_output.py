@@ -37,6 +37,8 @@ class SandboxOutput:
         self._line = ""  # the unfinished last line, for Trainer log lines split across pieces
         self._step = 0
         self._tail: MetricsTail | None = None
+        self._job: tuple[str, int] | None = None  # (job id, bytes of its output buffered so far)
+        self.metrics_offset = 0  # where the metrics file is followed from (an adopted run's)
 
     def add(self, stream: str, text: str) -> None:
         """One piece of a command's output, as the sandbox delivers it."""
@@ -55,6 +57,10 @@ class SandboxOutput:
         if self._size >= OUTPUT_CHUNK:
             self._spawn(self.flush())
 
+    def job_offset(self, job: str, offset: int) -> None:
+        """How far into a job's output file the pieces added so far reach."""
+        self._job = (job, offset)
+
     def take_chunks(self) -> list[tuple[str, str]]:
         """The buffered output as (stream, text) chunks: consecutive pieces of one stream
         merged until a chunk holds `OUTPUT_CHUNK` characters; the buffer is emptied."""
@@ -68,8 +74,21 @@ class SandboxOutput:
         return merged
 
     async def flush(self) -> None:
-        for stream, text in self.take_chunks():
-            await self._emit("sandbox.output", {"stream": stream, "text": text[:MAX_EVENT_TEXT]})
+        chunks = self.take_chunks()
+        job, self._job = self._job, None
+        for i, (stream, text) in enumerate(chunks):
+            data: dict[str, Any] = {"stream": stream, "text": text[:MAX_EVENT_TEXT]}
+            if job is not None and i == len(chunks) - 1:
+                # the last chunk says how far the job's output file is journaled, so a
+                # runner that adopts the run goes on from there
+                data["job"], data["offset"] = job
+            await self._emit("sandbox.output", data)
+
+    def resume(self, metric_step: int, metrics_offset: int) -> None:
+        """Go on where an earlier runner's journal ends: the last metric step, and the
+        metrics file's offset."""
+        self._step = metric_step
+        self.metrics_offset = metrics_offset
 
     def metric(self, parsed: dict[str, Any], source: str) -> dict[str, Any]:
         """A `metric` event's data; a metric without a step takes the one after the last."""
@@ -79,7 +98,10 @@ class SandboxOutput:
             step = self._step
         else:
             self._step = step
-        return {"step": step, "values": parsed["values"], "source": source}
+        data = {"step": step, "values": parsed["values"], "source": source}
+        if parsed.get("offset") is not None:
+            data["offset"] = parsed["offset"]  # where the metrics file's next line starts
+        return data
 
     async def emit_metric(self, parsed: dict[str, Any], source: str) -> None:
         await self._emit("metric", self.metric(parsed, source))
@@ -92,15 +114,25 @@ class SandboxOutput:
 
     async def follow_metrics(self) -> None:
         """Follow the metrics file the in-sandbox helper appends to, for as long as the run lives."""
-        self._tail = tail = MetricsTail(self._workspace, METRICS_FILE)
+        tail = self._metrics_tail()
         while True:
             for parsed in await asyncio.to_thread(tail.read):
                 await self.emit_metric(parsed, "file")
             await asyncio.sleep(METRICS_POLL_S)
 
-    async def read_last_metrics(self) -> None:
-        """Metrics written in the run's last moments, after the follower stopped."""
+    def _metrics_tail(self) -> MetricsTail:
         if self._tail is None:
-            return
-        for parsed in self._tail.read():
-            await self.emit_metric(parsed, "file")
+            self._tail = MetricsTail(self._workspace, METRICS_FILE)
+            self._tail.offset = self.metrics_offset
+        return self._tail
+
+    async def read_last_metrics(self) -> None:
+        """Metrics written in the run's last moments, after the follower stopped (or before
+        it first read: an adopted run whose command ended while no runner watched)."""
+        tail = self._metrics_tail()
+        while True:
+            batch = await asyncio.to_thread(tail.read)
+            for parsed in batch:
+                await self.emit_metric(parsed, "file")
+            if not batch:
+                return

@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import Agent, AgentContext, Observation, ToolCall, ToolResult
+from runner.adoption import TURNS_DIR, CallState, RunResume
+from runner.agents.base import Agent, AgentContext, AgentTurn, Observation, ToolCall, ToolResult
 from runner.approvals import Approvals
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
 from runner.control import ControlCommand
@@ -37,7 +39,7 @@ from runner.sandbox_output import SandboxOutput
 from runner.scoring import Scorer
 from runner.stall_watch import StallWatch, Thresholds
 from runner.telemetry import TelemetryWindow
-from runner.tools import TOOL_SPECS, ToolBox
+from runner.tools import TOOL_SPECS, SubmitArgs, ToolBox, job_id_for
 from tasks.api import TaskSpec, prepare_workspace
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ SAMPLE_EVERY_S = 2.0
 WATCH_EVERY_S = 1.0
 MAX_CONSECUTIVE_AGENT_FAILURES = 5
 MAX_MESSAGE = 20_000
+MAX_RESULT_TEXT = 200_000  # a tool result as journaled, and so as the agent is shown it
+MAX_TURN_EVENT = 64 * 1024  # an agent.turn larger than this keeps its calls in a file beside
 
 
 @dataclass
@@ -113,6 +117,10 @@ class RunSupervisor:
 
         self._loop_task: asyncio.Task[None] | None = None
         self._followers: list[asyncio.Task[None]] = []
+        self.turns_dir = workspace.parent / TURNS_DIR
+        self._job_offsets: dict[str, int] = {}  # an adopted run's: how far each job's output is journaled
+        self.adopted = False
+        self.detached = False
         self._ending = False
         self._ended = asyncio.Event()
         self.end_status: str | None = None
@@ -176,24 +184,25 @@ class RunSupervisor:
             log.exception("run %s failed", self.run_id)
             await self._finish("failed", f"{exc.__class__.__name__}: {exc}")
         await self._ended.wait()
-        return self.end_status or "failed"
+        return "detached" if self.detached else (self.end_status or "failed")
 
-    async def _run(self) -> None:
-        task = self.req.task
-        scale = task.scale(self.req.scale)
-        await self.emit("run.created", {
-            "task": task.name, "agent": self.req.agent_kind, "model": self.agent.model,
-            "scale": self.req.scale, "limits": self.limits.as_dict(), "runner": self.runner_id,
-            "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
-            "metric": task.metric,
-        })
-        await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
-        spec = SandboxSpec(
+    def _spec(self) -> SandboxSpec:
+        task, scale = self.req.task, self.req.task.scale(self.req.scale)
+        return SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
                                  gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
             env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale)),
+            labels=(("mlrb.runner", self.runner_id), ("mlrb.journal", str(Path(self.journal.path).resolve()))),
         )
+
+    async def _run(self, created: bool = False) -> None:
+        task = self.req.task
+        scale = task.scale(self.req.scale)
+        if not created:
+            await self._emit_created()
+        await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
+        spec = self._spec()
         try:
             self.sandbox = self._make_sandbox(spec)
             await self.sandbox.start()
@@ -204,17 +213,22 @@ class RunSupervisor:
         await self.emit("sandbox.started", {
             "backend": sb.backend, "id": sb.id, "image": self.image if sb.isolated else None,
             "isolated": sb.isolated, "limits": {"cpus": scale.cpus, "memory_gb": scale.memory_gb,
-                                                "gpus": scale.gpus}})
+                                                "gpus": scale.gpus},
+            "gpu_ids": list(self.gpu_ids)})
         if not sb.isolated:
             await self.emit("run.warning", {
                 "code": "not_isolated",
                 "message": "local sandbox: no Docker engine answered, so the agent's commands "
                            "run on this host without isolation"})
         await self._watch_gpus(scale.gpus)
-        self.toolbox = ToolBox(sb, on_output=self.output.add)
+        self.toolbox = ToolBox(sb, on_output=self.output.add, on_offset=self.output.job_offset)
         self.clock.start()
         self.status = "running"
         await self.emit("run.started", {"elapsed_s": 0.0})
+        await self._go(None)
+
+    async def _go(self, resume: RunResume | None) -> None:
+        """Follow the sandbox and drive the agent, until the run ends."""
         self._followers = [
             asyncio.create_task(self.output.follow_metrics(), name=f"{self.run_id}-metrics"),
             asyncio.create_task(self._sample(), name=f"{self.run_id}-sample"),
@@ -224,34 +238,158 @@ class RunSupervisor:
         if self.stalls.thresholds.any:
             self._followers.append(asyncio.create_task(self._watch_stalls(),
                                                        name=f"{self.run_id}-stalls"))
-        self._loop_task = asyncio.create_task(self._agent_loop(), name=f"{self.run_id}-agent")
+        self._loop_task = asyncio.create_task(self._agent_loop(resume), name=f"{self.run_id}-agent")
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
 
+    async def _emit_created(self) -> None:
+        task = self.req.task
+        await self.emit("run.created", {
+            "task": task.name, "agent": self.req.agent_kind, "model": self.agent.model,
+            "scale": self.req.scale, "limits": self.limits.as_dict(), "runner": self.runner_id,
+            "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
+            "metric": task.metric,
+        })
+
+    # -- adoption: going on with a run an earlier runner left ------------------------------
+    async def adopt(self, resume: RunResume) -> str:
+        """Take the run over from the journal and its sandbox, and run it to its end."""
+        self.adopted = True
+        try:
+            await self._adopt(resume)
+        except asyncio.CancelledError:
+            if not self._ending:
+                await self._finish("failed", "runner stopped")
+            raise
+        except SandboxError as exc:
+            if not self._ending:
+                await self._finish("failed", f"sandbox: {exc}")
+        except Exception as exc:  # the run fails; the runner lives on
+            log.exception("adopting run %s failed", self.run_id)
+            if not self._ending:
+                await self._finish("failed", f"cannot adopt the run: {exc.__class__.__name__}: {exc}")
+        await self._ended.wait()
+        return "detached" if self.detached else (self.end_status or "failed")
+
+    async def _adopt(self, r: RunResume) -> None:
+        self.budget.restore(r.limits, steps=r.last.step if r.last is not None else 0,
+                            tokens=r.tokens, cost=r.cost, warned=r.warned)
+        self.approvals.on = r.approval
+        self._messages = [strip_escapes(m)[:MAX_MESSAGE] for m in r.pending_messages()]
+        self._notices = list(r.notices_after)
+        if r.sandbox is None:  # it never had a sandbox: start it as a new run would
+            await self.emit("run.adopted", {"runner": self.runner_id, "elapsed_s": 0.0})
+            await self._run(created=True)
+            return
+        scale = self.req.task.scale(self.req.scale)
+        self.gpu_ids = tuple(r.sandbox.gpu_ids) or self.gpu_ids
+        sb = self._make_sandbox(self._spec())
+        try:
+            await sb.adopt()
+        except SandboxError as exc:
+            await self._finish("failed", f"the run's sandbox is gone: {exc}")
+            return
+        self.sandbox = sb
+        elapsed, down, counted = r.elapsed_now()
+        self.clock.used = elapsed
+        self.output.resume(r.metric_step, r.metrics_offset)
+        self._job_offsets = dict(r.job_offsets)
+        self.toolbox = ToolBox(sb, on_output=self.output.add, on_offset=self.output.job_offset,
+                               notes=list(r.notes))
+        if r.submitted is not None:
+            self.toolbox.submission = SubmitArgs(path=r.submitted[0] or ".", summary=r.submitted[1])
+        last = r.last
+        running = [c.call.id for c in (last.calls if last else []) if c.called and c.result is None]
+        await self.emit("run.adopted", {"runner": self.runner_id, "downtime_s": round(down, 1),
+                                        "counted_s": round(counted, 1), "elapsed_s": round(elapsed, 1),
+                                        "resumed_call": running[0] if running else None})
+        if r.status == "frozen":
+            await self.pause.freeze(sb)
+            self.status = "frozen"
+        elif r.status == "held":
+            self.pause.hold()
+            self.status = "held"
+        else:
+            self.status = "running"
+        if r.started:
+            self.clock.start()
+        else:
+            self.clock.start()
+            await self.emit("run.started", {"elapsed_s": round(self.clock.elapsed, 1)})
+        await self._watch_gpus(scale.gpus)
+        if self.toolbox.submission is not None:  # it was being scored when the runner stopped
+            await self._finish("succeeded", "submitted", submitted=True)
+            return
+        await self._go(r)
+
+    async def detach(self, reason: str) -> None:
+        """Let go of the run and leave it going in its sandbox: a command keeps running, an
+        LLM call in flight is asked again by the runner that adopts the run."""
+        if self._ending:
+            return
+        self._ending = True
+        self.detached = True
+        if self.toolbox is not None:
+            self.toolbox.keep_jobs = True
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.unwatch(self.run_id)
+        tasks = [t for t in [*self._followers, self._loop_task] if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+        with contextlib.suppress(Exception):
+            await self.output.flush()
+        if self.sandbox is not None:
+            self.sandbox.release()
+        self.approvals.cancel()
+        await self.emit("run.detached", {"reason": reason, "runner": self.runner_id})
+        self._ended.set()
+
     # -- the agent ---------------------------------------------------------------------
-    async def _agent_loop(self) -> None:
+    async def _agent_loop(self, resume: RunResume | None = None) -> None:
         assert self.toolbox is not None
-        await self.agent.start(AgentContext(
-            run=self.run_id, task_prompt=self.req.task.prompt(self.req.scale), tools=TOOL_SPECS,
-            emit=self._agent_emit, time_limit_s=self.limits.time_s))
+        ctx = AgentContext(run=self.run_id, task_prompt=self.req.task.prompt(self.req.scale),
+                           tools=TOOL_SPECS, emit=self._agent_emit, time_limit_s=self.limits.time_s)
         results: list[ToolResult] = []
         failures = 0
+        pending: tuple[AgentTurn, list[CallState]] | None = None
+        if resume is None:
+            await self.agent.start(ctx)
+        else:
+            records = resume.turn_records()
+            await self.agent.resume(ctx, records)
+            for rec in reversed(records):  # the turns without progress the run ended on
+                if rec.turn.calls or rec.turn.done:
+                    break
+                failures += 1
+            last = resume.last
+            if last is not None and last.turn is None:
+                # the model was being asked when the runner stopped: ask it again
+                obs = Observation(last.step, last.time_left_s, resume.results_before(last),
+                                  list(last.messages), list(last.notices))
+                turn = await self._ask(obs)
+                pending = (turn, [CallState(c) for c in turn.calls])
+            elif last is not None and last.turn is not None:
+                pending = (last.turn, last.calls)
         while True:
-            await self.pause.gate()
-            if await self._check_limits():
-                return
-            self.budget.steps += 1
-            step = self.budget.steps
-            time_left = self.budget.time_left
-            await self.emit("agent.step", {"step": step, "time_left_s": round(time_left, 1),
-                                           "elapsed_s": round(self.clock.elapsed, 1)})
-            messages, self._messages = self._messages, []
-            notices, self._notices = self._notices, []
-            self.stalls.llm_started()
-            try:
-                turn = await self.agent.turn(Observation(step, time_left, results, messages, notices))
-            finally:
-                self.stalls.llm_ended()
+            if pending is not None:
+                turn, states = pending
+                pending = None
+            else:
+                await self.pause.gate()
+                if await self._check_limits():
+                    return
+                self.budget.steps += 1
+                step = self.budget.steps
+                time_left = self.budget.time_left
+                messages, self._messages = self._messages, []
+                notices, self._notices = self._notices, []
+                await self.emit("agent.step", {"step": step, "time_left_s": round(time_left, 3),
+                                               "elapsed_s": round(self.clock.elapsed, 1),
+                                               "messages": messages, "notices": notices})
+                turn = await self._ask(Observation(step, time_left, results, messages, notices))
+                states = [CallState(c) for c in turn.calls]
             if not turn.calls:
                 failures = failures + 1 if not turn.done else 0
                 if turn.done:
@@ -267,38 +405,72 @@ class RunSupervisor:
                 continue
             failures = 0
             results = []
-            for call in turn.calls:
-                result = await self._tool(call)
+            for cs in states:
+                # a call whose result the journal holds ran before the runner stopped
+                result = cs.result if cs.result is not None else await self._tool(cs.call, cs)
                 results.append(result)
                 if self.toolbox.submission is not None:
                     await self._finish("succeeded", "submitted", submitted=True)
                     return
                 await self.pause.gate()
 
-    async def _tool(self, call: ToolCall) -> ToolResult:
+    async def _ask(self, obs: Observation) -> AgentTurn:
+        """One turn of the agent, recorded whole as `agent.turn`."""
+        self.stalls.llm_started()
+        try:
+            turn = await self.agent.turn(obs)
+        finally:
+            self.stalls.llm_ended()
+        await self._emit_turn(obs.step, turn)
+        return turn
+
+    async def _emit_turn(self, step: int, turn: AgentTurn) -> None:
+        calls: list[dict[str, Any]] = [{"id": c.id, "name": c.name, "args": c.args} for c in turn.calls]
+        data: dict[str, Any] = {"step": step, "text": strip_escapes(turn.text)[:64_000],
+                                "done": turn.done, "calls": calls, "state": turn.state}
+        if len(json.dumps(data, default=str)) > MAX_TURN_EVENT:
+            # a large write_file: the full calls go to a file beside the journal, the event
+            # keeps them clipped
+            name = f"{step}.json"
+            body = json.dumps({"calls": calls, "state": turn.state})
+            await asyncio.to_thread(_write_atomic, self.turns_dir / name, body)
+            data = {**data, "calls": [{**c, "args": _clip_args(c["args"])} for c in calls],
+                    "state": {}, "payload": name}
+        await self.emit("agent.turn", data)
+
+    async def _tool(self, call: ToolCall, cs: CallState | None = None) -> ToolResult:
         assert self.toolbox is not None
-        await self.emit("tool.call", {"id": call.id, "name": call.name, "args": _clip_args(call.args)})
+        resumed = cs is not None and cs.called  # its tool.call is journaled: an earlier runner's
+        if not resumed:
+            await self.emit("tool.call", {"id": call.id, "name": call.name, "args": _clip_args(call.args)})
         edited: dict[str, Any] | None = None
-        if self.approvals.on:
-            await self.emit("tool.approval", {"id": call.id, "state": "pending", "name": call.name})
+        decided = cs.approval if cs is not None and cs.approval in ("approved", "rejected") else None
+        if decided == "rejected":
+            assert cs is not None
+            return await self._rejected(call, cs.reason)
+        if decided == "approved":
+            assert cs is not None
+            edited = cs.edited
+        elif self.approvals.on:
+            if not (resumed and cs is not None and cs.approval == "pending"):
+                await self.emit("tool.approval", {"id": call.id, "state": "pending", "name": call.name})
             self.clock.stop("approval")
             try:
                 decision = await self.approvals.wait(call.id)
             finally:
                 self.clock.release("approval")
             if not decision.ok:
-                result = ToolResult(call.id, call.name, ok=False,
-                                    output=f"The operator rejected this call: "
-                                           f"{decision.reason or 'no reason given'}",
-                                    meta={"rejected": True})
-                await self._emit_result(result)
-                return result
+                return await self._rejected(call, decision.reason)
             edited = decision.edited
-            if edited is not None:
-                call = ToolCall(call.id, call.name, edited)
+        if edited is not None:
+            call = ToolCall(call.id, call.name, edited)
         self.stalls.command_started()
         try:
-            result = await self.toolbox.execute(call)
+            if resumed and self.toolbox.job_started(call):
+                # its command outlived the runner that started it: follow it to its end
+                result = await self.toolbox.resume(call, self._job_offsets.get(job_id_for(call.id), 0))
+            else:
+                result = await self.toolbox.execute(call)
         finally:
             self.stalls.command_ended()
         if edited is not None:
@@ -308,13 +480,26 @@ class RunSupervisor:
                                             f"it ran with arguments {ran}]\n{result.output}",
                              meta={**result.meta, "edited": True})
         await self.output.flush()
-        await self._emit_result(result)
-        return result
+        return await self._emit_result(result)
 
-    async def _emit_result(self, r: ToolResult) -> None:
+    async def _rejected(self, call: ToolCall, reason: str) -> ToolResult:
+        return await self._emit_result(ToolResult(
+            call.id, call.name, ok=False,
+            output=f"The operator rejected this call: {reason or 'no reason given'}",
+            meta={"rejected": True}))
+
+    async def _emit_result(self, r: ToolResult) -> ToolResult:
+        """Journal a result; what is journaled is what the agent is shown, so a runner that
+        adopts the run rebuilds the same conversation."""
+        output = strip_escapes(r.output)
+        meta = dict(r.meta)
+        if len(output) > MAX_RESULT_TEXT:
+            output, meta["clipped"] = output[-MAX_RESULT_TEXT:], True
+        r = replace(r, output=output, meta=meta)
         await self.emit("tool.result", {
             "id": r.call_id, "name": r.name, "ok": r.ok, "exit_code": r.exit_code,
-            "duration_s": r.duration_s, "output": strip_escapes(r.output)[-16_000:], **r.meta})
+            "duration_s": r.duration_s, "output": output, **meta})
+        return r
 
     async def _check_limits(self) -> bool:
         """Warn of limits near their end; True when one is reached (and the run ended)."""
@@ -491,6 +676,16 @@ class RunSupervisor:
         return {"run": self.run_id, "task": self.req.task.name, "status": self.end_status or self.status,
                 "reason": self.end_reason, "elapsed_s": round(self.clock.elapsed, 1),
                 "steps": self.budget.steps, "workspace": str(self.workspace)}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _clip_args(args: dict[str, Any]) -> dict[str, Any]:

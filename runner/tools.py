@@ -10,6 +10,8 @@ view of the workspace, so a symlink planted by the agent cannot reach the host.
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -19,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runner.agents.base import ToolCall, ToolResult
-from runner.sandbox import OutputCallback, Sandbox
+from runner.jobs import follow_job, run_job
+from runner.sandbox import ExecResult, OutputCallback, Sandbox
 
 OUTPUT_CAP = 16 * 1024  # what a tool result may carry back to the model
 READ_CAP = 64 * 1024
@@ -107,6 +110,17 @@ class ToolArgsError(ValueError):
     pass
 
 
+JOB_TOOLS = ("bash", "run_python")  # tools whose command runs as a job (runner.jobs)
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def job_id_for(call_id: str) -> str:
+    """The job a call's command runs as: the call's id where it is a safe file name."""
+    if _JOB_ID.match(call_id) and call_id not in (".", ".."):
+        return call_id
+    return "j" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+
+
 def validate(call: ToolCall) -> _Args:
     model = ARGS.get(call.name)
     if model is None:
@@ -129,6 +143,8 @@ class ToolBox:
 
     sandbox: Sandbox
     on_output: OutputCallback | None = None
+    on_offset: Callable[[str, int], None] | None = None  # (job id, bytes of its output seen)
+    keep_jobs: bool = False  # a cancelled command keeps running (the runner is detaching)
     notes: list[str] = field(default_factory=list)
     submission: SubmitArgs | None = None
     output_cap: int = OUTPUT_CAP
@@ -146,9 +162,38 @@ class ToolBox:
         return ToolResult(result.call_id, result.name, result.ok, result.output,
                           result.exit_code, round(self.clock() - start, 3), result.meta)
 
+    def _offset_cb(self, job: str) -> Callable[[int], None] | None:
+        cb = self.on_offset
+        return None if cb is None else (lambda n: cb(job, n))
+
     async def _run(self, call: ToolCall, command: str, timeout_s: float) -> ToolResult:
-        res = await self.sandbox.exec(command, timeout_s=timeout_s, output_cap=self.output_cap,
-                                      on_output=self.on_output)
+        job = job_id_for(call.id)
+        res = await run_job(self.sandbox, job, command, timeout_s=timeout_s,
+                            output_cap=self.output_cap, on_output=self.on_output,
+                            on_offset=self._offset_cb(job), keep_on_cancel=lambda: self.keep_jobs)
+        return self._result(call, res, timeout_s)
+
+    def job_started(self, call: ToolCall) -> bool:
+        """Whether this call's command was started (by this runner or an earlier one)."""
+        from runner.jobs import JobFiles
+
+        return call.name in JOB_TOOLS and JobFiles(self.sandbox.workspace_host, job_id_for(call.id)).exists()
+
+    async def resume(self, call: ToolCall, skip: int) -> ToolResult:
+        """Follow a call's command that an earlier runner started, to its end; the output
+        before byte `skip` was already handed on."""
+        start = self.clock()
+        args = validate(call)
+        timeout_s = float(getattr(args, "timeout_s", 600))
+        job = job_id_for(call.id)
+        res = await follow_job(self.sandbox, job, timeout_s=timeout_s, output_cap=self.output_cap,
+                               on_output=self.on_output, on_offset=self._offset_cb(job), skip=skip,
+                               keep_on_cancel=lambda: self.keep_jobs)
+        r = self._result(call, res, timeout_s)
+        return ToolResult(r.call_id, r.name, r.ok, r.output, r.exit_code,
+                          round(max(res.duration_s, self.clock() - start), 3), r.meta)
+
+    def _result(self, call: ToolCall, res: ExecResult, timeout_s: float) -> ToolResult:
         out = res.output
         if res.timed_out:
             out += f"\n[timed out after {timeout_s:g} s]"

@@ -59,6 +59,15 @@ class AgentTurn:
     calls: list[ToolCall]
     text: str = ""  # what the model said this turn
     done: bool = False  # nothing more to do (no calls and no wish to continue)
+    state: dict[str, Any] = field(default_factory=dict)  # the agent's record, for `resume`
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One finished turn as the journal holds it: what the agent was shown, what it decided."""
+
+    obs: Observation
+    turn: AgentTurn
 
 
 @dataclass
@@ -80,6 +89,11 @@ class Agent(Protocol):
 
     async def turn(self, obs: Observation) -> AgentTurn: ...
 
+    async def resume(self, ctx: AgentContext, turns: list[TurnRecord]) -> None:
+        """`start`, then rebuild the state these turns left, without calling the model: a
+        runner that adopts a run goes on with the same conversation."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -99,6 +113,10 @@ class ScriptedAgent:
 
     async def start(self, ctx: AgentContext) -> None:
         self._emit = ctx.emit
+
+    async def resume(self, ctx: AgentContext, turns: list[TurnRecord]) -> None:
+        await self.start(ctx)
+        self._next = sum(1 for t in turns if t.turn.calls)  # the plan goes on after the calls made
 
     async def turn(self, obs: Observation) -> AgentTurn:
         failed = [r for r in obs.results if not r.ok]

@@ -18,11 +18,11 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runner.agents import pricing
-from runner.agents.base import AgentContext, AgentTurn, Observation, ToolCall
+from runner.agents.base import AgentContext, AgentTurn, Observation, ToolCall, TurnRecord
 from runner.agents.errors import AgentConfigError, ProviderError, classify
 from runner.agents.history import (
     DEFAULT_TOKENS_PER_CHAR,
@@ -30,6 +30,7 @@ from runner.agents.history import (
     Exchange,
     History,
     ResultRecord,
+    TrimReport,
     estimate_tokens,
     history_chars,
     trim,
@@ -123,6 +124,7 @@ class LLMAgent:
         self._secrets = [api_key] if api_key else []
         self._tokens_per_char = DEFAULT_TOKENS_PER_CHAR
         self._idle = 0
+        self._forced_trims = 0  # this turn's trims after the provider said "too long"
         self._ctx: AgentContext | None = None
         self.system = ""
         self.history = History(opening=OPENING)
@@ -152,27 +154,66 @@ class LLMAgent:
         if self._ctx is None:
             raise RuntimeError("start() must be called before turn()")
         self._absorb(obs)
+        state: dict[str, Any] = {"tpc": self._tokens_per_char}
         await self._trim(force=False)
+        self._forced_trims = 0
         completion = await self._call_with_retries(obs.step)
+        state["forced"] = self._forced_trims
         if isinstance(completion, ProviderError):
             self.consecutive_failures += 1
-            return AgentTurn(calls=[], done=False, text=(
+            return AgentTurn(calls=[], done=False, state={**state, "failed": True}, text=(
                 f"[LLM call failed: {completion.kind}; {self.consecutive_failures} turn(s) in a "
                 f"row] {self._scrub(completion.detail)[:500]}"))
         self.consecutive_failures = 0
         await self._account(completion)
+        state["tpc_after"] = self._tokens_per_char
+        state["usage"] = [completion.input_tokens, completion.output_tokens]
         if completion.text:
             await self._emit("agent.message", {"role": "assistant", "text": completion.text,
                                                "step": obs.step})
         calls, records = await self._check_calls(completion.calls)
-        self.history.exchanges.append(Exchange(text=completion.text, calls=records))
-        if calls:
+        state["wire"] = [r.wire_args for r in records]
+        return self._took(AgentTurn(calls=calls, text=completion.text, state=state), records)
+
+    def _took(self, turn: AgentTurn, records: list[CallRecord]) -> AgentTurn:
+        """The model's reply goes into the history; a reply without calls is nudged."""
+        self.history.exchanges.append(Exchange(text=turn.text, calls=records))
+        if turn.calls:
             self._idle = 0
-            return AgentTurn(calls=calls, text=completion.text)
+            return turn
         self._idle += 1
         if self._idle < MAX_IDLE_TURNS:
             self.history.trailer().notes.append(NUDGE)
-        return AgentTurn(calls=[], text=completion.text, done=self._idle >= MAX_IDLE_TURNS)
+        return replace(turn, done=self._idle >= MAX_IDLE_TURNS)
+
+    async def resume(self, ctx: AgentContext, turns: list[TurnRecord]) -> None:
+        """Rebuild the conversation from the journal's turns, as `turn` built it, with no call
+        to the model: the same observations absorbed, the same trims at the same points, the
+        same replies recorded with the calls as they went on the wire."""
+        await self.start(ctx)
+        for rec in turns:
+            st = rec.turn.state
+            self._absorb(rec.obs)
+            self._tokens_per_char = float(st.get("tpc", self._tokens_per_char))
+            self._trim_now(force=False)
+            for _ in range(int(st.get("forced", 0))):
+                self._trim_now(force=True)
+            if st.get("failed"):
+                self.consecutive_failures += 1
+                continue
+            self.consecutive_failures = 0
+            self._tokens_per_char = float(st.get("tpc_after", self._tokens_per_char))
+            used = st.get("usage") or [0, 0]
+            cost, _ = pricing.cost_usd(self.model, int(used[0]), int(used[1]))
+            self.totals["calls"] += 1
+            self.totals["input_tokens"] += int(used[0])
+            self.totals["output_tokens"] += int(used[1])
+            self.totals["cost_usd"] = round(self.totals["cost_usd"] + cost, 8)
+            wire = list(st.get("wire") or [])
+            records = [CallRecord(id=c.id, name=c.name,
+                                  wire_args=wire[i] if i < len(wire) else dict(c.args))
+                       for i, c in enumerate(rec.turn.calls)]
+            self._took(rec.turn, records)
 
     async def close(self) -> None:
         client = getattr(self, "client", None)
@@ -207,14 +248,7 @@ class LLMAgent:
         trailer.time_left = time_left_text(obs.time_left_s)
 
     async def _trim(self, *, force: bool) -> None:
-        budget = max(self.context_window - self.max_tokens, 1024)
-        if force:  # the provider said "too long": our estimate is off, so cut from what we sent
-            now = estimate_tokens(history_chars(self.history) + self._overhead_chars(),
-                                  self._tokens_per_char)
-            budget = min(budget, now)
-        report = trim(self.history, budget_tokens=budget,
-                      overhead_chars=self._overhead_chars(),
-                      tokens_per_char=self._tokens_per_char, force=force)
+        report = self._trim_now(force=force)
         if report.changed:
             # An agent may emit only agent.* and usage events; a system-role message
             # shows the trim in the transcript where the operator reads the conversation.
@@ -224,6 +258,15 @@ class LLMAgent:
                 "text": (f"[conversation trimmed from ~{report.before_tokens} to "
                          f"~{report.after_tokens} tokens: {report.elided} outputs elided, "
                          f"{report.dropped} steps dropped, {report.truncated} outputs cut]")})
+
+    def _trim_now(self, *, force: bool) -> TrimReport:
+        budget = max(self.context_window - self.max_tokens, 1024)
+        if force:  # the provider said "too long": our estimate is off, so cut from what we sent
+            now = estimate_tokens(history_chars(self.history) + self._overhead_chars(),
+                                  self._tokens_per_char)
+            budget = min(budget, now)
+        return trim(self.history, budget_tokens=budget, overhead_chars=self._overhead_chars(),
+                    tokens_per_char=self._tokens_per_char, force=force)
 
     async def _call_with_retries(self, step: int) -> Completion | ProviderError:
         attempt = 0
@@ -245,6 +288,7 @@ class LLMAgent:
             if not retrying:
                 return err
             if err.kind == "context_length":
+                self._forced_trims += 1
                 await self._trim(force=True)
                 continue
             await asyncio.sleep(self._delay(attempt, err))
