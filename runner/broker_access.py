@@ -266,7 +266,6 @@ class FleetBroker:
             f"cafile {at(self.cafile)}",
             f"certfile {at(self.certfile)}",
             f"keyfile {at(self.keyfile)}",
-            "tls_version tlsv1.2",
         ]
         if self.client_certs:
             lines += ["require_certificate true", "use_identity_as_username true"]

@@ -213,7 +213,7 @@ class BusRefused(BusUnavailable):
     """The broker refused a publish or a subscription (the account's role does not allow it)."""
 
 
-class _Client(aiomqtt.Client):
+class BusClient(aiomqtt.Client):
     """aiomqtt's client, keeping the broker's refusals of publishes (PUBACK reason codes)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -244,11 +244,16 @@ class _Client(aiomqtt.Client):
             raise BusRefused(f"the broker refused the subscription {topic}: {bad[0]}")
 
 
-def _client(config: BusConfig, identifier: str, **kw: Any) -> _Client:
+def _client(config: BusConfig, identifier: str, **kw: Any) -> BusClient:
     host, port = config.host_port()
-    return _Client(host, port, identifier=identifier, username=config.username,
+    return BusClient(host, port, identifier=identifier, username=config.username,
                    password=config.password, tls_context=config.tls_context(),
                    protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
+
+
+def open_client(config: BusConfig, identifier: str | None = None, **kw: Any) -> BusClient:
+    """One connection with `config`'s account and TLS (use it as `async with`)."""
+    return _client(config, identifier or f"mlrb-{uuid.uuid4().hex[:12]}", **kw)
 
 
 def _payload_bytes(payload: Any) -> bytes:
@@ -279,8 +284,8 @@ class Reconnector:
     def retry_now(self) -> None:
         self._wake.set()
 
-    async def run(self, connect: Callable[[], _Client],
-                  session: Callable[[_Client], Awaitable[None]],
+    async def run(self, connect: Callable[[], BusClient],
+                  session: Callable[[BusClient], Awaitable[None]],
                   down: Callable[[], Awaitable[None]]) -> None:
         """Until cancelled: connect, `session(client)`, then `down()` however the session ended."""
         self._backoff = self.backoff_min
@@ -558,9 +563,9 @@ class RunnerEndpoint:
                 self.skipped += 1
                 log.error("bus: event %s/%s cannot be encoded: %s", ev.run, ev.seq, exc)
         payload = b"[" + b",".join(parts) + b"]"
-        if isinstance(client, _Client):
+        if isinstance(client, BusClient):
             await client.publish_checked(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
-        else:  # pragma: no cover - every client here is a _Client
+        else:  # pragma: no cover - every client here is a BusClient
             await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
 
     # -- the connection -------------------------------------------------------------
@@ -571,7 +576,7 @@ class RunnerEndpoint:
     async def _main(self) -> None:
         state_topic = self.topics.runner_state(self.runner_id)
 
-        def connect() -> _Client:
+        def connect() -> BusClient:
             return _client(self.config, f"mlrb-runner-{self.runner_id}-{uuid.uuid4().hex[:8]}",
                            will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
                            keepalive=15, max_inflight_messages=200,
@@ -579,7 +584,7 @@ class RunnerEndpoint:
 
         await self.link.run(connect, self._session, self._disconnected)
 
-    async def _session(self, client: _Client) -> None:
+    async def _session(self, client: BusClient) -> None:
         self._client = client
         self.connected = True
         self.connects += 1
@@ -776,7 +781,7 @@ class EventSubscriber:
         topics = [self.topics.run_events(r) for r in self.runs] if self.runs is not None \
             else [self.topics.all_events]
 
-        def connect() -> _Client:
+        def connect() -> BusClient:
             if self.client_id is None:
                 return _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
                                keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
@@ -785,7 +790,7 @@ class EventSubscriber:
             return _client(self.config, self.client_id, keepalive=15, clean_start=False,
                            properties=props, max_queued_incoming_messages=INCOMING_QUEUE)
 
-        async def session(client: _Client) -> None:
+        async def session(client: BusClient) -> None:
             for topic in topics:
                 await client.subscribe_checked(topic, qos=1)
             self.connected = True
@@ -910,6 +915,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
-    "read_runner_states", "send_control", "submit_job",
+    "BusClient", "BusConfig", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "open_client", "read_runner_states", "send_control", "submit_job",
 ]
