@@ -204,6 +204,13 @@ async def test_mlrb_home_and_its_secrets_are_private(tmp_path: Path) -> None:
             async with raw_client(operator.as_user(None, None)):
                 pass
         assert "allow_anonymous false" in (cfg.broker_dir / "mosquitto.conf").read_text()
+        # a read-only console's account: the broker refuses its controls
+        viewer = bus_options(cfg, "viewer", engine_info(cfg))
+        assert viewer is not None and viewer.username != operator.username
+        cmd = ControlCommand(run="run-a", action="kill", operator="x", reason="read-only")
+        with pytest.raises(BusRefused, match="Not authorized"):
+            await send_control(viewer, cmd)
+        await send_control(operator, cmd)  # the operator's is let through
     finally:
         await engine.stop()
 
