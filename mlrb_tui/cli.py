@@ -126,6 +126,9 @@ def status() -> None:
         click.echo("daemon:  not running (`mlrb up` starts it)")
     else:
         click.echo(f"daemon:  pid {info.pid}, runner {info.runner_id}\nbroker:  {info.bus_url} ({info.broker})")
+        bus = _bus(info, cfg)
+        if bus is not None and bus.username:
+            click.echo(f"account: {bus.username} (commands and the console are recorded under it)")
 
 
 def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:

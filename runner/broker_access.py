@@ -147,7 +147,6 @@ class Account(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: Role
     hash: str = Field(min_length=4)
-    password: str | None = None  # kept only for the embedded broker's own local accounts
 
     @field_validator("hash")
     @classmethod
@@ -188,16 +187,14 @@ class AccountStore:
         except ValidationError as exc:
             raise AccessError(f"{self.users_path}: {exc.errors()[0]['msg']}") from None
 
-    def add(self, name: str, role: str, password: str | None = None, *,
-            keep_password: bool = False) -> Credential:
+    def add(self, name: str, role: str, password: str | None = None) -> Credential:
         """Add or replace an account; returns its credential (a new password unless given)."""
         check_name(name)
         if role not in ROLES:
             raise AccessError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         password = password or new_password()
         accounts = self.load()
-        accounts[name] = Account(role=role, hash=hash_password(password),  # type: ignore[arg-type]
-                                 password=password if keep_password else None)
+        accounts[name] = Account(role=role, hash=hash_password(password))  # type: ignore[arg-type]
         self._save(accounts)
         return Credential(name, password)
 
@@ -208,21 +205,15 @@ class AccountStore:
         self._save(accounts)
         return True
 
-    def credential(self, name: str) -> Credential | None:
-        """A kept password (local accounts only)."""
-        account = self.load().get(name)
-        if account is None or account.password is None:
-            return None
-        return Credential(name, account.password)
-
     def write_files(self) -> None:
         """Rewrite `passwd` and `acl` from `users.json` (e.g. after the prefix changed)."""
         self._save(self.load())
 
     def _save(self, accounts: dict[str, Account]) -> None:
         private_dir(self.dir)
+        # roles and hashes only: a password is shown once, when it is made
         write_private(self.users_path, json.dumps(
-            {n: a.model_dump(exclude_none=True) for n, a in sorted(accounts.items())}, indent=2))
+            {n: a.model_dump() for n, a in sorted(accounts.items())}, indent=2))
         write_private(self.passwd_path, "".join(f"{n}:{a.hash}\n" for n, a in sorted(accounts.items())))
         write_private(self.acl_path, acl_text({n: a.role for n, a in accounts.items()}, self.prefixes))
 

@@ -21,6 +21,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from runner.broker_access import private_file
 from runner.bus import BusConfig, EventSubscriber, RunOwners
 from runner.events import Event, RejectCounter
 from runner.journal import Journal
@@ -36,6 +37,8 @@ class Recorder:
     def __init__(self, bus: BusConfig, db: Path, *, client_id: str = CLIENT_ID,
                  session_expiry: int = SESSION_EXPIRY) -> None:
         self.bus = bus
+        db.parent.mkdir(parents=True, exist_ok=True)
+        private_file(db)  # every transcript of the fleet: made 0600 before SQLite opens it
         self.journal = Journal(db)
         self.rejects = RejectCounter()
         self.received = 0

@@ -169,6 +169,7 @@ async def test_a_forged_event_is_not_recorded_and_the_recorder_equals_the_journa
         assert len(rows(central)) == 30 and central.find_run("run-z") is None
         assert not any(b"forged" in r or b"other" in r for r in rows(central))
         assert central.list_runs()[0]["runner"] == "host-a"
+        assert mode(tmp_path / "fleet.db") == 0o600  # the fleet's transcripts are private too
     finally:
         await pub.stop()
         rec_task.cancel()
@@ -289,7 +290,8 @@ async def test_a_fleet_broker_with_tls_verifies_the_server_and_refuses_a_wrong_c
     listed = cli_runner.invoke(cli, ["broker", "user", "list", "--dir", str(fleet)]).output.split()
     assert listed == ["alice", "operator", "bob", "viewer", "gpu-host-a", "runner"]
     assert "user gone" not in (fleet / "acl").read_text()
-    assert AccountStore(fleet).load()["alice"].password is None  # only the hash is kept
+    kept = (fleet / "users.json").read_text() + (fleet / "passwd").read_text()
+    assert password not in kept and AccountStore(fleet).load()["alice"].role == "operator"
     assert mode(fleet) == 0o700 and all(mode(fleet / n) == 0o600 for n in ("passwd", "acl", "mosquitto.conf"))
 
     log = open(tmp_path / "fleet.log", "wb")  # noqa: SIM115 - the broker's stderr until it ends
