@@ -240,23 +240,26 @@ def make_ca(dir: Path, cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
     return key, cert
 
 
-def make_server_cert(dir: Path, ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> None:
+def make_cert(dir: Path, ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+              cn: str = "localhost", stem: str = "server") -> None:
+    """`stem`.crt and `stem`.key, signed by `ca`; a server's names localhost and 127.0.0.1."""
     import ipaddress
 
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost"))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    (dir / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (dir / "server.key").write_bytes(key.private_bytes(
+    builder = (x509.CertificateBuilder().subject_name(_name(cn))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if stem == "server":
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    (dir / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (dir / f"{stem}.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
 
@@ -269,7 +272,7 @@ async def test_a_fleet_broker_with_tls_verifies_the_server_and_refuses_a_wrong_c
     monkeypatch.setenv("MLRB_HOME", str(tmp_path / "home"))
     fleet = tmp_path / "fleet"
     fleet.mkdir()
-    make_server_cert(fleet, make_ca(fleet, "ca"))
+    make_cert(fleet, make_ca(fleet, "ca"))
     make_ca(tmp_path, "stranger")  # a CA that signed nothing of this broker
     port = free_port()
     cli_runner = CliRunner()
@@ -324,6 +327,45 @@ async def test_a_fleet_broker_with_tls_verifies_the_server_and_refuses_a_wrong_c
         with pytest.raises(BusUnavailable):
             await send_control(BusConfig(f"mqtt://localhost:{port}", username="alice",
                                          password=password), cmd, timeout=3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+async def test_client_certificates_name_the_account(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    exe = find_mosquitto()
+    require(exe is not None, "mosquitto")
+    assert exe is not None
+    monkeypatch.setenv("MLRB_HOME", str(tmp_path / "home"))
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    ca = make_ca(fleet, "ca")
+    make_cert(fleet, ca)
+    make_cert(tmp_path, ca, cn="gpu-host-a", stem="gpu-host-a")
+    port = free_port()
+    cli_runner = CliRunner()
+    out = cli_runner.invoke(cli, ["broker", "config", "--dir", str(fleet), "--port", str(port),
+                                  "--bind", "127.0.0.1", "--client-certs"])
+    assert out.exit_code == 0 and "use_identity_as_username true" in out.output, out.output
+    assert cli_runner.invoke(cli, ["broker", "user", "add", "gpu-host-a", "--role", "runner",
+                                   "--dir", str(fleet)]).exit_code == 0
+    log = open(tmp_path / "fleet.log", "wb")  # noqa: SIM115 - the broker's stderr until it ends
+    proc = subprocess.Popen([exe, "-c", str(fleet / "mosquitto.conf")], stdout=log, stderr=log)
+    try:
+        await until(lambda: _accepts(port), f"the fleet broker on port {port}")
+        t = Topics("mlrb/v1")
+        me = BusConfig(f"mqtts://localhost:{port}", ca_file=str(fleet / "ca.crt"),
+                       cert_file=str(tmp_path / "gpu-host-a.crt"),
+                       key_file=str(tmp_path / "gpu-host-a.key"))
+        async with open_client(me) as c:  # no password: the certificate's CN is the account
+            await c.publish_checked(t.runner_state("gpu-host-a"), b"online", retain=True)
+            with pytest.raises(BusRefused, match="Not authorized"):
+                await c.publish_checked(t.runner_state("gpu-host-b"), b"online")
+        with pytest.raises(aiomqtt.MqttError):  # without a certificate there is no way in
+            async with open_client(BusConfig(me.url, ca_file=me.ca_file)):
+                pass
     finally:
         proc.terminate()
         proc.wait(timeout=10)
