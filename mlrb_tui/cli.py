@@ -196,7 +196,7 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
                                    "(start one with `mlrb up`)")
     job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
            "limits": _parse_limits(limits) or None, "approval": approval,
-           "submitted_by": default_operator()}
+           "submitted_by": bus.username or default_operator()}
     try:
         run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
     except BusUnavailable as exc:

@@ -218,21 +218,27 @@ class BusClient(aiomqtt.Client):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.refused: deque[str] = deque(maxlen=100)
+        self.refusals = 0  # publishes the broker acknowledged with a failure reason code
+        self.last_refusal = ""
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
         if getattr(reason_code, "is_failure", False):
-            self.refused.append(str(reason_code))
+            self.refusals += 1
+            self.last_refusal = str(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     async def publish_checked(self, topic: str, payload: bytes, *, qos: int = 1,
                               retain: bool = False, timeout: float = PUBLISH_TIMEOUT) -> None:
-        """Publish and raise BusRefused when the broker says no."""
-        before = len(self.refused)
+        """Publish (QoS 1) and raise BusRefused when the broker says no.
+
+        aiomqtt hides the message id, so a refusal during concurrent publishes on one client
+        fails each of them: they are re-sent, and only a publish the ACL forbids is refused.
+        """
+        before = self.refusals
         await self.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
-        if len(self.refused) > before:
-            raise BusRefused(f"the broker refused to publish on {topic}: {self.refused[-1]}")
+        if self.refusals > before:
+            raise BusRefused(f"the broker refused to publish on {topic}: {self.last_refusal}")
 
     async def subscribe_checked(self, topic: str, *, qos: int = 1,
                                 timeout: float = PUBLISH_TIMEOUT) -> None:
@@ -247,8 +253,8 @@ class BusClient(aiomqtt.Client):
 def _client(config: BusConfig, identifier: str, **kw: Any) -> BusClient:
     host, port = config.host_port()
     return BusClient(host, port, identifier=identifier, username=config.username,
-                   password=config.password, tls_context=config.tls_context(),
-                   protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
+                     password=config.password, tls_context=config.tls_context(),
+                     protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
 
 
 def open_client(config: BusConfig, identifier: str | None = None, **kw: Any) -> BusClient:
