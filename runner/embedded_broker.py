@@ -204,6 +204,14 @@ class EmbeddedBroker:
         cred = self.credential(self.local.get(who, who))
         return BusConfig(self.url, self.prefix, username=cred.username, password=cred.password)
 
+    def _saved_local(self) -> dict[str, str]:
+        try:
+            raw = json.loads(self.credentials_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        local = raw.get("local") if isinstance(raw, dict) else None
+        return {str(k): str(v) for k, v in local.items()} if isinstance(local, dict) else {}
+
     def _credentials(self) -> dict[str, Credential]:
         try:
             raw = json.loads(self.credentials_path.read_text())
@@ -219,6 +227,9 @@ class EmbeddedBroker:
         private_dir(self.workdir)
         store = AccountStore(self.workdir, (self.prefix,))
         known = self._credentials()
+        for role, name in self._saved_local().items():  # people's accounts are named once
+            if role in ("operator", "viewer") and name in known:
+                self.local[role] = name
         wanted: dict[str, Role] = {**{n: r for r, n in self.local.items()},  # type: ignore[misc]
                                    **self.extra}
         accounts = store.load()

@@ -126,6 +126,39 @@ async def test_the_broker_refuses_what_a_role_may_not_publish(mosquitto: Mosquit
         await runner.stop()
 
 
+async def test_the_audit_names_the_authenticated_account_not_the_claimed_one(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from runner.config import BusTable
+    from runner.engine import Job
+
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(Path(__file__).parent / "fixtures" / "tasks"))
+    monkeypatch.setenv("TINY_STEPS", "100000")  # long enough to be killed while it runs
+    monkeypatch.setenv("TINY_DELAY", "0.05")
+    cred = mosquitto.accounts["gpu-host-a"]
+    cfg = Config(home=tmp_path / "host", bus_url=mosquitto.url, backend="local",
+                 bus=BusTable(username=cred.username, password=cred.password))
+    engine = Engine(cfg)
+    await engine.start()
+    try:
+        assert engine.runner_id == "gpu-host-a"  # the account is the runner id
+        run = await engine.submit(Job(task="tiny_train", agent="scripted"))
+        await until(lambda: engine.publisher.subscribed >= {Topics(cfg.prefix).all_controls},
+                    "the runner's control subscription")
+        await until(lambda: engine.supervisors[run].status == "running", "the run to start",
+                    timeout=60)
+        kill = ControlCommand(run=run, action="kill", operator="mallory@anywhere", reason="audit")
+        await send_control(mosquitto.config("operator"), kill)
+        assert (await engine.wait([run]))[run] == "killed"
+    finally:
+        await engine.stop()
+    with sqlite3.connect(cfg.db_path) as db:
+        audit = db.execute("SELECT action, operator, reason FROM interventions WHERE run = ?",
+                           (run,)).fetchall()
+    assert audit == [("kill", "tester", "audit")]
+
+
 # -- forgery -----------------------------------------------------------------------------
 async def test_a_forged_event_is_not_recorded_and_the_recorder_equals_the_journal(
         mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -370,3 +403,21 @@ async def test_client_certificates_name_the_account(tmp_path: Path,
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+async def test_the_local_accounts_are_made_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(find_mosquitto() is not None, "mosquitto")
+    from runner.embedded_broker import EmbeddedBroker
+
+    monkeypatch.setenv("MLRB_OPERATOR", "ana@ops")
+    async with EmbeddedBroker(tmp_path / "broker", runner="gpu-host-a") as first:
+        operator, viewer = first.bus_config("operator"), first.bus_config("viewer")
+    assert (operator.username, viewer.username) == ("ana@ops", "ana@ops-viewer")
+    # a later start, whoever claims to be at the keyboard, keeps the accounts and passwords
+    monkeypatch.setenv("MLRB_OPERATOR", "eve@elsewhere")
+    async with EmbeddedBroker(tmp_path / "broker", runner="gpu-host-a") as again:
+        kept = again.bus_config("operator")
+        assert (kept.username, kept.password) == (operator.username, operator.password)
+        assert again.bus_config("viewer").username == "ana@ops-viewer"
+        async with raw_client(again.bus_config("operator")):
+            pass
