@@ -85,7 +85,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 # the accounts of a test broker: runner accounts are named for the runner ids tests use
-TEST_RUNNERS = ("h", "host-a", "host-b", "gpu-host-a", "gpu-host-b", "runner-side")
+TEST_RUNNERS = ("h", "host-a", "host-b", "gpu-host-a", "gpu-host-b", "gpu-host-1")
 TEST_PREFIXES = ("mlrb/v1", "lab/v9")
 
 
