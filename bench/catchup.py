@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.bus import BusConfig, RunnerEndpoint  # noqa: E402
+from runner.bus import RunnerEndpoint  # noqa: E402
 from runner.embedded_broker import EmbeddedBroker  # noqa: E402
 from runner.events import EventFactory  # noqa: E402
 from runner.journal import Journal, JournalReader  # noqa: E402
@@ -58,14 +58,13 @@ def central_count(central: JournalReader, runs: list[str]) -> int:
 
 async def main(n: int, rate: float, outage: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mlrb-catchup-"))
-    broker = EmbeddedBroker(tmp / "broker")
+    broker = EmbeddedBroker(tmp / "broker", runner="host-a")
     await broker.start()
-    cfg = BusConfig(broker.url)
     journal = Journal(tmp / "host.db")
     local = JournalReader(tmp / "host.db")
-    pub = RunnerEndpoint(cfg, "host-a", local.events)
+    pub = RunnerEndpoint(broker.bus_config("runner"), "host-a", local.events)
     await pub.start()
-    rec = Recorder(cfg, tmp / "fleet.db", client_id="mlrb-recorder-bench")
+    rec = Recorder(broker.bus_config("viewer"), tmp / "fleet.db", client_id="mlrb-recorder-bench")
     rec_task = asyncio.create_task(rec.run())
     await asyncio.wait_for(rec.ready.wait(), 15)
     central = JournalReader(tmp / "fleet.db")

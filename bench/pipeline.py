@@ -65,7 +65,9 @@ async def subscriber_main(url: str, expect: int, idle: float) -> None:
             latencies.append(now - e.ts)
             keys.add(e.key)
 
-    sub = EventSubscriber(BusConfig(url), on_events)
+    # the viewer's account, handed over in the environment (never on a command line)
+    sub = EventSubscriber(BusConfig(url, username=os.environ.get("MLRB_BUS_USERNAME"),
+                                    password=os.environ.get("MLRB_BUS_PASSWORD")), on_events)
     task = asyncio.create_task(sub.run())
     await sub.ready.wait()
     print("ready", flush=True)
@@ -89,10 +91,12 @@ async def subscriber_main(url: str, expect: int, idle: float) -> None:
 
 
 class Subscriber:
-    def __init__(self, url: str, expect: int, idle: float = 10.0) -> None:
+    def __init__(self, config: BusConfig, expect: int, idle: float = 10.0) -> None:
+        env = {**os.environ, "MLRB_BUS_USERNAME": config.username or "",
+               "MLRB_BUS_PASSWORD": config.password or ""}
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--subscribe", url, "--expect", str(expect),
-             "--idle", str(idle)], stdout=subprocess.PIPE, text=True)
+            [sys.executable, __file__, "--subscribe", config.url, "--expect", str(expect),
+             "--idle", str(idle)], stdout=subprocess.PIPE, text=True, env=env)
 
     def wait_ready(self) -> None:
         assert self.proc.stdout is not None
@@ -108,15 +112,15 @@ class Subscriber:
 
 
 # -- the publisher side -------------------------------------------------------------------
-async def throughput(url: str, workdir: Path, n: int, runs: int) -> dict[str, float]:
+async def throughput(broker: EmbeddedBroker, workdir: Path, n: int, runs: int) -> dict[str, float]:
     db = workdir / "throughput.db"
     journal = Journal(db)
     reader = JournalReader(db)
-    pub = RunnerEndpoint(BusConfig(url), "bench", reader.events)
+    pub = RunnerEndpoint(broker.bus_config("bench"), "bench", reader.events)
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
-    sub = Subscriber(url, n)
+    sub = Subscriber(broker.bus_config("viewer"), n)
     await asyncio.to_thread(sub.wait_ready)
     per_run = n // runs
     names = [f"bench-{i}" for i in range(runs)]
@@ -160,16 +164,17 @@ async def throughput(url: str, workdir: Path, n: int, runs: int) -> dict[str, fl
     }
 
 
-async def latency(url: str, workdir: Path, rate: int, seconds: float, runs: int) -> dict[str, float]:
+async def latency(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: float,
+                  runs: int) -> dict[str, float]:
     db = workdir / "latency.db"
     journal = Journal(db)
     reader = JournalReader(db)
-    pub = RunnerEndpoint(BusConfig(url), "bench-lat", reader.events)
+    pub = RunnerEndpoint(broker.bus_config("bench-lat"), "bench-lat", reader.events)
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
     total = int(rate * seconds)
-    sub = Subscriber(url, total)
+    sub = Subscriber(broker.bus_config("viewer"), total)
     await asyncio.to_thread(sub.wait_ready)
     names = [f"lat-{i}" for i in range(runs)]
     tick = 0.01
@@ -228,12 +233,12 @@ def raw_sqlite_rate(workdir: Path, n: int, runs: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="mlrb-bench-") as tmp:
         workdir = Path(tmp)
-        broker = EmbeddedBroker(workdir / "broker")
+        broker = EmbeddedBroker(workdir / "broker", users={"bench": "runner", "bench-lat": "runner"})
         url = await broker.start()
         try:
             print(f"broker: {broker.kind} at {url}; cpus: {os.cpu_count()}; "
                   f"python {sys.version.split()[0]}")
-            t = await throughput(url, workdir, args.events, args.runs)
+            t = await throughput(broker, workdir, args.events, args.runs)
             print(f"throughput: {t['events']:,} events over {args.runs} runs")
             print(f"  journaled:  {t['journal_rate']:>10,.0f} events/s "
                   f"({t['journal_s']:.2f} s to commit all)")
@@ -244,7 +249,7 @@ async def main(args: argparse.Namespace) -> None:
             raw = raw_sqlite_rate(workdir, args.events, args.runs)
             print(f"  raw sqlite3.executemany of the same rows: {raw:,.0f} rows/s; "
                   f"journal/raw = {t['journal_rate'] / raw:.2f}")
-            lat = await latency(url, workdir, args.rate, args.seconds, args.runs)
+            lat = await latency(broker, workdir, args.rate, args.seconds, args.runs)
             print(f"latency at {args.rate:,} events/s offered for {args.seconds:g} s "
                   f"({lat['events']:,} events, {lat['offered_s']:.1f} s):")
             print(f"  p50 {lat['p50_ms']:.1f} ms   p99 {lat['p99_ms']:.1f} ms   "

@@ -90,7 +90,9 @@ class MLRBApp(App[None]):
         self.readonly = readonly or replay_run is not None
         self.replay_run = replay_run
         self.replay_speed = replay_speed
-        self.operator = operator or default_operator()
+        # on an authenticating broker the account is who the record names; say so here too
+        self.operator = operator or (bus.username if bus is not None and bus.username
+                                     else default_operator())
         self.clock = clock
         self.repaint_hz = max(0.5, min(float(repaint_hz), 30.0))
         self._keymap = dict(keymap or {})

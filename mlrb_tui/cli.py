@@ -34,14 +34,14 @@ def _need_broker(cfg: Config) -> None:
         raise click.ClickException(INSTALL_HINT)
 
 
-def _bus(info: DaemonInfo | None, cfg: Config) -> Any:
-    from runner.bus import BusConfig
+def _bus(info: DaemonInfo | None, cfg: Config, role: str = "operator") -> Any:
+    """The bus as `role` (runner.bus_options decides how), or None when no broker is known."""
+    from runner.bus_options import bus_options
 
-    if info is not None:
-        return BusConfig(info.bus_url, info.prefix)
-    if cfg.bus_url:
-        return BusConfig(cfg.bus_url, cfg.prefix)
-    return None
+    try:
+        return bus_options(cfg, role, info)  # type: ignore[arg-type]
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = None,
@@ -49,7 +49,9 @@ def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = N
     from mlrb_tui.app import run_console
 
     info = read_daemon_info(cfg)
-    run_console(journal_path=cfg.db_path, bus=None if replay else _bus(info, cfg), readonly=readonly,
+    # a read-only console is a viewer on the broker too: its controls would be refused
+    bus = None if replay else _bus(info, cfg, "viewer" if readonly else "operator")
+    run_console(journal_path=cfg.db_path, bus=bus, readonly=readonly,
                 replay_run=replay, replay_speed=speed, repaint_hz=cfg.repaint_hz,
                 keymap=cfg.keys or None)
 
@@ -147,6 +149,9 @@ def status() -> None:
         click.echo("daemon:  not running (`mlrb up` starts it)")
     else:
         click.echo(f"daemon:  pid {info.pid}, runner {info.runner_id}\nbroker:  {info.bus_url} ({info.broker})")
+        bus = _bus(info, cfg)
+        if bus is not None and bus.username:
+            click.echo(f"account: {bus.username} (commands and the console are recorded under it)")
 
 
 def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
@@ -214,7 +219,7 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
                                    "(start one with `mlrb up`)")
     job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
            "limits": _parse_limits(limits) or None, "approval": approval,
-           "submitted_by": default_operator()}
+           "submitted_by": bus.username or default_operator()}
     try:
         run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
     except BusUnavailable as exc:
@@ -424,21 +429,114 @@ def shell(run: str, reason: str) -> None:
 @click.option("--bus", "bus_url", default=None, help="Broker URL (default: the configured one).")
 def record(db: str, bus_url: str | None) -> None:
     """Record every run's events from the bus into one SQLite file (a fleet's journal)."""
-    from runner.bus import BusConfig
+    from runner.bus_options import configured_bus
     from runner.recorder import Recorder
 
     cfg = _cfg()
     info = read_daemon_info(cfg)
-    url = bus_url or cfg.bus_url or (info.bus_url if info else None)
-    if not url:
+    try:
+        bus = configured_bus(cfg, bus_url) if bus_url else _bus(info, cfg, "viewer")
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if bus is None:
         raise click.ClickException("no broker: pass --bus mqtt://host:port or configure [bus] url")
-    rec = Recorder(BusConfig(url, info.prefix if info and not bus_url else cfg.prefix), Path(db))
-    click.echo(f"recording {url} into {db} (ctrl+c stops)")
+    rec = Recorder(bus, Path(db))
+    click.echo(f"recording {bus.url} into {db} (ctrl+c stops)")
     try:
         asyncio.run(rec.run())
     except KeyboardInterrupt:
         pass
     click.echo(f"recorded {rec.received} events; rejected {rec.rejects.total}")
+
+
+def _fleet_dir(path: str | None) -> Path:
+    return Path(path) if path else _cfg().home / "fleet-broker"
+
+
+@cli.group()
+def broker() -> None:
+    """A fleet's Mosquitto: its configuration (TLS, passwords, ACL) and its accounts."""
+
+
+@broker.command("config")
+@click.option("--dir", "dir_", default=None, help="Where to write it (default: MLRB_HOME/fleet-broker).")
+@click.option("--port", default=8883, show_default=True, help="The TLS listener's port.")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="The TLS listener's address.")
+@click.option("--cafile", default="ca.crt", show_default=True, help="CA certificate (relative to --dir).")
+@click.option("--certfile", default="server.crt", show_default=True, help="The broker's certificate.")
+@click.option("--keyfile", default="server.key", show_default=True, help="The broker's private key.")
+@click.option("--client-certs", is_flag=True,
+              help="Clients authenticate with certificates; the certificate's CN is the account.")
+@click.option("--local-port", type=int, default=None, help="Also listen on loopback, without TLS.")
+def broker_config(dir_: str | None, port: int, bind: str, cafile: str, certfile: str, keyfile: str,
+                  client_certs: bool, local_port: int | None) -> None:
+    """Write mosquitto.conf, passwd and acl for a fleet broker; print the configuration."""
+    import getpass
+
+    from runner.broker_access import FleetBroker
+
+    fleet = FleetBroker(_fleet_dir(dir_), port=port, bind=bind, cafile=cafile, certfile=certfile,
+                        keyfile=keyfile, client_certs=client_certs, local_port=local_port,
+                        user=getpass.getuser())
+    conf = fleet.write(_cfg().prefix)
+    click.echo(conf.read_text(), nl=False)
+    click.echo(f"\nwrote {conf}; start it with: mosquitto -c {conf}")
+
+
+@broker.group("user")
+def broker_user() -> None:
+    """The fleet broker's accounts: people (operator, viewer) and runner hosts (runner)."""
+
+
+def _store(dir_: str | None) -> Any:
+    from runner.broker_access import AccountStore
+
+    return AccountStore(_fleet_dir(dir_), (_cfg().prefix,))
+
+
+@broker_user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["operator", "viewer", "runner"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (else one is generated).")
+@click.option("--dir", "dir_", default=None, help="The broker's directory (default: MLRB_HOME/fleet-broker).")
+def broker_user_add(name: str, role: str, password_stdin: bool, dir_: str | None) -> None:
+    """Add (or replace) account NAME with a role; a runner's account is its runner id."""
+    from runner.broker_access import AccessError
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    try:
+        cred = _store(dir_).add(name, role, password)
+    except AccessError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{role} {name} added; reload the broker (kill -HUP its pid) to apply")
+    if not password_stdin:
+        click.echo(f"password: {cred.password}")
+
+
+@broker_user.command("remove")
+@click.argument("name")
+@click.option("--dir", "dir_", default=None, help="The broker's directory (default: MLRB_HOME/fleet-broker).")
+def broker_user_remove(name: str, dir_: str | None) -> None:
+    """Remove account NAME."""
+    if not _store(dir_).remove(name):
+        raise click.ClickException(f"no account {name!r}")
+    click.echo(f"{name} removed; reload the broker (kill -HUP its pid) to apply")
+
+
+@broker_user.command("list")
+@click.option("--dir", "dir_", default=None, help="The broker's directory (default: MLRB_HOME/fleet-broker).")
+def broker_user_list(dir_: str | None) -> None:
+    """The accounts and their roles."""
+    from runner.broker_access import AccessError
+
+    try:
+        accounts = _store(dir_).load()
+    except AccessError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not accounts:
+        click.echo("no accounts yet (`mlrb broker user add NAME --role operator`)")
+    for name, account in sorted(accounts.items()):
+        click.echo(f"{name:<32} {account.role}")
 
 
 @cli.group()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrb_tui.state import FleetState, Gap, RunState
-from runner.bus import BusConfig, BusUnavailable, EventSubscriber, send_control
+from runner.bus import BusConfig, BusUnavailable, EventSubscriber, RunOwners, send_control
 from runner.control import ControlCommand
 from runner.events import Event, RejectCounter
 from runner.journal import JournalReader
@@ -86,7 +86,11 @@ class LiveSource:
         """Backfill run rows, then follow the bus (or feed) and poll as a fallback."""
         await asyncio.to_thread(lambda: self.reader)  # opening creates the schema if needed
         if self.bus is not None and self._feed is None:
-            self._subscriber = EventSubscriber(self.bus, self.deliver, rejects=self.rejects)
+            # the runs this journal holds take events only from the runner that created them
+            owners = await asyncio.to_thread(lambda: {
+                r["run"]: r["runner"] for r in self.reader.list_runs() if r.get("runner")})
+            self._subscriber = EventSubscriber(self.bus, self.deliver, rejects=self.rejects,
+                                               owners=RunOwners(owners))
             self._tasks.append(asyncio.create_task(self._subscriber.run(), name="console-bus"))
         if self._feed is not None:
             self._tasks.append(asyncio.create_task(self._follow(self._feed), name="console-feed"))

@@ -18,10 +18,11 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runner.broker_access import topic_name
 from runner.control import ControlCommand, ControlError, parse_control
 from runner.escapes import strip_escapes
 from runner.events import (
@@ -67,20 +69,52 @@ class BusUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class BusConfig:
+    """How every client reaches the broker: URL, prefix, credentials, TLS files.
+
+    `mqtts://` verifies the server's certificate against `ca_file` (else the system's CAs)
+    and its host name; `cert_file`/`key_file` add a client certificate.
+    """
+
     url: str = "mqtt://127.0.0.1:1883"
     prefix: str = "mlrb/v1"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
 
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url)
-        if parts.scheme == "mqtts":
-            raise ValueError(f"{self.url}: mqtts:// (TLS) is not supported yet; use mqtt://")
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"{self.url}: the bus URL must look like mqtt://host:port")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{self.url}: the bus URL must look like mqtt://host:port or mqtts://host:port")
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError(f"{self.url}: TLS files are set but the URL is not mqtts://")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs both cert_file and key_file")
         try:
-            port = parts.port or 1883
+            port = parts.port or (8883 if self.tls else 1883)
         except ValueError as exc:
             raise ValueError(f"{self.url}: bad port ({exc})") from None
         return parts.hostname, port
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an `mqtts://` URL (server verified), else None."""
+        if not self.tls:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file and self.key_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"bus TLS files: {exc}") from None
+        return ctx
+
+    def as_user(self, username: str | None, password: str | None) -> BusConfig:
+        return replace(self, username=username, password=password)
 
 
 class RepairRequest(BaseModel):
@@ -98,7 +132,12 @@ class RepairRequest(BaseModel):
 
 
 class Topics:
-    """Topic names under one prefix."""
+    """Topic names under one prefix.
+
+    A topic names who may publish on it, and the broker's ACL (`runner.broker_access`)
+    holds each account to its own name: a runner's events and state live under
+    `runner/{runner}/`, and an operator's control under `run/{run}/control/{operator}`.
+    """
 
     def __init__(self, prefix: str) -> None:
         prefix = prefix.strip("/")
@@ -107,16 +146,20 @@ class Topics:
         self.prefix = prefix
         self.jobs = f"{prefix}/jobs"
         self.shared_jobs = f"$share/mlrb-runners/{prefix}/jobs"
-        self.all_events = f"{prefix}/run/+/event"
-        self.all_controls = f"{prefix}/run/+/control"
+        self.all_events = f"{prefix}/runner/+/run/+/event"
+        self.all_controls = f"{prefix}/run/+/control/+"
         self.all_repairs = f"{prefix}/run/+/repair"
         self.all_runner_states = f"{prefix}/runner/+/state"
 
-    def event(self, run: str) -> str:
-        return f"{self.prefix}/run/{run}/event"
+    def event(self, runner: str, run: str) -> str:
+        return f"{self.prefix}/runner/{runner}/run/{run}/event"
 
-    def control(self, run: str) -> str:
-        return f"{self.prefix}/run/{run}/control"
+    def run_events(self, run: str) -> str:
+        """One run's events, from whichever runner publishes them."""
+        return f"{self.prefix}/runner/+/run/{run}/event"
+
+    def control(self, run: str, operator: str) -> str:
+        return f"{self.prefix}/run/{run}/control/{operator}"
 
     def repair(self, run: str) -> str:
         return f"{self.prefix}/run/{run}/repair"
@@ -124,22 +167,39 @@ class Topics:
     def runner_state(self, runner_id: str) -> str:
         return f"{self.prefix}/runner/{runner_id}/state"
 
+    def event_source(self, topic: str) -> tuple[str, str] | None:
+        """(runner, run) of an event topic, else None."""
+        parts = self._levels(topic, "runner")
+        if parts is None or len(parts) != 4 or parts[1] != "run" or parts[3] != "event":
+            return None
+        runner, run = parts[0], parts[2]
+        return (runner, run) if runner and valid_run_id(run) else None
+
+    def control_source(self, topic: str) -> tuple[str, str] | None:
+        """(run, operator) of a control topic, else None."""
+        parts = self._levels(topic, "run")
+        if parts is None or len(parts) != 3 or parts[1] != "control" or not parts[2]:
+            return None
+        return (parts[0], parts[2]) if valid_run_id(parts[0]) else None
+
     def run_of(self, topic: str) -> str | None:
         """The run id in an event or control topic, else None."""
-        return self._run_in(topic, ("event", "control"))
+        source = self.event_source(topic)
+        if source is not None:
+            return source[1]
+        control = self.control_source(topic)
+        return control[0] if control is not None else None
 
     def run_of_repair(self, topic: str) -> str | None:
         """The run id in a repair topic, else None."""
-        return self._run_in(topic, ("repair",))
+        parts = self._levels(topic, "run")
+        if parts is None or len(parts) != 2 or parts[1] != "repair" or not valid_run_id(parts[0]):
+            return None
+        return parts[0]
 
-    def _run_in(self, topic: str, leaves: tuple[str, ...]) -> str | None:
-        head = f"{self.prefix}/run/"
-        if not topic.startswith(head):
-            return None
-        rest = topic[len(head):].split("/")
-        if len(rest) != 2 or rest[1] not in leaves or not valid_run_id(rest[0]):
-            return None
-        return rest[0]
+    def _levels(self, topic: str, head: str) -> list[str] | None:
+        start = f"{self.prefix}/{head}/"
+        return topic[len(start):].split("/") if topic.startswith(start) else None
 
     def runner_of(self, topic: str) -> str | None:
         head = f"{self.prefix}/runner/"
@@ -149,10 +209,57 @@ class Topics:
         return rid if rid and "/" not in rid else None
 
 
-def _client(config: BusConfig, identifier: str, **kw: Any) -> aiomqtt.Client:
+class BusRefused(BusUnavailable):
+    """The broker refused a publish or a subscription (the account's role does not allow it)."""
+
+
+class BusClient(aiomqtt.Client):
+    """aiomqtt's client, keeping the broker's refusals of publishes (PUBACK reason codes)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.refusals = 0  # publishes the broker acknowledged with a failure reason code
+        self.last_refusal = ""
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self.refusals += 1
+            self.last_refusal = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, *, qos: int = 1,
+                              retain: bool = False, timeout: float = PUBLISH_TIMEOUT) -> None:
+        """Publish (QoS 1) and raise BusRefused when the broker says no.
+
+        aiomqtt hides the message id, so a refusal during concurrent publishes on one client
+        fails each of them: they are re-sent, and only a publish the ACL forbids is refused.
+        """
+        before = self.refusals
+        await self.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+        if self.refusals > before:
+            raise BusRefused(f"the broker refused to publish on {topic}: {self.last_refusal}")
+
+    async def subscribe_checked(self, topic: str, *, qos: int = 1,
+                                timeout: float = PUBLISH_TIMEOUT) -> None:
+        """Subscribe and raise BusRefused when the broker grants nothing."""
+        granted = await self.subscribe(topic, qos=qos, timeout=timeout)
+        codes = granted if isinstance(granted, list | tuple) else [granted]
+        bad = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if bad:
+            raise BusRefused(f"the broker refused the subscription {topic}: {bad[0]}")
+
+
+def _client(config: BusConfig, identifier: str, **kw: Any) -> BusClient:
     host, port = config.host_port()
-    return aiomqtt.Client(host, port, identifier=identifier,
-                          protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
+    return BusClient(host, port, identifier=identifier, username=config.username,
+                     password=config.password, tls_context=config.tls_context(),
+                     protocol=aiomqtt.ProtocolVersion.V5, timeout=CONNECT_TIMEOUT, **kw)
+
+
+def open_client(config: BusConfig, identifier: str | None = None, **kw: Any) -> BusClient:
+    """One connection with `config`'s account and TLS (use it as `async with`)."""
+    return _client(config, identifier or f"mlrb-{uuid.uuid4().hex[:12]}", **kw)
 
 
 def _payload_bytes(payload: Any) -> bytes:
@@ -183,8 +290,8 @@ class Reconnector:
     def retry_now(self) -> None:
         self._wake.set()
 
-    async def run(self, connect: Callable[[], aiomqtt.Client],
-                  session: Callable[[aiomqtt.Client], Awaitable[None]],
+    async def run(self, connect: Callable[[], BusClient],
+                  session: Callable[[BusClient], Awaitable[None]],
                   down: Callable[[], Awaitable[None]]) -> None:
         """Until cancelled: connect, `session(client)`, then `down()` however the session ended."""
         self._backoff = self.backoff_min
@@ -282,6 +389,10 @@ class RunnerEndpoint:
     async def start(self) -> None:
         """Start connecting in the background; never fails because the broker is down."""
         self.config.host_port()  # a malformed URL is a configuration error: raise now
+        if self.config.username and self.config.username != self.runner_id:
+            # the ACL lets an account publish only under its own name
+            raise ValueError(f"runner id {self.runner_id!r} is not the bus account "
+                             f"{self.config.username!r} it authenticates as")
         if self._main_task is None:
             self._main_task = asyncio.create_task(self._main(), name=f"bus-{self.runner_id}")
             self._workers = [asyncio.create_task(self._handle_inbox(q), name=f"bus-{name}s")
@@ -355,7 +466,7 @@ class RunnerEndpoint:
             st.task = asyncio.create_task(self._send_run(client, st), name=f"bus-send-{st.run}")
 
     async def _send_run(self, client: aiomqtt.Client, st: _RunState) -> None:
-        topic = self.topics.event(st.run)
+        topic = self.topics.event(self.runner_id, st.run)
         try:
             while True:
                 if st.resend_after is not None:
@@ -458,7 +569,10 @@ class RunnerEndpoint:
                 self.skipped += 1
                 log.error("bus: event %s/%s cannot be encoded: %s", ev.run, ev.seq, exc)
         payload = b"[" + b",".join(parts) + b"]"
-        await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
+        if isinstance(client, BusClient):
+            await client.publish_checked(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
+        else:  # pragma: no cover - every client here is a BusClient
+            await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT)
 
     # -- the connection -------------------------------------------------------------
     def retry_now(self) -> None:
@@ -468,7 +582,7 @@ class RunnerEndpoint:
     async def _main(self) -> None:
         state_topic = self.topics.runner_state(self.runner_id)
 
-        def connect() -> aiomqtt.Client:
+        def connect() -> BusClient:
             return _client(self.config, f"mlrb-runner-{self.runner_id}-{uuid.uuid4().hex[:8]}",
                            will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
                            keepalive=15, max_inflight_messages=200,
@@ -476,7 +590,7 @@ class RunnerEndpoint:
 
         await self.link.run(connect, self._session, self._disconnected)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: BusClient) -> None:
         self._client = client
         self.connected = True
         self.connects += 1
@@ -566,8 +680,9 @@ class RunnerEndpoint:
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
         payload = _payload_bytes(message.payload)
-        run = self.topics.run_of(topic)
-        if run is not None and topic.endswith("/control") and self._control_handler:
+        source = self.topics.control_source(topic)
+        if source is not None and self._control_handler:
+            run, operator = source
             handler, rejects = self._control_handler
             try:
                 command = parse_control(payload)
@@ -578,7 +693,9 @@ class RunnerEndpoint:
             if command.run != run:
                 rejects.add("run_mismatch", f"{command.run} on {topic}")
                 return
-            await handler(command)
+            # who sent it is the name in the topic, which the broker's ACL ties to the
+            # account it authenticated; the payload's own claim is not believed
+            await handler(command.model_copy(update={"operator": operator}))
         elif topic == self.topics.jobs and self._job_handler:
             handler_j, rejects = self._job_handler
             if len(payload) > MAX_JOB_BYTES:
@@ -595,6 +712,37 @@ class RunnerEndpoint:
             await handler_j(job)
 
 
+class RunOwners:
+    """Which runner owns each run, as a subscriber learned it: events come only from there.
+
+    The owner is the runner whose `run.created` (published under its own id, which the
+    broker's ACL enforces) names it; a run joined mid-way belongs to the first runner heard
+    for it, unless seeded (the recorder seeds what it holds). Bounded: the oldest is
+    forgotten first.
+    """
+
+    def __init__(self, seed: dict[str, str] | None = None, max_runs: int = 100_000) -> None:
+        self._owners: OrderedDict[str, str] = OrderedDict(seed or {})
+        self.max_runs = max_runs
+
+    def get(self, run: str) -> str | None:
+        return self._owners.get(run)
+
+    def accept(self, run: str, runner: str, events: Sequence[Event]) -> bool:
+        """Whether `runner` may publish these events of `run`; learns the owner on first sight."""
+        created = next((e for e in events if e.kind == "run.created"), None)
+        claimed = getattr(created.body, "runner", None) if created is not None else None
+        if claimed is not None and claimed != runner:
+            return False  # a run.created that names another runner than its publisher
+        owner = self._owners.get(run)
+        if owner is None:
+            self._owners[run] = runner
+            while len(self._owners) > self.max_runs:
+                self._owners.popitem(last=False)
+            return True
+        return owner == runner
+
+
 class EventSubscriber:
     """Console / recorder side: receives event batches, validates them, hands them on.
 
@@ -607,7 +755,7 @@ class EventSubscriber:
     def __init__(self, config: BusConfig, on_events: Callable[[list[Event]], None],
                  rejects: RejectCounter | None = None, runs: Sequence[str] | None = None,
                  *, tracker: SeqTracker | None = None, client_id: str | None = None,
-                 session_expiry: int = 3600) -> None:
+                 session_expiry: int = 3600, owners: RunOwners | None = None) -> None:
         self.config = config
         self.topics = Topics(config.prefix)
         self.on_events = on_events
@@ -617,6 +765,7 @@ class EventSubscriber:
         self.tracker = tracker if tracker is not None else SeqTracker(from_start=False)
         self.client_id = client_id
         self.session_expiry = session_expiry
+        self.owners = owners if owners is not None else RunOwners()
         self.connected = False
         self.ready = asyncio.Event()
         self.received = 0  # valid events handed on
@@ -635,10 +784,10 @@ class EventSubscriber:
     async def run(self) -> None:
         """Connect, subscribe, deliver; reconnect with backoff until cancelled."""
         self.config.host_port()
-        topics = [self.topics.event(r) for r in self.runs] if self.runs is not None \
+        topics = [self.topics.run_events(r) for r in self.runs] if self.runs is not None \
             else [self.topics.all_events]
 
-        def connect() -> aiomqtt.Client:
+        def connect() -> BusClient:
             if self.client_id is None:
                 return _client(self.config, f"mlrb-sub-{uuid.uuid4().hex[:12]}",
                                keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
@@ -647,9 +796,9 @@ class EventSubscriber:
             return _client(self.config, self.client_id, keepalive=15, clean_start=False,
                            properties=props, max_queued_incoming_messages=INCOMING_QUEUE)
 
-        async def session(client: aiomqtt.Client) -> None:
+        async def session(client: BusClient) -> None:
             for topic in topics:
-                await client.subscribe(topic, qos=1)
+                await client.subscribe_checked(topic, qos=1)
             self.connected = True
             self.ready.set()
             self.link.up()
@@ -672,10 +821,11 @@ class EventSubscriber:
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.rejects.add("oversized", f"{len(payload)} bytes on {topic}")
             return
-        run = self.topics.run_of(topic)
-        if run is None:
+        source = self.topics.event_source(topic)
+        if source is None:
             self.rejects.add("bad_topic", topic)
             return
+        runner, run = source
         try:
             events = decode_payload(payload)
         except EventError as exc:
@@ -686,6 +836,9 @@ class EventSubscriber:
             return
         if not events:
             return
+        if not self.owners.accept(run, runner, events):
+            self.rejects.add("not_owner", f"run {run} from runner {runner}")
+            return
         now = asyncio.get_running_loop().time()
         for e in events:
             self.tracker.observe(run, e.seq, now)
@@ -694,7 +847,6 @@ class EventSubscriber:
             self.on_events(events)
         except Exception:  # the consumer's bug must not stop the stream
             log.exception("bus: on_events failed")
-
 
     async def _repair_loop(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
@@ -711,16 +863,20 @@ async def _publish_once(config: BusConfig, topic: str, payload: bytes, timeout: 
     try:
         async with asyncio.timeout(timeout):
             async with _client(config, f"mlrb-cli-{uuid.uuid4().hex[:12]}") as client:
-                await client.publish(topic, payload, qos=1, timeout=timeout)
+                await client.publish_checked(topic, payload, qos=1, timeout=timeout)
+    except BusRefused:
+        raise
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         raise BusUnavailable(f"cannot reach the MQTT broker at {config.url}: "
                              f"{type(exc).__name__}: {exc}") from None
 
 
 async def send_control(config: BusConfig, command: ControlCommand, timeout: float = 5.0) -> None:
-    """Publish one control command (QoS 1); BusUnavailable if no broker answers."""
-    await _publish_once(config, Topics(config.prefix).control(command.run), command.to_json(),
-                        timeout)
+    """Publish one control command (QoS 1) under the account's name; BusUnavailable if no
+    broker answers, BusRefused if the broker does not let this account control runs."""
+    operator = config.username or topic_name(command.operator)
+    await _publish_once(config, Topics(config.prefix).control(command.run, operator),
+                        command.to_json(), timeout)
 
 
 async def submit_job(config: BusConfig, job: dict[str, Any], timeout: float = 5.0) -> None:
@@ -765,6 +921,6 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusConfig", "BusUnavailable", "Reconnector", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
-    "read_runner_states", "send_control", "submit_job",
+    "BusClient", "BusConfig", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "open_client", "read_runner_states", "send_control", "submit_job",
 ]

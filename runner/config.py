@@ -3,8 +3,13 @@
 The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG):
 
     [bus]
-    url = "mqtt://broker.example:1883"   # an external broker; omit for the embedded one
+    url = "mqtts://broker.example:8883"  # an external broker; omit for the embedded one
     prefix = "mlrb/v1"
+    username = "gpu-host-a"              # this host's account (a runner's is its runner id)
+    password = "..."                     # MLRB_BUS_PASSWORD wins
+    ca_file = "/etc/mlrb/ca.crt"         # verifies the broker's certificate (mqtts://)
+    cert_file = "/etc/mlrb/me.crt"       # a client certificate instead of a password
+    key_file = "/etc/mlrb/me.key"
     [sandbox]
     backend = "auto"                     # auto | docker | local
     image = "mlrb-sandbox:latest"
@@ -60,6 +65,11 @@ class _Table(BaseModel):
 class BusTable(_Table):
     url: str | None = None  # None: the embedded broker
     prefix: str = "mlrb/v1"
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class SandboxTable(_Table):
@@ -127,6 +137,7 @@ class Config:
     home: Path
     bus_url: str | None = None  # None: the embedded broker
     prefix: str = "mlrb/v1"
+    bus: BusTable = field(default_factory=BusTable)  # credentials and TLS files of bus_url
     backend: str = "auto"
     image: str = "mlrb-sandbox:latest"
     max_runs: int = 4
@@ -137,6 +148,11 @@ class Config:
     hub_endpoint: str | None = None
     hub_token: str | None = field(default=None, repr=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold keys and tokens
+
+    @property
+    def broker_dir(self) -> Path:
+        """The embedded broker's files: its config, accounts and credentials."""
+        return self.home / "broker"
 
     @property
     def db_path(self) -> Path:
@@ -215,6 +231,9 @@ def load_config(home: Path | None = None) -> Config:
         home=home,
         bus_url=os.environ.get("MLRB_BUS_URL") or file.bus.url,
         prefix=file.bus.prefix.strip("/"),
+        bus=file.bus.model_copy(update={
+            "username": os.environ.get("MLRB_BUS_USERNAME") or file.bus.username,
+            "password": os.environ.get("MLRB_BUS_PASSWORD") or file.bus.password}),
         backend=backend,
         image=os.environ.get("MLRB_SANDBOX_IMAGE") or file.sandbox.image,
         max_runs=file.runner.max_runs,
@@ -257,8 +276,17 @@ def read_daemon_info(cfg: Config) -> DaemonInfo | None:
     return info
 
 
-def write_daemon_info(cfg: Config, info: DaemonInfo) -> None:
+def private_home(cfg: Config) -> Path:
+    """MLRB_HOME, created 0700: it holds every transcript and the bus credentials."""
     cfg.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.home, 0o700)
+    return cfg.home
+
+
+def write_daemon_info(cfg: Config, info: DaemonInfo) -> None:
+    private_home(cfg)
     tmp = cfg.daemon_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info.__dict__, indent=2))
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info.__dict__, indent=2))
     tmp.replace(cfg.daemon_file)

@@ -19,7 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-from runner.config import Config, DaemonInfo, load_config, read_daemon_info, write_daemon_info
+from runner.config import (
+    Config,
+    DaemonInfo,
+    load_config,
+    private_home,
+    read_daemon_info,
+    write_daemon_info,
+)
 from runner.engine import Engine
 
 KEEP_RUNS_SIGNAL = signal.SIGUSR1  # stop, leaving the live runs going (`mlrb down --keep-runs`)
@@ -69,10 +76,12 @@ def start_detached(cfg: Config, timeout: float = 60.0) -> DaemonInfo:
     running = read_daemon_info(cfg)
     if running is not None:
         return running
-    cfg.home.mkdir(parents=True, exist_ok=True)
+    private_home(cfg)
     with contextlib.suppress(FileNotFoundError):
         cfg.daemon_file.unlink()
-    logf = open(cfg.log_path, "ab")  # noqa: SIM115 - handed to the child
+    # the log names runs and operators: private like the journal
+    logf = os.fdopen(os.open(cfg.log_path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600), "ab")
+    os.chmod(cfg.log_path, 0o600)
     env = {**os.environ, "MLRB_HOME": str(cfg.home)}
     proc = subprocess.Popen([sys.executable, "-m", "runner.daemon", "--home", str(cfg.home)],
                             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,

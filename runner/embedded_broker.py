@@ -5,6 +5,10 @@ workdir; if the port is taken another free one is chosen. A watch task restarts 
 same port if it dies; persistence keeps retained messages and persistent sessions across a
 restart; on Linux a parent-death signal ends it with its parent, even on `kill -9`. Without
 Mosquitto there is no bus: `MosquittoMissing` says how to install it.
+
+Nobody connects without a password: the first start generates three local accounts (the
+runner, an operator named for the user, and a viewer), kept in `credentials.json` beside
+the password and ACL files, all 0600 in a 0700 workdir; local consoles and the CLI read it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import pwd
@@ -19,8 +24,19 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from runner.broker_access import (
+    AccountStore,
+    Credential,
+    Role,
+    private_dir,
+    private_file,
+    topic_name,
+    write_private,
+)
+from runner.bus import BusConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +76,19 @@ def find_mosquitto() -> str | None:
         if Path(cand).exists():
             return cand
     return None
+
+
+def local_runner_name() -> str:
+    """The embedded runner's account (and runner id): this host's name."""
+    return topic_name(socket.gethostname())
+
+
+def _operator_name() -> str:
+    """The local operator account: named once, at the first start, as `default_operator()`
+    says; from then on a command is recorded under it whatever its payload claims."""
+    from runner.control import default_operator
+
+    return topic_name(default_operator())
 
 
 def free_port() -> int:
@@ -122,10 +151,18 @@ class EmbeddedBroker:
 
     kind = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, prefix: str = "mlrb/v1",
+                 runner: str | None = None, users: Mapping[str, Role] | None = None) -> None:
         self.workdir = Path(workdir)
         self.port = port or 0
         self.url = ""
+        self.prefix = prefix.strip("/")
+        # the three local accounts, by role; `users` adds more (each with its own password)
+        self.local: dict[str, str] = {"runner": runner or local_runner_name(),
+                                      "operator": _operator_name()}
+        self.local["viewer"] = f"{self.local['operator']}-viewer"
+        self.extra: dict[str, Role] = dict(users or {})
+        self.credentials_path = self.workdir / "credentials.json"
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self.restarts = 0  # how often the watch brought a dead mosquitto back
@@ -149,18 +186,85 @@ class EmbeddedBroker:
                 continue
             self.port = port
             self.url = f"mqtt://127.0.0.1:{port}"
+            self._write_credentials_url()
             log.info("broker: %s on %s", self.kind, self.url)
             self._watch = asyncio.create_task(self._supervise(exe), name="broker-watch")
             return self.url
         raise BrokerError(f"no free port for the broker after {PORT_ATTEMPTS} attempts: {last}")
 
+    def credential(self, name: str) -> Credential:
+        """The password of one of this broker's accounts (a local one, or one of `users`)."""
+        found = self._credentials().get(name)
+        if found is None:
+            raise KeyError(f"no account {name!r} on the embedded broker")
+        return found
+
+    def bus_config(self, who: str = "operator") -> BusConfig:
+        """How a client reaches this broker as `who`: a role (its local account) or a name."""
+        cred = self.credential(self.local.get(who, who))
+        return BusConfig(self.url, self.prefix, username=cred.username, password=cred.password)
+
+    def _saved_local(self) -> dict[str, str]:
+        try:
+            raw = json.loads(self.credentials_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        local = raw.get("local") if isinstance(raw, dict) else None
+        return {str(k): str(v) for k, v in local.items()} if isinstance(local, dict) else {}
+
+    def _credentials(self) -> dict[str, Credential]:
+        try:
+            raw = json.loads(self.credentials_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {n: Credential(n, str(v["password"])) for n, v in raw.get("accounts", {}).items()
+                if isinstance(v, dict) and "password" in v}
+
+    def _ensure_accounts(self) -> None:
+        """Generate what is missing; existing passwords stay (clients of a restart keep working)."""
+        private_dir(self.workdir)
+        store = AccountStore(self.workdir, (self.prefix,))
+        known = self._credentials()
+        for role, name in self._saved_local().items():  # people's accounts are named once
+            if role in ("operator", "viewer") and name in known:
+                self.local[role] = name
+        wanted: dict[str, Role] = {**{n: r for r, n in self.local.items()},  # type: ignore[misc]
+                                   **self.extra}
+        accounts = store.load()
+        roles = {n: a.role for n, a in accounts.items()}
+        if all(n in known and roles.get(n) == r for n, r in wanted.items()) and \
+                store.passwd_path.exists() and store.acl_path.exists():
+            return
+        for name, role in wanted.items():
+            cred = known.get(name)
+            known[name] = store.add(name, role, cred.password if cred else None)
+        write_private(self.credentials_path, json.dumps({
+            "url": self.url, "prefix": self.prefix, "local": self.local,
+            "accounts": {n: {"role": wanted.get(n, roles.get(n)), "password": c.password}
+                         for n, c in sorted(known.items())}}, indent=2))
+
+    def _write_credentials_url(self) -> None:
+        # the URL beside the passwords lets a local client find the broker without daemon.json
+        try:
+            raw = json.loads(self.credentials_path.read_text())
+        except (OSError, ValueError):
+            return
+        if raw.get("url") != self.url:
+            raw["url"] = self.url
+            write_private(self.credentials_path, json.dumps(raw, indent=2))
+
     async def _start_mosquitto(self, exe: str, port: int) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._ensure_accounts()
         conf = self.workdir / "mosquitto.conf"
         user = _own_user()
-        conf.write_text(
+        store = AccountStore(self.workdir)
+        write_private(conf,
             f"listener {port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            "allow_anonymous false\n"
+            f"password_file {store.passwd_path.resolve()}\n"
+            f"acl_file {store.acl_path.resolve()}\n"
             + (f"user {user}\n" if user else "")
             + "persistence true\n"
             f"persistence_location {self.workdir.resolve()}/\n"
@@ -174,7 +278,7 @@ class EmbeddedBroker:
             "log_type error\n"
             "log_type warning\n"
         )
-        errlog = self.workdir / "mosquitto.log"
+        errlog = private_file(self.workdir / "mosquitto.log")
         hook = _die_with_parent()
         with open(errlog, "wb") as err:
             # with the parent-death signal, its own session keeps a terminal's Ctrl-C away

@@ -22,7 +22,8 @@ from typing import Any
 
 from runner.adoption import TURNS_DIR, RunResume, load_resume
 from runner.agents.base import Agent, ScriptedAgent
-from runner.config import Config
+from runner.broker_access import private_file
+from runner.config import Config, private_home
 from runner.control import ControlCommand
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
@@ -72,8 +73,9 @@ class Engine:
     def __init__(self, cfg: Config, *, use_bus: bool = True, runner_id: str | None = None) -> None:
         self.cfg = cfg
         self.use_bus = use_bus
-        self._given_id = runner_id
-        self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}"
+        # an explicit id, or the bus account's name (stable), else one from the home (below)
+        self._given_id = runner_id or self._account_runner_id()
+        self.runner_id = self._given_id or f"{socket.gethostname()}-{os.getpid()}"
         self._lock: Any = None  # the home's runner lock: who holds it adopts the home's runs
         self.adoption: dict[str, list[str]] = {"adopted": [], "gone": [], "orphans": []}
         self.journal: Journal | None = None
@@ -92,6 +94,16 @@ class Engine:
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
 
+    def _account_runner_id(self) -> str | None:
+        # on an authenticating broker the runner id is the account: the ACL holds it there
+        if self.use_bus and self.cfg.bus_url and self.cfg.bus.username:
+            return self.cfg.bus.username
+        if self.use_bus and not self.cfg.bus_url:
+            from runner.embedded_broker import local_runner_name
+
+            return local_runner_name()
+        return None
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         if self.use_bus and not self.cfg.bus_url:
@@ -99,9 +111,10 @@ class Engine:
 
             if find_mosquitto() is None:  # before the journal opens: nothing to undo
                 raise MosquittoMissing()
-        self.cfg.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.cfg)
         self.cfg.runs_dir.mkdir(parents=True, exist_ok=True)
         self._take_home()
+        private_file(self.cfg.db_path)  # before SQLite creates it: its -wal/-shm take its mode
         self.journal = Journal(self.cfg.db_path)
         self.reader = JournalReader(self.cfg.db_path)
         self._slots = asyncio.Semaphore(self.cfg.max_runs)
@@ -110,17 +123,21 @@ class Engine:
         self._backend = await asyncio.to_thread(self._choose_backend)
         await self._adopt_or_settle()
         if self.use_bus:
-            from runner.bus import BusConfig, RunnerEndpoint
+            from runner.bus import RunnerEndpoint
+            from runner.bus_options import configured_bus
             from runner.embedded_broker import EmbeddedBroker
 
             if self.cfg.bus_url:
+                bus = configured_bus(self.cfg)
                 self.bus_url, self.broker_kind = self.cfg.bus_url, "external"
             else:
-                self.broker = EmbeddedBroker(self.cfg.home / "broker")
+                self.broker = EmbeddedBroker(self.cfg.broker_dir, prefix=self.cfg.prefix,
+                                             runner=self.runner_id)
                 self.bus_url = await self.broker.start()
                 self.broker_kind = self.broker.kind
+                bus = self.broker.bus_config("runner")
             reader = self.reader
-            self.publisher = RunnerEndpoint(BusConfig(self.bus_url, self.cfg.prefix), self.runner_id,
+            self.publisher = RunnerEndpoint(bus, self.runner_id,
                                             resend_from=lambda run, after, limit: reader.events(run, after, limit))
             await self.publisher.start()
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))

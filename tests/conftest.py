@@ -15,8 +15,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import aiomqtt
 import pytest
 
+from runner.broker_access import AccountStore, Credential
+from runner.bus import BusConfig
 from runner.embedded_broker import find_mosquitto, free_port
 
 T = TypeVar("T")
@@ -81,26 +84,53 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     until_blocking(lambda: _listens(port), f"something to listen on 127.0.0.1:{port}", timeout=timeout)
 
 
+# the accounts of a test broker: runner accounts are named for the runner ids tests use
+TEST_RUNNERS = ("h", "host-a", "host-b", "gpu-host-a", "gpu-host-b", "gpu-host-1")
+TEST_PREFIXES = ("mlrb/v1", "lab/v9")
+
+
 class Mosquitto:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes],
+                 accounts: dict[str, Credential]) -> None:
         self.port = port
         self.proc = proc
         self.url = f"mqtt://127.0.0.1:{port}"
+        self.accounts = accounts
+
+    def config(self, who: str = "operator", prefix: str = "mlrb/v1") -> BusConfig:
+        """A BusConfig for account `who` (a runner id, or "operator" / "viewer")."""
+        cred = self.accounts[who]
+        return BusConfig(self.url, prefix, username=cred.username, password=cred.password)
+
+
+def raw_client(config: BusConfig, **kw: object) -> aiomqtt.Client:
+    """A plain aiomqtt client with `config`'s account: a test's stand-in for another party."""
+    host, port = config.host_port()
+    return aiomqtt.Client(host, port, username=config.username, password=config.password,
+                          tls_context=config.tls_context(), protocol=aiomqtt.ProtocolVersion.V5,
+                          **kw)  # type: ignore[arg-type]
 
 
 def start_mosquitto(tmp: Path) -> Mosquitto:
+    """Mosquitto with authentication and the ACL on, as a fleet's broker would be."""
     exe = find_mosquitto()
     require(exe is not None, "mosquitto")
     assert exe is not None
     port = free_port()
+    store = AccountStore(tmp / f"mosquitto-{port}", TEST_PREFIXES)
+    accounts = {"operator": store.add("tester", "operator"),
+                "viewer": store.add("watcher", "viewer")}
+    accounts.update({name: store.add(name, "runner") for name in TEST_RUNNERS})
     conf = tmp / f"mosquitto-{port}.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\nmax_inflight_messages 1000\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
+        f"password_file {store.passwd_path}\nacl_file {store.acl_path}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")
+        + "max_queued_messages 100000\nmax_inflight_messages 1000\n"
     )
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_port(port)
-    return Mosquitto(port, proc)
+    return Mosquitto(port, proc, accounts)
 
 
 @pytest.fixture

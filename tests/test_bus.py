@@ -10,7 +10,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 import runner.bus as bus
@@ -28,15 +27,16 @@ from runner.control import ControlCommand
 from runner.embedded_broker import EmbeddedBroker, find_mosquitto
 from runner.events import Event, EventFactory, RejectCounter, encode_batch
 from runner.journal import Journal, JournalReader
-from tests.conftest import Mosquitto, free_port, require, until
+from tests.conftest import Mosquitto, free_port, raw_client, require, until
 
 REPO = Path(__file__).resolve().parent.parent
+RUNNERS = ("host-a", "host-0", "host-1", "doomed", "tidy")  # runner accounts of the broker
 
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     require(find_mosquitto() is not None, "mosquitto")
-    b = EmbeddedBroker(tmp_path / "broker")
+    b = EmbeddedBroker(tmp_path / "broker", users={n: "runner" for n in RUNNERS})
     await b.start()
     assert b.kind == "mosquitto"
     yield b
@@ -72,26 +72,32 @@ def make_events(run: str, n: int, start: int = 1) -> list[Event]:
 def test_config_and_topics() -> None:
     assert BusConfig("mqtt://10.0.0.2:1999").host_port() == ("10.0.0.2", 1999)
     assert BusConfig("mqtt://broker").host_port() == ("broker", 1883)
+    assert BusConfig("mqtts://broker:8883").host_port() == ("broker", 8883)  # TLS is supported
+    assert BusConfig("mqtts://broker").host_port() == ("broker", 8883)
     with pytest.raises(ValueError, match="TLS"):
-        BusConfig("mqtts://broker:8883").host_port()
+        BusConfig("mqtt://broker", ca_file="ca.crt").host_port()
     with pytest.raises(ValueError):
         BusConfig("http://broker").host_port()
     t = Topics("lab/x")
-    assert t.event("r1") == "lab/x/run/r1/event" and t.control("r1") == "lab/x/run/r1/control"
+    assert t.event("h1", "r1") == "lab/x/runner/h1/run/r1/event"
+    assert t.control("r1", "ana") == "lab/x/run/r1/control/ana"
     assert t.shared_jobs == "$share/mlrb-runners/lab/x/jobs" and t.jobs == "lab/x/jobs"
-    assert t.all_events == "lab/x/run/+/event" and t.runner_state("h1") == "lab/x/runner/h1/state"
-    assert t.run_of("lab/x/run/r1/event") == "r1" and t.run_of("lab/x/run/r1/control") == "r1"
-    assert t.run_of("lab/x/run/r1/other") is None and t.run_of("lab/x/run/$bad/event") is None
-    assert t.run_of("lab/y/run/r1/event") is None
+    assert t.all_events == "lab/x/runner/+/run/+/event" and t.runner_state("h1") == "lab/x/runner/h1/state"
+    assert t.run_of("lab/x/runner/h1/run/r1/event") == "r1" and t.run_of("lab/x/run/r1/control/ana") == "r1"
+    assert t.event_source("lab/x/runner/h1/run/r1/event") == ("h1", "r1")
+    assert t.control_source("lab/x/run/r1/control/ana") == ("r1", "ana")
+    assert t.run_of("lab/x/runner/h1/run/r1/other") is None
+    assert t.run_of("lab/x/runner/h1/run/$bad/event") is None
+    assert t.run_of("lab/y/runner/h1/run/r1/event") is None
 
 
 async def test_round_trip_of_batches_in_order(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     journal = Journal(tmp_path / "j.db")
     reader = JournalReader(tmp_path / "j.db")
     sink = Sink()
     sub, task = await subscribe(config, sink)
-    pub = RunnerEndpoint(config, "host-a", reader.events)
+    pub = RunnerEndpoint(broker.bus_config("host-a"), "host-a", reader.events)
     await pub.start()
     try:
         runs = {f"run-{i}": make_events(f"run-{i}", 1200) for i in range(3)}
@@ -115,12 +121,12 @@ async def test_round_trip_of_batches_in_order(broker: EmbeddedBroker, tmp_path: 
 async def test_outage_events_are_resent_from_the_journal(
         broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus, "MAX_PENDING_EVENTS", 100)  # the outage overflows memory
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     journal = Journal(tmp_path / "j.db")
     reader = JournalReader(tmp_path / "j.db")
     sink = Sink()
     sub, task = await subscribe(config, sink)
-    pub = RunnerEndpoint(config, "host-a", reader.events)
+    pub = RunnerEndpoint(broker.bus_config("host-a"), "host-a", reader.events)
     pub.link.backoff_min = pub.link.backoff_max = 30.0  # reconnects only when told, after the subscriber
     await pub.start()
     try:
@@ -138,7 +144,9 @@ async def test_outage_events_are_resent_from_the_journal(
         await journal.write(during)
         pub.publish(during)
         assert not await pub.flush(0.2)
-        again = EmbeddedBroker(tmp_path / "broker2", port=broker.port)
+        # the same workdir: the accounts and passwords the clients hold are kept
+        again = EmbeddedBroker(tmp_path / "broker", port=broker.port,
+                               users={n: "runner" for n in RUNNERS})
         assert await again.start() == broker.url
         try:
             await asyncio.wait_for(sub.ready.wait(), 15)
@@ -157,7 +165,7 @@ async def test_outage_events_are_resent_from_the_journal(
 
 
 async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     rejects = RejectCounter()
     sink = Sink()
     sub, task = await subscribe(config, sink, rejects)
@@ -166,14 +174,13 @@ async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> N
     other = make_events("run-b", 1)[0]
     unknown = {**good.to_dict(), "kind": "agent.teleport"}
     try:
-        async with aiomqtt.Client("127.0.0.1", broker.port,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
-            await c.publish(t.event("run-a"), b"{not json", qos=1)
-            await c.publish(t.event("run-a"), b"[" + b" " * (4 * 1024 * 1024) + b"]", qos=1)
-            await c.publish(t.event("run-a"), json.dumps([unknown]).encode(), qos=1)
-            await c.publish(t.event("run-a"), json.dumps([other.to_dict()]).encode(), qos=1)
-            await c.publish(t.event("run-a"), b"\xff\xfe", qos=1)
-            await c.publish(t.event("run-a"), json.dumps([good.to_dict()]).encode(), qos=1)
+        async with raw_client(broker.bus_config("host-a")) as c:
+            await c.publish(t.event("host-a", "run-a"), b"{not json", qos=1)
+            await c.publish(t.event("host-a", "run-a"), b"[" + b" " * (4 * 1024 * 1024) + b"]", qos=1)
+            await c.publish(t.event("host-a", "run-a"), json.dumps([unknown]).encode(), qos=1)
+            await c.publish(t.event("host-a", "run-a"), json.dumps([other.to_dict()]).encode(), qos=1)
+            await c.publish(t.event("host-a", "run-a"), b"\xff\xfe", qos=1)
+            await c.publish(t.event("host-a", "run-a"), json.dumps([good.to_dict()]).encode(), qos=1)
         await until(lambda: sub.received == 1)
         await until(lambda: rejects.total == 5)
         assert dict(rejects.counts) == {"bad_json": 2, "oversized": 1, "unknown_kind": 1,
@@ -184,7 +191,7 @@ async def test_bad_payloads_are_counted_never_fatal(broker: EmbeddedBroker) -> N
 
 
 async def test_data_that_breaks_its_model_is_counted(broker: EmbeddedBroker) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     rejects = RejectCounter()
     sink = Sink()
     sub, task = await subscribe(config, sink, rejects)
@@ -193,11 +200,10 @@ async def test_data_that_breaks_its_model_is_counted(broker: EmbeddedBroker) -> 
     forged = {**good[0].to_dict(), "data": {"stream": "stdout", "text": 7}}
     extra = {**good[0].to_dict(), "data": {"stream": "stdout", "text": "x", "sudo": True}}
     try:
-        async with aiomqtt.Client("127.0.0.1", broker.port,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
-            await c.publish(t.event("run-a"), json.dumps([forged]).encode(), qos=1)
-            await c.publish(t.event("run-a"), json.dumps([extra]).encode(), qos=1)
-            await c.publish(t.event("run-a"), encode_batch(good), qos=1)
+        async with raw_client(broker.bus_config("host-a")) as c:
+            await c.publish(t.event("host-a", "run-a"), json.dumps([forged]).encode(), qos=1)
+            await c.publish(t.event("host-a", "run-a"), json.dumps([extra]).encode(), qos=1)
+            await c.publish(t.event("host-a", "run-a"), encode_batch(good), qos=1)
         await until(lambda: sub.received == 2)
         await until(lambda: rejects.total == 2)
         assert dict(rejects.counts) == {"bad_data": 2}
@@ -207,9 +213,10 @@ async def test_data_that_breaks_its_model_is_counted(broker: EmbeddedBroker) -> 
 
 
 async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     reader = JournalReader(tmp_path / "j.db")
-    runners = [RunnerEndpoint(config, f"host-{i}", reader.events) for i in range(2)]
+    runners = [RunnerEndpoint(broker.bus_config(f"host-{i}"), f"host-{i}", reader.events)
+               for i in range(2)]
     jobs: dict[str, list[dict[str, object]]] = {"host-0": [], "host-1": []}
     commands: list[ControlCommand] = []
     rejects = RejectCounter()
@@ -234,16 +241,18 @@ async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) 
 
         await submit_job(config, {"no_task": True})
         t = Topics(config.prefix)
-        async with aiomqtt.Client("127.0.0.1", broker.port,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
+        me = config.username
+        assert me is not None
+        async with raw_client(config) as c:
             await c.publish(t.jobs, b"[1, 2]", qos=1)
-            await c.publish(t.control("run-a"), b'{"run": "run-a", "action": "explode"}', qos=1)
+            await c.publish(t.control("run-a", me), b'{"run": "run-a", "action": "explode"}', qos=1)
             spoof = ControlCommand(run="run-b", action="kill", operator="eve")
-            await c.publish(t.control("run-a"), spoof.to_json(), qos=1)
+            await c.publish(t.control("run-a", me), spoof.to_json(), qos=1)
         cmd = ControlCommand(run="run-a", action="hold", operator="ana@lab", reason="look")
         await send_control(config, cmd)
         await until(lambda: len(commands) == 1 and rejects.total == 4)
-        assert commands[0] == cmd
+        # the operator recorded is the account the broker authenticated, not the claim
+        assert commands[0] == cmd.model_copy(update={"operator": me})
         assert dict(rejects.counts) == {"bad_job": 2, "bad_control": 1, "run_mismatch": 1}
     finally:
         for r in runners:
@@ -254,7 +263,8 @@ RUNNER_SCRIPT = """
 import asyncio, sys
 from runner.bus import BusConfig, RunnerEndpoint
 async def main():
-    pub = RunnerEndpoint(BusConfig(sys.argv[1]), "doomed", lambda run, after, limit: [])
+    config = BusConfig(sys.argv[1], username="doomed", password=sys.argv[2])
+    pub = RunnerEndpoint(config, "doomed", lambda run, after, limit: [])
     await pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
@@ -266,9 +276,10 @@ asyncio.run(main())
 
 
 async def test_runner_state_is_retained_and_the_will_says_offline(broker: EmbeddedBroker) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", RUNNER_SCRIPT, broker.url, stdout=subprocess.PIPE,
+        sys.executable, "-c", RUNNER_SCRIPT, broker.url, broker.credential("doomed").password,
+        stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     try:
         assert proc.stdout is not None
@@ -286,8 +297,8 @@ async def test_runner_state_is_retained_and_the_will_says_offline(broker: Embedd
 
 
 async def test_a_clean_stop_publishes_offline(broker: EmbeddedBroker) -> None:
-    config = BusConfig(broker.url)
-    pub = RunnerEndpoint(config, "tidy", lambda run, after, limit: [])
+    config = broker.bus_config()
+    pub = RunnerEndpoint(broker.bus_config("tidy"), "tidy", lambda run, after, limit: [])
     await pub.start()
     await until(lambda: pub.connected)
     await pub.set_state({"online": True})
@@ -313,13 +324,14 @@ async def test_missing_broker(tmp_path: Path) -> None:
 
 
 async def test_with_the_conftest_mosquitto(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = BusConfig(mosquitto.url, prefix="lab/v9")
+    config = mosquitto.config(prefix="lab/v9")
     journal = Journal(tmp_path / "j.db")
     sink = Sink()
     sub = EventSubscriber(config, sink, runs=["run-b"])
     task = asyncio.create_task(sub.run())
     await asyncio.wait_for(sub.ready.wait(), 10)
-    pub = RunnerEndpoint(config, "h", JournalReader(tmp_path / "j.db").events)
+    pub = RunnerEndpoint(mosquitto.config("h", prefix="lab/v9"), "h",
+                         JournalReader(tmp_path / "j.db").events)
     await pub.start()
     try:
         evs = make_events("run-a", 5) + make_events("run-b", 5)
@@ -336,12 +348,12 @@ async def test_with_the_conftest_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
 
 async def test_bad_repair_requests_are_counted_and_a_good_one_is_served(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
-    config = BusConfig(broker.url)
+    config = broker.bus_config()
     journal = Journal(tmp_path / "j.db")
     reader = JournalReader(tmp_path / "j.db")
     sink = Sink()
     sub, task = await subscribe(config, sink)
-    pub = RunnerEndpoint(config, "host-a", reader.events)
+    pub = RunnerEndpoint(broker.bus_config("host-a"), "host-a", reader.events)
     await pub.start()
     topics = Topics(config.prefix)
     try:
@@ -351,7 +363,7 @@ async def test_bad_repair_requests_are_counted_and_a_good_one_is_served(
         pub.publish(events)
         assert await pub.flush(10)
         await until(lambda: len(sink.keys) == 20)
-        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        async with raw_client(config) as c:
             for bad in (b"{", b'{"from_seq": 5}', b'{"from_seq": 9, "to_seq": 3}',
                         b'{"from_seq": "1", "to_seq": 2}', b"x" * 5000):
                 await c.publish(topics.repair("run-a"), bad, qos=1)

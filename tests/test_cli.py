@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,11 @@ def test_the_embedded_broker_dies_with_a_killed_daemon(env, tmp_path):
     try:
         assert "mosquitto" in mlrb(env, "up").stdout
         info = json.loads((tmp_path / "home" / "daemon.json").read_text())
+        home = tmp_path / "home"  # every transcript and the bus passwords: private
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for private in ("daemon.json", "daemon.log", "mlrb.db", "broker/credentials.json"):
+            assert stat.S_IMODE((home / private).stat().st_mode) == 0o600, private
+        assert "account: " in mlrb(env, "status").stdout
         daemon = info["pid"]
         assert info["bus_url"].startswith("mqtt://127.0.0.1:")
         brokers = _pids_naming(f"-c {conf}")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from mlrb_tui.app import MLRBApp
-from runner.bus import BusConfig, Topics
+from runner.bus import Topics
 from runner.control import ControlCommand, parse_control
 from runner.events import EventFactory, encode_batch
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, raw_client
 from tests.fixtures.console_app import SIZE, started, until
 from tests.fixtures.demo_journal import NOW, OPERATOR, RUNNING, write_demo_journal
 
@@ -20,14 +19,14 @@ pytestmark = pytest.mark.mosquitto
 
 
 async def test_console_over_a_real_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    bus = BusConfig(mosquitto.url)
+    bus = mosquitto.config()
     topics = Topics(bus.prefix)
     app = MLRBApp(write_demo_journal(tmp_path / "journal.db"), bus, operator=OPERATOR,
                   clock=lambda: NOW)
     received: asyncio.Queue[ControlCommand] = asyncio.Queue()
 
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port,
-                              protocol=aiomqtt.ProtocolVersion.V5) as runner_side:
+    # the runner that created the demo's runs: a run takes events from its owner only
+    async with raw_client(mosquitto.config("gpu-host-1")) as runner_side:
         await runner_side.subscribe(topics.all_controls, qos=1)
 
         async def listen() -> None:
@@ -42,7 +41,7 @@ async def test_console_over_a_real_broker(tmp_path: Path, mosquitto: Mosquitto) 
                 assert "bus: online" in app.topbar_text().plain
                 # a live event published by "the runner" reaches the table
                 f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
-                await runner_side.publish(topics.event(RUNNING), encode_batch(
+                await runner_side.publish(topics.event("gpu-host-1", RUNNING), encode_batch(
                     [f.make("metric", {"step": 640, "values": {"loss": 1.25}}, ts=NOW)]), qos=1)
                 await until(pilot, lambda: app.fleet.rows[RUNNING]["metric_value"] == 1.25)
                 # `p` sends a hold over the bus
@@ -51,14 +50,22 @@ async def test_console_over_a_real_broker(tmp_path: Path, mosquitto: Mosquitto) 
                 cmd = received.get_nowait()
                 assert (cmd.run, cmd.action, cmd.operator) == (RUNNING, "hold", OPERATOR)
                 # the runner's ack comes back as an event and is shown
-                await runner_side.publish(topics.event(RUNNING), encode_batch([f.make(
+                await runner_side.publish(topics.event("gpu-host-1", RUNNING), encode_batch([f.make(
                     "control.ack", {"command_id": cmd.id, "action": "hold", "accepted": True,
                                     "reason": "held at the next step"}, ts=NOW)]), qos=1)
                 await until(pilot, lambda: app.controls.acks_seen == 1)
                 assert app.controls.ack_log[-1].startswith("hold r-mini-pile-01: accepted")
                 # a malformed payload is counted, never fatal
-                await runner_side.publish(topics.event(RUNNING), b"{not json", qos=1)
+                await runner_side.publish(topics.event("gpu-host-1", RUNNING), b"{not json", qos=1)
                 await until(pilot, lambda: app.source.rejects.total == 1)
                 assert app.is_running
+                # another runner's event for this run is refused: it does not own the run
+                async with raw_client(mosquitto.config("host-b")) as other:
+                    forged = EventFactory(RUNNING, next_seq=f.next_seq)
+                    await other.publish(topics.event("host-b", RUNNING), encode_batch(
+                        [forged.make("metric", {"step": 641, "values": {"loss": 9.5}}, ts=NOW)]),
+                        qos=1)
+                await until(pilot, lambda: app.source.rejects.counts.get("not_owner") == 1)
+                assert app.fleet.rows[RUNNING]["metric_value"] == 1.25
         finally:
             listener.cancel()

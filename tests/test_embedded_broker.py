@@ -8,21 +8,22 @@ import signal
 import socket
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 import runner.embedded_broker as broker_mod
-from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint
+from runner.bus import EventSubscriber, RunnerEndpoint
 from runner.embedded_broker import BrokerError, EmbeddedBroker, MosquittoMissing, find_mosquitto
 from runner.events import Event, EventFactory
 from runner.journal import Journal, JournalReader
-from tests.conftest import require, until
+from tests.conftest import raw_client, require, until
 
 
-async def roundtrip(url_port: int) -> bytes:
-    async with aiomqtt.Client("127.0.0.1", url_port, protocol=aiomqtt.ProtocolVersion.V5) as c:
-        await c.subscribe("ping/#", qos=1)
-        await c.publish("ping/x", b"pong", qos=1)
+async def roundtrip(b: EmbeddedBroker) -> bytes:
+    # the runner's account may use the topics under its own name, and nothing else
+    ping = f"{b.prefix}/runner/{b.local['runner']}/ping"
+    async with raw_client(b.bus_config("runner")) as c:
+        await c.subscribe(ping, qos=1)
+        await c.publish(ping, b"pong", qos=1)
         async for m in c.messages:
             return bytes(m.payload)  # type: ignore[arg-type]
     raise AssertionError("no message")
@@ -37,7 +38,7 @@ async def test_mosquitto_is_spawned_and_serves(tmp_path: Path) -> None:
         conf = (tmp_path / "mosquitto.conf").read_text()
         assert "persistence true" in conf and f"persistence_location {tmp_path.resolve()}/" in conf
         assert "autosave_interval" in conf
-        assert await roundtrip(b.port) == b"pong"
+        assert await roundtrip(b) == b"pong"
     assert not b.running
 
 
@@ -51,7 +52,7 @@ async def test_a_taken_port_moves_to_a_free_one(tmp_path: Path) -> None:
         url = await b.start()
         try:
             assert b.port != taken and url.endswith(f":{b.port}")
-            assert await roundtrip(b.port) == b"pong"
+            assert await roundtrip(b) == b"pong"
         finally:
             await b.stop()
 
@@ -94,8 +95,8 @@ def _pid(b: EmbeddedBroker) -> int:
     return b._proc.pid
 
 
-async def _retained(port: int, topic: str) -> bytes:
-    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+async def _retained(b: EmbeddedBroker, topic: str) -> bytes:
+    async with raw_client(b.bus_config("viewer")) as c:
         await c.subscribe(topic, qos=1)
         async with asyncio.timeout(5):
             async for m in c.messages:
@@ -108,18 +109,19 @@ async def test_a_killed_broker_is_back_on_its_port_with_its_retained_messages(tm
     b = EmbeddedBroker(tmp_path)
     await b.start()
     try:
-        async with aiomqtt.Client("127.0.0.1", b.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
-            await c.publish("mlrb/runner/h/state", b"online", qos=1, retain=True)
+        state = f"{b.prefix}/runner/{b.local['runner']}/state"
+        async with raw_client(b.bus_config("runner")) as c:
+            await c.publish(state, b"online", qos=1, retain=True)
         db = tmp_path / "mosquitto.db"
         # the autosave has written it: a kill -9 loses nothing published before
-        await until(lambda: db.exists() and b"mlrb/runner/h/state" in db.read_bytes(),
+        await until(lambda: db.exists() and state.encode() in db.read_bytes(),
                     "the retained message in the persistence file", timeout=10)
         first, port, url = _pid(b), b.port, b.url
         os.kill(first, signal.SIGKILL)
         await until(lambda: b.restarts == 1 and b.running, "the broker restarted", timeout=10)
         assert _pid(b) != first and b.port == port and b.url == url
-        assert await _retained(port, "mlrb/runner/h/state") == b"online"
-        assert await roundtrip(port) == b"pong"
+        assert await _retained(b, state) == b"online"
+        assert await roundtrip(b) == b"pong"
     finally:
         await b.stop()
 
@@ -140,7 +142,7 @@ async def test_a_stopped_broker_is_not_restarted(tmp_path: Path) -> None:
 
 async def test_events_flow_again_after_the_broker_restarts(tmp_path: Path) -> None:
     require(find_mosquitto() is not None, "mosquitto")
-    b = EmbeddedBroker(tmp_path / "broker")
+    b = EmbeddedBroker(tmp_path / "broker", runner="host-a")
     await b.start()
     journal = Journal(tmp_path / "j.db")
     reader = JournalReader(tmp_path / "j.db")
@@ -149,10 +151,10 @@ async def test_events_flow_again_after_the_broker_restarts(tmp_path: Path) -> No
     def sink(events: list[Event]) -> None:
         got.update(e.seq for e in events)
 
-    config = BusConfig(b.url)
+    config = b.bus_config()
     sub = EventSubscriber(config, sink)
     sub_task = asyncio.create_task(sub.run())
-    pub = RunnerEndpoint(config, "host-a", reader.events)
+    pub = RunnerEndpoint(b.bus_config("runner"), "host-a", reader.events)
     await pub.start()
     try:
         await asyncio.wait_for(sub.ready.wait(), 10)

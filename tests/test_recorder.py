@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint, Topics, submit_job
-from runner.config import Config
+from runner.config import BusTable, Config
 from runner.embedded_broker import EmbeddedBroker, find_mosquitto
 from runner.engine import Engine
 from runner.events import Event, EventFactory
@@ -27,18 +27,20 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
     monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
     engines = []
     for name in ("gpu-host-a", "gpu-host-b"):
-        cfg = Config(home=tmp_path / name, bus_url=mosquitto.url, backend="local", max_runs=2)
+        cred = mosquitto.accounts[name]
+        cfg = Config(home=tmp_path / name, bus_url=mosquitto.url, backend="local", max_runs=2,
+                     bus=BusTable(username=cred.username, password=cred.password))
         engine = Engine(cfg, runner_id=name)
         await engine.start()
         engines.append(engine)
-    rec = Recorder(BusConfig(mosquitto.url), tmp_path / "fleet.db")
+    rec = Recorder(mosquitto.config("viewer"), tmp_path / "fleet.db")
     rec_task = asyncio.create_task(rec.run())
     ended: set[str] = set()
 
     def on_events(events):
         ended.update(e.run for e in events if e.kind == "run.ended")
 
-    watcher = EventSubscriber(BusConfig(mosquitto.url), on_events)
+    watcher = EventSubscriber(mosquitto.config("viewer"), on_events)
     watch_task = asyncio.create_task(watcher.run())
     try:
         await asyncio.wait_for(asyncio.gather(rec.ready.wait(), watcher.ready.wait()), 10)
@@ -46,7 +48,7 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
         await until(lambda: all(jobs in e.publisher.subscribed for e in engines),
                     "both runners' shared subscriptions to the jobs queue")
         for i in range(4):
-            await submit_job(BusConfig(mosquitto.url), {"id": f"job{i}", "task": "tiny_train",
+            await submit_job(mosquitto.config(), {"id": f"job{i}", "task": "tiny_train",
                                                          "agent": "scripted", "submitted_by": "test"})
         await until(lambda: len(ended) >= 4, "the four runs to end", timeout=240)
         await until(lambda: all(rec.journal.last_seq(run) == e.journal.last_seq(run)
@@ -75,7 +77,7 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     require(find_mosquitto() is not None, "mosquitto")
-    b = EmbeddedBroker(tmp_path / "broker")
+    b = EmbeddedBroker(tmp_path / "broker", runner="host-a")
     await b.start()
     yield b
     await b.stop()
@@ -93,11 +95,11 @@ class Recorded:
     """One runner's journal and endpoint, and a recorder of the bus, torn down together."""
 
     def __init__(self, broker: EmbeddedBroker, tmp_path: Path) -> None:
-        config = BusConfig(broker.url)
         self.journal = Journal(tmp_path / "host.db")
         self.local = JournalReader(tmp_path / "host.db")
-        self.pub = RunnerEndpoint(config, "host-a", self.local.events)
-        self.rec = Recorder(config, tmp_path / "fleet.db", client_id="mlrb-recorder-test")
+        self.pub = RunnerEndpoint(broker.bus_config("runner"), "host-a", self.local.events)
+        self.rec = Recorder(broker.bus_config("viewer"), tmp_path / "fleet.db",
+                            client_id="mlrb-recorder-test")
         self.central = JournalReader(tmp_path / "fleet.db")
         self._task: asyncio.Task[None] | None = None
 
