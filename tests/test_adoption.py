@@ -19,7 +19,7 @@ from runner.agents.base import AgentContext, Observation, ToolResult, TurnRecord
 from runner.config import Config
 from runner.engine import Engine
 from runner.events import EventFactory
-from runner.jobs import JOBS_DIR, follow_job, run_job
+from runner.jobs import JOBS_DIR, JobFiles, follow_job, run_job
 from runner.journal import Journal, JournalReader
 from runner.local_sandbox import LocalSandbox
 from runner.sandbox import SandboxSpec
@@ -75,9 +75,7 @@ async def test_a_job_keeps_running_when_its_follower_is_cancelled_and_is_followe
 
 async def test_a_cancelled_job_is_killed_unless_it_is_kept(local_sb) -> None:
     task = asyncio.create_task(run_job(local_sb, "c2", "sleep 30", timeout_s=60, output_cap=100))
-    pid_file = local_sb.workspace_host / JOBS_DIR / "c2" / "pid"
-    await until(pid_file.exists, "the job's pid", timeout=10)
-    group = int(pid_file.read_text())
+    group = await until(JobFiles(local_sb.workspace_host, "c2").pid, "the job's pid", timeout=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
