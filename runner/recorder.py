@@ -28,7 +28,7 @@ SESSION_EXPIRY = 24 * 3600  # seconds the broker keeps queueing for a recorder t
 
 class Recorder:
     def __init__(self, bus: BusConfig, db: Path, *, client_id: str = CLIENT_ID,
-                 session_expiry: int = SESSION_EXPIRY) -> None:
+                 session_expiry: int = SESSION_EXPIRY, clean_start: bool = False) -> None:
         self.bus = bus
         self.journal = Journal(db)
         self.rejects = RejectCounter()
@@ -39,7 +39,8 @@ class Recorder:
         for run, contiguous in _contiguous(db).items():
             tracker.seed(run, contiguous)
         self._subscriber = EventSubscriber(bus, self._on_events, self.rejects, tracker=tracker,
-                                           client_id=client_id, session_expiry=session_expiry)
+                                           client_id=client_id, session_expiry=session_expiry,
+                                           clean_start=clean_start)
 
     @property
     def subscriber(self) -> EventSubscriber:
