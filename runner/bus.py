@@ -813,7 +813,12 @@ class EventSubscriber:
             self._report_gaps()
             for run, first, last in self.tracker.due(loop.time()):
                 body = RepairRequest(from_seq=first, to_seq=last).model_dump_json().encode()
-                await client.publish(self.topics.repair(run), body, qos=1, timeout=PUBLISH_TIMEOUT)
+                try:
+                    await client.publish(self.topics.repair(run), body, qos=1,
+                                         timeout=PUBLISH_TIMEOUT)
+                except (aiomqtt.MqttError, TimeoutError) as exc:  # asked again after its backoff
+                    log.warning("bus: repair request for run %s not sent: %s", run, exc)
+                    continue
                 self.repairs_requested += 1
                 log.info("bus: run %s misses seq %d-%d; asked its runner", run, first, last)
 

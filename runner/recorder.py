@@ -4,7 +4,8 @@ Each runner journals its own runs; the recorder subscribes to every run's events
 them into one SQLite file beside the operator's database. `(run, seq)` is the key, so
 events re-sent after an outage are no-ops. Its session is persistent (a stable client id,
 clean start off), so the broker queues events while it reconnects; a gap that still shows
-in a run's seqs is asked for from the owning runner, which re-publishes it from its journal.
+in a run's seqs, or a tail its runner's state says it has not got, is asked for from the
+owning runner, which re-publishes it from its journal.
 """
 
 from __future__ import annotations

@@ -216,8 +216,16 @@ async def test_a_run_through_a_minute_long_broker_outage_is_recorded_row_for_row
         held.unlink()
         await until(lambda: broker.running, "the supervisor to bring the broker back", timeout=15)
         assert (await engine.wait([run]))[run] == "succeeded"
-        await until(lambda: rows(central, run) == rows(local, run),
-                    "the recorder's copy to equal the journal, row for row", timeout=90)
+        try:
+            await until(lambda: rows(central, run) == rows(local, run),
+                        "the recorder's copy to equal the journal, row for row", timeout=120)
+        except AssertionError as exc:
+            have = {e.seq for e in central.events(run, 0, 100000)}
+            missing = sorted(set(range(1, local.max_seq(run) + 1)) - have)
+            raise AssertionError(f"{exc}: missing {missing[:20]} ({len(missing)}), tracker "
+                                 f"{rec.subscriber.tracker.get(run)}, asked {rec.subscriber.repairs_requested}, "
+                                 f"repaired {engine.publisher.repaired}, "
+                                 f"refused {dict(engine.publisher.repair_rejects.counts)}") from None
         assert during > 50 and len(rows(central, run)) == local.max_seq(run)
         await until(lambda: rec.subscriber.gaps == [], "the recorder's gaps closed")
         assert rec.subscriber.reconnects >= 1 and engine.publisher.counts().reconnects >= 1
