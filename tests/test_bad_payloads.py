@@ -25,7 +25,7 @@ from tests.conftest import require, until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 TOTAL = 10_000
-CHUNK = 250  # published together, then counted, before the next: the flood is bounded in time
+CHUNK = 500  # published together, then counted, before the next: the flood is bounded in time
 FLOOD_S = 120.0  # the whole flood must be sent and counted within this
 
 Bad = tuple[bytes, str]  # a payload and the reason it must be counted under
@@ -108,8 +108,8 @@ async def test_ten_thousand_bad_payloads_on_every_topic_during_a_live_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require(find_mosquitto() is not None, "mosquitto")
     monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
-    monkeypatch.setenv("TINY_STEPS", "500")  # about 50 s of training: the flood lands mid-run
-    monkeypatch.setenv("TINY_DELAY", "0.1")
+    monkeypatch.setenv("TINY_STEPS", "280")  # about 70 s of training: the flood lands mid-run
+    monkeypatch.setenv("TINY_DELAY", "0.25")
     engine = Engine(Config(home=tmp_path / "host", backend="local"), runner_id="host-a")
     await engine.start()
     assert engine.bus_url is not None and engine.broker is not None and engine.journal is not None
