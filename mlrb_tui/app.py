@@ -218,6 +218,9 @@ class MLRBApp(App[None]):
         text.append(f"   operator: {one_line(self.operator, 40)}", style="dim")
         if self.readonly:
             text.append("   READONLY", style="bold yellow")
+        counts = self.source.counts_text()
+        if counts:  # last: on a narrow terminal it is what gets cut
+            text.append(f"   {counts}", style="yellow")
         return text
 
     # -- navigation -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from mlrb_tui.signals import RunSignals, is_number, sparkline
+from mlrb_tui.signals import CATCHING_UP, RunSignals, is_number, sparkline
 from mlrb_tui.state import elapsed_of, fmt_bytes, fmt_duration, one_line
 from runner.events import LIVE_STATUSES, STATUS_ORDER, TERMINAL_STATUSES
 
@@ -280,11 +280,13 @@ def _v_flags(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     return (row.get("isolated") == 0, int(row.get("flags") or 0),
             len(sig.pending) if live and sig is not None else 0,
             sig.warning_text() if live and sig is not None else "",
-            sig.alarm_text() if live and sig is not None else "")
+            sig.alarm_text() if live and sig is not None else "",
+            # an ended run too: its row may be behind until the gap is filled
+            sig is not None and sig.catching_up)
 
 
 def _r_flags(v: Value) -> Text:
-    local, flags, pending, warn, alarm = v
+    local, flags, pending, warn, alarm, catching_up = v
     text = Text()
     if local:
         text.append("local ", style="bold red")
@@ -295,7 +297,9 @@ def _r_flags(v: Value) -> Text:
     if warn:
         text.append(f"⏱{warn} ", style="bold yellow")
     if alarm:
-        text.append(f"⚠{alarm}", style="bold magenta")
+        text.append(f"⚠{alarm} ", style="bold magenta")
+    if catching_up:
+        text.append(CATCHING_UP, style="bold cyan")
     text.rstrip()
     return text
 

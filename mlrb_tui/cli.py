@@ -140,18 +140,66 @@ def restart() -> None:
 
 
 @cli.command()
-def status() -> None:
-    """Say whether the daemon runs, and where things live."""
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(as_json: bool) -> None:
+    """Say whether the daemon runs, where things live, and what each runner's bus has done:
+    events resent and repaired, reconnects, and rejected payloads by reason."""
+    from runner.bus import BusUnavailable, read_runner_states
+
     cfg = _cfg()
     info = read_daemon_info(cfg)
+    bus = _bus(info, cfg)
+    states: dict[str, Any] = {}
+    bus_error = ""
+    if bus is not None:
+        try:
+            states = asyncio.run(read_runner_states(bus))
+        except BusUnavailable as exc:
+            bus_error = str(exc)
+    runners = {rid: _runner_status(s) for rid, s in sorted(states.items())}
+    if as_json:
+        daemon = None if info is None else {"pid": info.pid, "runner": info.runner_id,
+                                            "bus_url": info.bus_url, "broker": info.broker}
+        click.echo(json.dumps({"home": str(cfg.home), "journal": str(cfg.db_path), "daemon": daemon,
+                               "runners": runners, "bus_error": bus_error or None}, indent=2))
+        return
     click.echo(f"home:    {cfg.home}\njournal: {cfg.db_path}")
     if info is None:
         click.echo("daemon:  not running (`mlrb up` starts it)")
     else:
         click.echo(f"daemon:  pid {info.pid}, runner {info.runner_id}\nbroker:  {info.bus_url} ({info.broker})")
-        bus = _bus(info, cfg)
-        if bus is not None and bus.username:
-            click.echo(f"account: {bus.username} (commands and the console are recorded under it)")
+    if bus is not None and bus.username:
+        click.echo(f"account: {bus.username} (commands and the console are recorded under it)")
+    if bus_error:
+        click.echo(f"bus:     {bus_error}")
+    for rid, r in runners.items():
+        live = f", {len(r['runs'])} live run(s)" if r["state"] == "online" else ""
+        click.echo(f"runner:  {rid} {r['state']}{live}")
+        counts = r["bus"]
+        if counts is None:
+            continue
+        click.echo(f"  bus:      {counts['published']} published, {counts['resent']} resent, "
+                   f"{counts['repaired']} repaired, {counts['reconnects']} reconnects")
+        rejects = sorted(counts["rejects"].items(), key=lambda kv: (-kv[1], kv[0]))
+        click.echo("  rejected: " + (", ".join(f"{reason} {n}" for reason, n in rejects) or "none"))
+
+
+def _runner_status(state: dict[str, Any] | str) -> dict[str, Any]:
+    """One runner's retained state as `mlrb status` shows it; its counts only if well-formed."""
+    from pydantic import ValidationError
+
+    from runner.bus import RunnerSeqs
+
+    if not isinstance(state, dict):
+        return {"state": state, "runs": [], "bus": None}
+    try:
+        counts = RunnerSeqs.model_validate(state).bus
+    except ValidationError:
+        counts = None
+    runs = state.get("runs")
+    return {"state": str(state.get("state", "online"))[:20],
+            "runs": [str(r)[:80] for r in runs[:1000]] if isinstance(runs, list) else [],
+            "bus": counts.model_dump() if counts is not None else None}
 
 
 def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
@@ -427,10 +475,21 @@ def shell(run: str, reason: str) -> None:
 @click.option("--db", type=click.Path(dir_okay=False, path_type=str), required=True,
               help="The central SQLite journal to write.")
 @click.option("--bus", "bus_url", default=None, help="Broker URL (default: the configured one).")
-def record(db: str, bus_url: str | None) -> None:
-    """Record every run's events from the bus into one SQLite file (a fleet's journal)."""
+@click.option("--client-id", default=None, help="The recorder's MQTT client id: the broker keeps "
+              "its session under it (default: mlrb-recorder). Two recorders need two ids.")
+@click.option("--session-expiry", type=click.IntRange(min=0), default=None,
+              help="Seconds the broker keeps queueing for a recorder that is away "
+                   "(default: 86400; 0: no persistent session).")
+@click.option("--clean-start", is_flag=True,
+              help="Drop what the broker kept for this client id before recording.")
+def record(db: str, bus_url: str | None, client_id: str | None, session_expiry: int | None,
+           clean_start: bool) -> None:
+    """Record every run's events from the bus into one SQLite file (a fleet's journal).
+
+    The session is persistent, so the broker queues events while the recorder is away; a gap
+    that still shows is asked for from the run's runner."""
     from runner.bus_options import configured_bus
-    from runner.recorder import Recorder
+    from runner.recorder import CLIENT_ID, SESSION_EXPIRY, Recorder
 
     cfg = _cfg()
     info = read_daemon_info(cfg)
@@ -440,13 +499,23 @@ def record(db: str, bus_url: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     if bus is None:
         raise click.ClickException("no broker: pass --bus mqtt://host:port or configure [bus] url")
-    rec = Recorder(bus, Path(db))
-    click.echo(f"recording {bus.url} into {db} (ctrl+c stops)")
+    client_id = client_id or CLIENT_ID
+    if not client_id.isprintable() or not 0 < len(client_id.encode()) <= 64:
+        raise click.ClickException("--client-id must be 1 to 64 printable bytes")
+    expiry = SESSION_EXPIRY if session_expiry is None else session_expiry
+    rec = Recorder(bus, Path(db), client_id=client_id, session_expiry=expiry, clean_start=clean_start)
+    session = f"session {client_id}, kept {expiry} s" if expiry else f"client {client_id}, no session kept"
+    click.echo(f"recording {bus.url} into {db} ({session}{', clean start' if clean_start else ''}; "
+               "ctrl+c stops)")
     try:
         asyncio.run(rec.run())
     except KeyboardInterrupt:
         pass
-    click.echo(f"recorded {rec.received} events; rejected {rec.rejects.total}")
+    sub = rec.subscriber
+    rejects = ", ".join(f"{r} {n}" for r, n in rec.rejects.counts.most_common())
+    click.echo(f"recorded {rec.received} events; rejected {rec.rejects.total}"
+               + (f" ({rejects})" if rejects else "")
+               + f"; {sub.reconnects} reconnects; {sub.repairs_requested} repairs asked")
 
 
 def _fleet_dir(path: str | None) -> Path:

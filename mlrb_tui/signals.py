@@ -1,5 +1,6 @@
 """What the operator must notice about a run besides its row: tool calls waiting for approval,
-limit warnings, stall alarms, the approval mode, and a short telemetry history drawn as sparklines.
+limit warnings, stall alarms, the approval mode, whether the console is still catching up on
+its events, and a short telemetry history drawn as sparklines.
 
 Textual-free and bounded: the fleet keeps one `RunSignals` per run, the run view one more.
 """
@@ -32,6 +33,7 @@ RECENT_CALLS = 32  # tool calls remembered per run, to find an approval's argume
 MAX_PENDING = 64
 SPARK = "▁▂▃▄▅▆▇█"
 ALARM_MARKS = {"stalled": "stall", "gpu_idle": "idle", "llm_slow": "llm"}  # in the flags cell
+CATCHING_UP = "↻catching up"  # in the flags cell while a gap in the run's events is repaired
 LLM_DONE = frozenset({"agent.step", "agent.message", "agent.error", "usage", "tool.call"})
 
 
@@ -80,6 +82,8 @@ class RunSignals:
         self.pending: OrderedDict[str, PendingCall] = OrderedDict()
         self.limit_warnings: dict[str, float] = {}  # limit name -> fraction used
         self.alarms: dict[str, float | None] = {}  # active stall alarm code -> seconds it held
+        # set by the fleet, not folded: the console misses some of this run's events for now
+        self.catching_up = False
         self._calls: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 
     def apply(self, ev: Event) -> None:

@@ -2,8 +2,9 @@
 
 `LiveSource` backfills run rows from SQLite in a thread, follows the MQTT bus through an
 `EventSubscriber` (or any async feed, for tests), and polls the journal as a fallback while
-the bus is down or absent, so the console works without a broker. It sends control
-commands with `send_control`. Every SQLite call runs off the event loop.
+the bus is down or absent, so the console works without a broker. A run whose events have a
+gap is "catching up" until the gap is filled, from the journal or by the run's runner over the
+bus. It sends control commands with `send_control`. Every SQLite call runs off the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from mlrb_tui.state import FleetState, Gap, RunState
 from runner.bus import BusConfig, BusUnavailable, EventSubscriber, RunOwners, send_control
 from runner.control import ControlCommand
-from runner.events import Event, RejectCounter
+from runner.events import TERMINAL_STATUSES, Event, RejectCounter
 from runner.journal import JournalReader
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ Send = Callable[[ControlCommand], Awaitable[None]]
 BACKFILL_EVENTS = 400  # the run view opens on the last N events, not the whole run
 CATCH_UP_PAGE = 2000
 POLL_S = 2.0
+REPAIR_WAIT_S = 10.0  # events past a gap wait this long for the runner to re-publish it
 SIGNAL_EVENTS = 200  # per run, read when the console first sees it
 SIGNAL_KINDS = ("resource", "gpu", "tool.call", "tool.approval", "tool.result", "run.limit",
                 "operator.limit", "operator.approval_mode", "run.ended")
@@ -62,6 +65,8 @@ class LiveSource:
         self._subscriber: EventSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._backfilling: set[str] = set()
+        self._bus_gaps: set[str] = set()
+        self._holding: set[str] = set()  # runs whose events past a gap wait for the bus's repair
         self.polls = 0
         self.started = asyncio.Event()
 
@@ -82,6 +87,37 @@ class LiveSource:
         sub = self._subscriber
         return "online" if sub is not None and sub.connected else "offline"
 
+    @property
+    def subscriber(self) -> EventSubscriber | None:
+        """The bus side, for its counts (rejects, reconnects, repairs); None without a bus."""
+        return self._subscriber
+
+    def counts_text(self) -> str:
+        """The bus's counts for the status line, '' while all are zero: payloads rejected by
+        reason (here and at the runners), reconnects, repairs asked, events resent and repaired."""
+        sub = self._subscriber
+        if sub is None:
+            return ""
+        fleet = sub.fleet_counts()
+        rejects = Counter(self.rejects.counts)
+        rejects.update(fleet.rejects)
+        parts = []
+        if rejects:
+            top = ", ".join(f"{r} {n}" for r, n in rejects.most_common(3))
+            more = ", …" if len(rejects) > 3 else ""
+            parts.append(f"rejected {rejects.total()} ({top}{more})")
+        for label, n in (("reconnects", sub.reconnects + fleet.reconnects),
+                         ("repairs asked", sub.repairs_requested), ("resent", fleet.resent),
+                         ("repaired", fleet.repaired)):
+            if n:
+                parts.append(f"{label} {n}")
+        return " · ".join(parts)
+
+    @property
+    def catching_up(self) -> set[str]:
+        """Runs with missed events on their way: from the bus's repair, or the journal."""
+        return self._bus_gaps | self._backfilling | self._holding
+
     async def start(self) -> None:
         """Backfill run rows, then follow the bus (or feed) and poll as a fallback."""
         await asyncio.to_thread(lambda: self.reader)  # opening creates the schema if needed
@@ -90,7 +126,7 @@ class LiveSource:
             owners = await asyncio.to_thread(lambda: {
                 r["run"]: r["runner"] for r in self.reader.list_runs() if r.get("runner")})
             self._subscriber = EventSubscriber(self.bus, self.deliver, rejects=self.rejects,
-                                               owners=RunOwners(owners))
+                                               owners=RunOwners(owners), on_gaps=self._on_bus_gaps)
             self._tasks.append(asyncio.create_task(self._subscriber.run(), name="console-bus"))
         if self._feed is not None:
             self._tasks.append(asyncio.create_task(self._follow(self._feed), name="console-feed"))
@@ -121,10 +157,28 @@ class LiveSource:
         async for batch in feed:
             self.deliver(batch)
 
+    def _on_bus_gaps(self, runs: list[str]) -> None:
+        self._bus_gaps = set(runs)
+        self._show_catching_up()
+
+    def _show_catching_up(self) -> None:
+        if self.fleet.set_catching_up(self.catching_up):
+            self.on_change()
+
+    def _seed(self, run: str, *, start: bool = False) -> None:
+        """What the journal filled the bus need not repair: the tracker starts past it (and
+        with `start`, a live run the bus has not shown yet starts where the journal is)."""
+        sub = self._subscriber
+        if sub is not None and (start or sub.tracker.get(run) is not None):
+            sub.tracker.seed(run, self.fleet.last_seq(run))
+            self._bus_gaps = set(sub.gaps)
+            self._show_catching_up()
+
     def _fill(self, gap: Gap) -> None:
-        if gap.run in self._backfilling:
+        if gap.run in self._backfilling or gap.run in self._holding:
             return
         self._backfilling.add(gap.run)
+        self._show_catching_up()
         self._tasks.append(asyncio.create_task(self._backfill(gap.run), name=f"fill-{gap.run}"))
 
     async def _backfill(self, run: str) -> None:
@@ -136,7 +190,29 @@ class LiveSource:
         finally:
             self._backfilling.discard(run)
             if self.fleet.pending.get(run):
+                sub = self._subscriber
+                if sub is not None and sub.connected and run in sub.gaps:
+                    # the run's runner re-publishes the gap: the events past it wait for that
+                    self._holding.add(run)
+                    self._tasks.append(asyncio.create_task(self._flush_later(run),
+                                                           name=f"hold-{run}"))
+                else:
+                    self.fleet.flush_pending(run)
+            self._show_catching_up()
+            self.on_change()
+
+    async def _flush_later(self, run: str) -> None:
+        """Apply what is held past a gap once the bus filled it, or after REPAIR_WAIT_S anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPAIR_WAIT_S
+        try:
+            while self.fleet.pending.get(run) and loop.time() < deadline:
+                await asyncio.sleep(0.2)
+        finally:
+            self._holding.discard(run)
+            if self.fleet.pending.get(run):
                 self.fleet.flush_pending(run)
+            self._show_catching_up()
             self.on_change()
 
     async def catch_up(self, run: str, upto: int | None = None) -> int:
@@ -153,6 +229,8 @@ class LiveSource:
             n += len(page)
             if len(page) < CATCH_UP_PAGE:
                 break
+        if n:
+            self._seed(run)
         return n
 
     async def refresh(self) -> None:
@@ -167,6 +245,9 @@ class LiveSource:
             elif int(row.get("last_seq") or 0) > self.fleet.last_seq(run):
                 behind.append(run)
         self.fleet.load_rows(fresh)
+        for row in fresh:
+            if row.get("status") not in TERMINAL_STATUSES:
+                self._seed(row["run"], start=True)
         if fresh:
             wanted = [(row["run"], self.fleet.last_seq(row["run"])) for row in fresh]
             for run, events in await asyncio.to_thread(self._read_signals, wanted):

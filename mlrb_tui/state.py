@@ -376,6 +376,7 @@ class FleetState:
     signals: dict[str, RunSignals] = field(default_factory=dict)
     duplicates: int = 0
     gaps: int = 0
+    catching_up: set[str] = field(default_factory=set)  # runs whose missed events are on their way
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -452,6 +453,17 @@ class FleetState:
         held = self.pending.pop(run, {})
         for seq in sorted(held):
             self._apply_one(held[seq])
+
+    def set_catching_up(self, runs: Iterable[str]) -> bool:
+        """The runs the console is repairing now; True when that changed (their rows redraw)."""
+        now = set(runs)
+        moved = now ^ self.catching_up
+        for run in moved:
+            self.signals_of(run).catching_up = run in now
+            if run in self.fold.rows:
+                self.changed.add(run)
+        self.catching_up = now
+        return bool(moved)
 
     def take_changes(self) -> tuple[list[str], set[str]]:
         """(runs added, runs changed) since the last call; the repaint consumes them."""

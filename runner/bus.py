@@ -5,7 +5,9 @@ runner's `RunnerEndpoint` keeps one long-lived connection, batches events per ru
 an outage (or when its bounded in-memory queue overflows) re-reads what was not confirmed
 from the journal, so subscribers see every event. Subscribers dedupe on `(run, seq)`, track
 each run's highest contiguous `seq`, and ask the owning runner to re-publish a missing range
-on `run/{run}/repair`; the runner serves it from its journal, capped and coalesced.
+on `run/{run}/repair`; the runner serves it from its journal, capped and coalesced. A
+runner's retained state says how far each of its runs is journaled, so a subscriber also
+notices a tail it never received.
 
 Everything that arrives from the bus is untrusted: payloads are size-checked and validated,
 and a bad one is counted in a `RejectCounter`, never raised.
@@ -20,7 +22,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -61,6 +63,8 @@ MAX_REPAIR_RANGES = 8  # per run, waiting to be served
 REPAIR_COOLDOWN = 1.0  # seconds a served range is not served again
 MAX_REPAIR_BYTES = 1024
 REPAIR_TICK = 0.2  # how often a subscriber looks for gaps that are due
+MAX_STATE_RUNS = 5000  # run seqs one runner's state may carry
+MAX_RUNNERS = 1000  # runners whose counts a subscriber keeps
 
 
 class BusUnavailable(RuntimeError):
@@ -128,6 +132,32 @@ class RepairRequest(BaseModel):
     def _ordered(self) -> RepairRequest:
         if self.to_seq < self.from_seq:
             raise ValueError("to_seq is below from_seq")
+        return self
+
+
+class BusCounts(BaseModel):
+    """What one runner's bus connection has done: in its retained state, for `mlrb status`."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    published: int = Field(default=0, ge=0)
+    resent: int = Field(default=0, ge=0)  # re-read from the journal after an outage
+    repaired: int = Field(default=0, ge=0)  # re-published because a subscriber asked
+    reconnects: int = Field(default=0, ge=0)
+    rejects: dict[str, int] = Field(default_factory=dict, max_length=64)
+
+
+class RunnerSeqs(BaseModel):
+    """The part of a runner's retained state a subscriber reads: each run's last journaled
+    seq, and the runner's bus counts. The rest of the state is the runner's own business."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    seqs: dict[str, int] = Field(default_factory=dict, max_length=MAX_STATE_RUNS)
+    bus: BusCounts | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> RunnerSeqs:
+        if not all(valid_run_id(r) and s >= 1 for r, s in self.seqs.items()):
+            raise ValueError("seqs maps run ids to seqs from 1")
         return self
 
 
@@ -384,6 +414,19 @@ class RunnerEndpoint:
     @property
     def last_error(self) -> str:
         return self.link.last_error
+
+    def counts(self) -> BusCounts:
+        """Events published, resent and repaired, reconnects, and rejected input by reason
+        (controls, jobs and repair requests)."""
+        rejects: Counter[str] = Counter()
+        seen: set[int] = set()
+        handlers = [h[1] for h in (self._control_handler, self._job_handler) if h is not None]
+        for counter in (*handlers, self.repair_rejects):
+            if id(counter) not in seen:  # the engine shares one for controls and jobs
+                seen.add(id(counter))
+                rejects.update(counter.counts)
+        return BusCounts(published=self.published, resent=self.resent, repaired=self.repaired,
+                         reconnects=max(0, self.connects - 1), rejects=dict(rejects))
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -747,15 +790,20 @@ class EventSubscriber:
     """Console / recorder side: receives event batches, validates them, hands them on.
 
     Each run's seqs go to a `SeqTracker`; a gap that outlasts its grace is asked for on the
-    run's repair topic, and again with a backoff while it stays open. With `client_id` the
-    session is persistent (clean start off, `session_expiry` seconds), so the broker queues
-    events for this subscriber while it reconnects.
+    run's repair topic, and again with a backoff while it stays open. The runners' retained
+    states say how far each run is journaled, so a missed tail is a gap too. With `client_id`
+    the session is persistent (clean start off, `session_expiry` seconds), so the broker
+    queues events for this subscriber while it reconnects; `clean_start` drops what the
+    broker kept for it, on the first connection only. `on_gaps` hears the runs with an open
+    gap whenever that set changes.
     """
 
     def __init__(self, config: BusConfig, on_events: Callable[[list[Event]], None],
                  rejects: RejectCounter | None = None, runs: Sequence[str] | None = None,
                  *, tracker: SeqTracker | None = None, client_id: str | None = None,
-                 session_expiry: int = 3600, owners: RunOwners | None = None) -> None:
+                 session_expiry: int = 3600, owners: RunOwners | None = None,
+                 clean_start: bool = False,
+                 on_gaps: Callable[[list[str]], None] | None = None) -> None:
         self.config = config
         self.topics = Topics(config.prefix)
         self.on_events = on_events
@@ -766,10 +814,16 @@ class EventSubscriber:
         self.client_id = client_id
         self.session_expiry = session_expiry
         self.owners = owners if owners is not None else RunOwners()
+        self.clean_start = clean_start
+        self.on_gaps = on_gaps
         self.connected = False
         self.ready = asyncio.Event()
         self.received = 0  # valid events handed on
         self.repairs_requested = 0
+        self.connects = 0
+        # each runner's latest bus counts, from its retained state (bounded, oldest out)
+        self.runners: OrderedDict[str, BusCounts] = OrderedDict()
+        self._gaps_seen: tuple[str, ...] = ()
         self.link = Reconnector(config, "subscriber")
 
     @property
@@ -778,14 +832,32 @@ class EventSubscriber:
         return self.tracker.gaps
 
     @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    @property
     def last_error(self) -> str:
         return self.link.last_error
+
+    def fleet_counts(self) -> BusCounts:
+        """The runners' counts added up: what they resent and repaired, their reconnects."""
+        total = BusCounts()
+        rejects: Counter[str] = Counter()
+        for c in self.runners.values():
+            total.published += c.published
+            total.resent += c.resent
+            total.repaired += c.repaired
+            total.reconnects += c.reconnects
+            rejects.update(c.rejects)
+        total.rejects = dict(rejects)
+        return total
 
     async def run(self) -> None:
         """Connect, subscribe, deliver; reconnect with backoff until cancelled."""
         self.config.host_port()
         topics = [self.topics.run_events(r) for r in self.runs] if self.runs is not None \
             else [self.topics.all_events]
+        topics.append(self.topics.all_runner_states)
 
         def connect() -> BusClient:
             if self.client_id is None:
@@ -793,13 +865,16 @@ class EventSubscriber:
                                keepalive=15, max_queued_incoming_messages=INCOMING_QUEUE)
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry
-            return _client(self.config, self.client_id, keepalive=15, clean_start=False,
+            # a clean start only once: a reconnect must find what the broker queued meanwhile
+            clean = self.clean_start and self.connects == 0
+            return _client(self.config, self.client_id, keepalive=15, clean_start=clean,
                            properties=props, max_queued_incoming_messages=INCOMING_QUEUE)
 
         async def session(client: BusClient) -> None:
             for topic in topics:
                 await client.subscribe_checked(topic, qos=1)
             self.connected = True
+            self.connects += 1
             self.ready.set()
             self.link.up()
             repairer = asyncio.create_task(self._repair_loop(client), name="bus-repairs")
@@ -818,6 +893,10 @@ class EventSubscriber:
         await self.link.run(connect, session, down)
 
     def _deliver(self, topic: str, payload: bytes) -> None:
+        rid = self.topics.runner_of(topic)
+        if rid is not None:
+            self._on_state(rid, payload)
+            return
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.rejects.add("oversized", f"{len(payload)} bytes on {topic}")
             return
@@ -848,13 +927,53 @@ class EventSubscriber:
         except Exception:  # the consumer's bug must not stop the stream
             log.exception("bus: on_events failed")
 
+    def _on_state(self, runner: str, payload: bytes) -> None:
+        """A runner's retained state: its runs' last seqs feed the tracker; its counts are kept."""
+        if payload in (b"", b"offline"):  # the last will, or a retained state cleared
+            self.runners.pop(runner, None)
+            return
+        if len(payload) > MAX_STATE_BYTES:
+            self.rejects.add("oversized", f"state of {runner[:80]}: {len(payload)} bytes")
+            return
+        try:
+            state = RunnerSeqs.model_validate_json(payload)
+        except ValidationError as exc:
+            self.rejects.add("bad_state", str(exc.errors()[0].get("msg", ""))[:80])
+            return
+        now = asyncio.get_running_loop().time()
+        for run, last in state.seqs.items():
+            # only the owner's word on a run's last seq counts
+            if (self.runs is None or run in self.runs) and self.owners.get(run) in (None, runner):
+                self.tracker.expect(run, last, now)
+        if state.bus is not None:
+            self.runners[runner] = state.bus
+            self.runners.move_to_end(runner)
+            while len(self.runners) > MAX_RUNNERS:
+                self.runners.popitem(last=False)
+
+    def _report_gaps(self) -> None:
+        gaps = tuple(self.tracker.gaps)
+        if gaps != self._gaps_seen:
+            self._gaps_seen = gaps
+            if self.on_gaps is not None:
+                try:
+                    self.on_gaps(list(gaps))
+                except Exception:  # the consumer's bug must not stop the repairs
+                    log.exception("bus: on_gaps failed")
+
     async def _repair_loop(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REPAIR_TICK)
+            self._report_gaps()
             for run, first, last in self.tracker.due(loop.time()):
                 body = RepairRequest(from_seq=first, to_seq=last).model_dump_json().encode()
-                await client.publish(self.topics.repair(run), body, qos=1, timeout=PUBLISH_TIMEOUT)
+                try:
+                    await client.publish(self.topics.repair(run), body, qos=1,
+                                         timeout=PUBLISH_TIMEOUT)
+                except (aiomqtt.MqttError, TimeoutError) as exc:  # asked again after its backoff
+                    log.warning("bus: repair request for run %s not sent: %s", run, exc)
+                    continue
                 self.repairs_requested += 1
                 log.info("bus: run %s misses seq %d-%d; asked its runner", run, first, last)
 
@@ -921,6 +1040,7 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 
 
 __all__ = [
-    "BusClient", "BusConfig", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners", "RepairRequest", "RunnerEndpoint", "EventSubscriber", "Topics",
+    "BusClient", "BusConfig", "BusCounts", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners",
+    "RepairRequest", "RunnerEndpoint", "RunnerSeqs", "EventSubscriber", "Topics",
     "open_client", "read_runner_states", "send_control", "submit_job",
 ]

@@ -410,7 +410,10 @@ class Engine:
                 "runs": live, "max_runs": self.cfg.max_runs, "backend": self._backend,
                 "broker": self.broker_kind, "ts": time.time(), "note": self.docker_note,
                 "gpu": self.gpu_sampler.state, "gpus_free": self.gpus.free,
-                "gpus_waiting": self.gpus.waiting, "adoption": self.adoption}
+                "gpus_waiting": self.gpus.waiting, "adoption": self.adoption,
+                # ended runs still in memory too: a tail lost in an outage often holds run.ended
+                "seqs": {r: n for r in self.supervisors if self.journal and (n := self.journal.last_seq(r))},
+                "bus": self.publisher.counts().model_dump() if self.publisher is not None else None}
 
     async def _state_loop(self) -> None:
         while True:

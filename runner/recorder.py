@@ -4,7 +4,8 @@ Each runner journals its own runs; the recorder subscribes to every run's events
 them into one SQLite file beside the operator's database. `(run, seq)` is the key, so
 events re-sent after an outage are no-ops. Its session is persistent (a stable client id,
 clean start off), so the broker queues events while it reconnects; a gap that still shows
-in a run's seqs is asked for from the owning runner, which re-publishes it from its journal.
+in a run's seqs, or a tail its runner's state says it has not got, is asked for from the
+owning runner, which re-publishes it from its journal.
 
 A run's events are taken only from the runner that owns it (`RunOwners`, seeded with the
 runners this journal names). For a `(run, seq)` already held, a different payload is a
@@ -35,7 +36,7 @@ SESSION_EXPIRY = 24 * 3600  # seconds the broker keeps queueing for a recorder t
 
 class Recorder:
     def __init__(self, bus: BusConfig, db: Path, *, client_id: str = CLIENT_ID,
-                 session_expiry: int = SESSION_EXPIRY) -> None:
+                 session_expiry: int = SESSION_EXPIRY, clean_start: bool = False) -> None:
         self.bus = bus
         db.parent.mkdir(parents=True, exist_ok=True)
         private_file(db)  # every transcript of the fleet: made 0600 before SQLite opens it
@@ -51,7 +52,7 @@ class Recorder:
             tracker.seed(run, contiguous)
         self._subscriber = EventSubscriber(bus, self._on_events, self.rejects, tracker=tracker,
                                            client_id=client_id, session_expiry=session_expiry,
-                                           owners=RunOwners(_owners(db)))
+                                           owners=RunOwners(_owners(db)), clean_start=clean_start)
 
     @property
     def subscriber(self) -> EventSubscriber:

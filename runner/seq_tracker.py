@@ -1,8 +1,10 @@
 """Per-run sequence tracking on a subscriber: the highest contiguous `seq`, and the gaps.
 
 `seq` is gapless per run, so an event above contiguous+1 means something was missed (or
-is arriving out of order). After a short grace a gap is due for a repair request; while it
-stays open it is asked for again with a backoff that doubles. Memory is bounded: each run
+is arriving out of order). The owner's word that a run reached some seq (`expect`) opens a
+gap too, so a lost tail is noticed although nothing after it arrives. After a short grace a
+gap is due for a repair request; while it stays open it is asked for again with a backoff
+that doubles. Memory is bounded: each run
 keeps at most `max_ranges` ranges of seqs seen above its contiguous point, and at most
 `max_runs` runs are tracked (the least recently seen is forgotten first).
 """
@@ -24,16 +26,19 @@ class RunSeq:
 
     contiguous: int = 0
     ahead: list[tuple[int, int]] = field(default_factory=list)  # inclusive (first, last)
+    expected: int = 0  # the owner said the run reached this seq
     gap_since: float | None = None  # when the current first hole was first noticed
     next_try: float = 0.0
     backoff: float = RETRY_MIN
     requests: int = 0
 
     def hole(self) -> tuple[int, int] | None:
-        """The first missing range, or None when nothing above contiguous was seen."""
-        if not self.ahead:
-            return None
-        return self.contiguous + 1, self.ahead[0][0] - 1
+        """The first missing range, or None when nothing is known to be missing."""
+        if self.ahead:
+            return self.contiguous + 1, self.ahead[0][0] - 1
+        if self.expected > self.contiguous:
+            return self.contiguous + 1, self.expected
+        return None
 
     def add(self, seq: int, max_ranges: int) -> bool:
         """Record one seq; True when `contiguous` moved."""
@@ -73,6 +78,7 @@ class SeqTracker:
         # False: a run first seen mid-way starts there (a viewer that backfills elsewhere)
         self.from_start = from_start
         self._runs: OrderedDict[str, RunSeq] = OrderedDict()
+        self._open: dict[str, None] = {}  # runs with a hole, kept as they change: `gaps` is cheap
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -88,30 +94,44 @@ class SeqTracker:
             st.ahead = [(a, b) for a, b in st.ahead if b > contiguous]
             if st.ahead and st.ahead[0][0] <= contiguous + 1:
                 st.contiguous = st.ahead.pop(0)[1]
+            if st.hole() is None:  # a hole still open keeps its timers
+                st.gap_since = None
+                self._open.pop(run, None)
 
     def observe(self, run: str, seq: int, now: float) -> None:
         st = self._run(run, seq)
-        moved = st.add(seq, self.max_ranges)
+        self._timers(run, st, moved=st.add(seq, self.max_ranges), now=now)
+
+    def expect(self, run: str, last_seq: int, now: float) -> None:
+        """The owner says the run reached `last_seq`: a missed tail is a gap too.
+
+        A run this tracker has not seen is started only when tracking from the start (a
+        viewer that joined elsewhere has nothing to repair)."""
+        if run not in self._runs and not self.from_start:
+            return
+        st = self._run(run, last_seq + 1)
+        if last_seq <= st.expected:
+            return
+        fresh = st.hole() is None
+        st.expected = last_seq
+        self._timers(run, st, moved=fresh, now=now)
+
+    def _timers(self, run: str, st: RunSeq, *, moved: bool, now: float) -> None:
         if st.hole() is None:
             st.gap_since = None
+            self._open.pop(run, None)
         elif moved or st.gap_since is None:
             # a new first hole: give late events their grace again, from the shortest backoff
             st.gap_since = now
             st.next_try = now + self.grace
             st.backoff = self.retry_min
-
-    def expect(self, run: str, last_seq: int, now: float) -> None:
-        """The owner says the run reached `last_seq`: a missed tail is a gap too."""
-        st = self._run(run, last_seq)
-        if last_seq > st.contiguous and not any(a <= last_seq <= b for a, b in st.ahead):
-            st._insert(last_seq)
-            del st.ahead[self.max_ranges:]
-            self.observe(run, last_seq, now)  # already inside `ahead`: only the timers
+            self._open[run] = None
 
     def due(self, now: float, limit: int = 100) -> list[tuple[str, int, int]]:
         """Gaps to ask for now, as (run, from_seq, to_seq); each asked is rescheduled."""
         out: list[tuple[str, int, int]] = []
-        for run, st in self._runs.items():
+        for run in self._open:
+            st = self._runs[run]
             hole = st.hole()
             if hole is None or st.gap_since is None or now < st.next_try:
                 continue
@@ -126,14 +146,14 @@ class SeqTracker:
     @property
     def gaps(self) -> list[str]:
         """Runs with an open gap."""
-        return [run for run, st in self._runs.items() if st.hole() is not None]
+        return list(self._open)
 
     def _run(self, run: str, seq: int) -> RunSeq:
         st = self._runs.get(run)
         if st is None:
             st = self._runs[run] = RunSeq(contiguous=0 if self.from_start else seq - 1)
             while len(self._runs) > self.max_runs:
-                self._runs.popitem(last=False)
+                self._open.pop(self._runs.popitem(last=False)[0], None)
         else:
             self._runs.move_to_end(run)
         return st

@@ -377,3 +377,70 @@ async def test_bad_repair_requests_are_counted_and_a_good_one_is_served(
         await pub.stop()
         task.cancel()
         journal.close()
+
+
+async def test_a_tail_lost_while_away_is_repaired_from_the_runners_state(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    config = broker.bus_config()
+    journal = Journal(tmp_path / "j.db")
+    reader = JournalReader(tmp_path / "j.db")
+    sink = Sink()
+    gaps_heard: list[list[str]] = []
+    sub = EventSubscriber(config, sink, on_gaps=gaps_heard.append)  # a console: no session kept
+    task = asyncio.create_task(sub.run())
+    pub = RunnerEndpoint(broker.bus_config("host-a"), "host-a", reader.events)
+    await pub.start()
+    topics = Topics(config.prefix)
+    try:
+        await asyncio.wait_for(sub.ready.wait(), 10)
+        await until(lambda: topics.all_repairs in pub.subscribed, "the repair subscription")
+        events = make_events("run-a", 60)
+        await journal.write(events)
+        pub.publish(events[:40])
+        await until(lambda: len(sink.keys) == 40, "seq 1-40 seen")
+        task.cancel()  # the console drops off the bus; the broker keeps nothing for it
+        await until(lambda: not sub.connected, "the subscriber gone")
+        pub.publish(events[40:])
+        assert await pub.flush(10)
+        await pub.set_state({"runner": "host-a", "seqs": {"run-a": 60}, "bus": pub.counts().model_dump()})
+        task = asyncio.create_task(sub.run())  # back, with nothing after seq 40 on its way
+        await until(lambda: len(sink.keys) == 60, "the lost tail repaired", timeout=20)
+        assert sink.order["run-a"] == list(range(1, 61))
+        assert sub.repairs_requested >= 1 and pub.repaired >= 20 and sub.reconnects == 1
+        await until(lambda: gaps_heard and gaps_heard[-1] == [], "the gap heard closed")
+        assert ["run-a"] in gaps_heard and sub.gaps == []
+        counts = pub.counts()
+        assert counts.published == 60 and counts.repaired == pub.repaired and counts.reconnects == 0
+        assert sub.runners["host-a"].published == 60
+    finally:
+        await pub.stop()
+        task.cancel()
+        journal.close()
+
+
+async def test_bad_runner_states_are_counted_and_the_will_is_not(broker: EmbeddedBroker) -> None:
+    config = broker.bus_config()
+    rejects = RejectCounter()
+    sub, task = await subscribe(config, Sink(), rejects)
+    t = Topics(config.prefix)
+    try:
+        # each runner account may publish only its own state: a broken runner, a gone one, a fine one
+        async with raw_client(broker.bus_config("host-0")) as c:
+            for bad in (b"{", b"[1, 2]", b'{"seqs": {"run-a": "7"}}', b'{"seqs": {"../x": 7}}',
+                        b'{"seqs": {"run-a": 0}}', b'{"bus": {"resent": -1}}', b"\xff\xfe"):
+                await c.publish(t.runner_state("host-0"), bad, qos=1)
+            await c.publish(t.runner_state("host-0"), b"{" + b" " * (64 * 1024) + b"}", qos=1)
+        async with raw_client(broker.bus_config("doomed")) as c:
+            await c.publish(t.runner_state("doomed"), b"offline", qos=1)
+        async with raw_client(broker.bus_config("tidy")) as c:
+            await c.publish(t.runner_state("tidy"), b'{"runner": "tidy", "seqs": {}, "bus": '
+                            b'{"resent": 3, "repaired": 4, "reconnects": 1, "rejects": {"bad_json": 2}}}',
+                            qos=1)
+        await until(lambda: "tidy" in sub.runners, "the good state read")
+        await until(lambda: rejects.total == 8)
+        assert dict(rejects.counts) == {"bad_state": 7, "oversized": 1}
+        total = sub.fleet_counts()
+        assert (total.resent, total.repaired, total.reconnects, total.rejects) == (3, 4, 1, {"bad_json": 2})
+        assert sub.connected and sub.gaps == []
+    finally:
+        task.cancel()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, until_blocking
+from tests.conftest import require, until, until_blocking
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -188,3 +188,99 @@ def test_the_embedded_broker_dies_with_a_killed_daemon(env, tmp_path):
         for pid in (daemon, broker):
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def apublish(url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish raw payloads at QoS 1 from a client of our own (a forger, or a stand-in runner)."""
+    import aiomqtt
+
+    from runner.bus import BusConfig
+
+    host, port = BusConfig(url).host_port()
+    async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        for topic, payload in messages:
+            await c.publish(topic, payload, qos=1)
+
+
+def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
+    import asyncio
+
+    asyncio.run(apublish(url, messages))
+
+
+def test_status_shows_each_runners_bus_counts_and_rejects_by_reason(env, tmp_path):
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
+    from runner.bus import Topics
+
+    env = {**env, "MLRB_SANDBOX": "local"}
+    mlrb(env, "up")
+    info = json.loads((tmp_path / "home" / "daemon.json").read_text())
+    t = Topics(info["prefix"])
+    publish(info["bus_url"], [(t.control("run-x"), b"{not json")] * 3
+            + [(t.jobs, b'{"task": 7}')] * 2 + [(t.jobs, b"\xff")])
+
+    def counted():
+        runner = json.loads(mlrb(env, "status", "--json").stdout)["runners"].get(info["runner_id"])
+        return runner if runner and runner["bus"] and sum(runner["bus"]["rejects"].values()) == 6 else None
+    runner = until_blocking(counted, "the runner's state to count six rejects", timeout=30, interval=0.5)
+    assert runner["state"] == "online" and runner["bus"]["rejects"] == {"bad_control": 3, "bad_job": 2,
+                                                                         "bad_json": 1}
+    assert runner["bus"]["reconnects"] == 0 and runner["bus"]["resent"] == 0
+    text = mlrb(env, "status").stdout
+    assert f"runner:  {info['runner_id']} online, 0 live run(s)" in text
+    assert "  bus:      0 published, 0 resent, 0 repaired, 0 reconnects" in text
+    assert "  rejected: bad_control 3, bad_job 2, bad_json 1" in text
+
+
+async def test_record_keeps_its_session_under_its_client_id_and_a_clean_start_drops_it(env, tmp_path, mosquitto):
+    from runner.bus import Topics
+    from runner.events import EventFactory, encode_batch
+    from runner.journal import JournalReader
+
+    db = tmp_path / "fleet.db"
+    topic = Topics("mlrb/v1").event("run-a")
+    f = EventFactory("run-a")
+    events = [f.make("sandbox.output", {"stream": "stdout", "text": f"line {i}"}) for i in range(6)]
+
+    def seqs() -> list[int]:
+        if not db.exists():
+            return []
+        reader = JournalReader(db)
+        try:
+            return [e.seq for e in reader.events("run-a", 0, 100)]
+        finally:
+            reader.close()
+
+    def recording(*extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "mlrb_tui.cli", "record", "--db", str(db), "--bus",
+                                 mosquitto.url, "--client-id", "rec-test", *extra], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        return out
+
+    async def until_recorded(seq: int, *, resend: bool) -> None:
+        async def there() -> bool:
+            if resend:  # until its subscription is in place, a message reaches nobody
+                await apublish(mosquitto.url, [(topic, encode_batch([events[seq - 1]]))])
+            return seq in seqs()
+        await until(there, f"seq {seq} recorded", timeout=30, interval=0.3)
+
+    proc = recording()
+    await until_recorded(1, resend=True)
+    out = stop(proc)
+    assert "session rec-test, kept 86400 s" in out and "recorded" in out and "rejected 0" in out
+    await apublish(mosquitto.url, [(topic, encode_batch(events[1:3]))])  # while it is away: queued
+    proc = recording()
+    await until_recorded(3, resend=False)
+    stop(proc)
+    await apublish(mosquitto.url, [(topic, encode_batch(events[3:5]))])  # queued again, then dropped
+    proc = recording("--clean-start")
+    await until_recorded(6, resend=True)
+    out = stop(proc)
+    assert "clean start" in out
+    assert seqs() == [1, 2, 3, 6]
+    bad = mlrb(env, "record", "--db", str(db), "--bus", mosquitto.url, "--client-id", "x" * 65, check=False)
+    assert bad.returncode != 0 and "--client-id must be 1 to 64 printable bytes" in bad.stderr

@@ -14,7 +14,7 @@ import pytest
 from runner.bus import BusConfig, EventSubscriber, RunnerEndpoint, Topics, submit_job
 from runner.config import BusTable, Config
 from runner.embedded_broker import EmbeddedBroker, find_mosquitto
-from runner.engine import Engine
+from runner.engine import Engine, Job
 from runner.events import Event, EventFactory
 from runner.journal import Journal, JournalReader
 from runner.recorder import Recorder
@@ -166,3 +166,75 @@ async def test_after_a_broker_outage_the_recorder_equals_the_journal(
         await until(lambda: rows(central, "run-a") == rows(local, "run-a"),
                     "the recorder's copy to equal the journal", timeout=60)
         assert len(rows(central, "run-a")) == 300 and rec.subscriber.gaps == []
+
+
+OUTAGE_S = 60.0
+
+
+async def test_a_run_through_a_minute_long_broker_outage_is_recorded_row_for_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = find_mosquitto()
+    require(real is not None, "mosquitto")
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
+    monkeypatch.setenv("TINY_STEPS", "200")  # about 100 s of training, a metric and a line a step
+    monkeypatch.setenv("TINY_DELAY", "0.5")
+    # the embedded broker's mosquitto, which fails to start while `held` exists: killed, it
+    # stays down however often the daemon's supervisor restarts it
+    held = tmp_path / "broker-held"
+    wrapper = tmp_path / "mosquitto"
+    wrapper.write_text(f'#!/bin/sh\n[ -e "{held}" ] && exit 1\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("MLRB_MOSQUITTO", str(wrapper))
+    engine = Engine(Config(home=tmp_path / "host", backend="local"), runner_id="host-a")
+    await engine.start()
+    assert engine.broker is not None and engine.bus_url is not None and engine.journal is not None
+    broker, journal = engine.broker, engine.journal
+    rec = Recorder(BusConfig(engine.bus_url), tmp_path / "fleet.db", client_id="mlrb-recorder-outage")
+    rec_task = asyncio.create_task(rec.run())
+    local, central = JournalReader(tmp_path / "host" / "mlrb.db"), JournalReader(tmp_path / "fleet.db")
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(rec.ready.wait(), 10)
+        run = await engine.submit(Job(task="tiny_train"))
+        await until(lambda: any(e.kind == "metric" for e in central.events(run, 0, 100000)),
+                    "the training's first metrics recorded", timeout=120)
+        db = broker.workdir / "mosquitto.db"
+        await until(lambda: db.exists() and b"mlrb-recorder-outage" in db.read_bytes(),
+                    "the recorder's session in the persistence file", timeout=10)
+        held.touch()
+        assert broker._proc is not None
+        os.kill(broker._proc.pid, signal.SIGKILL)
+        down_at = loop.time()
+        await until(lambda: not engine.publisher.connected and not rec.subscriber.connected,
+                    "the runner and the recorder to see the broker gone")
+        at_kill = journal.last_seq(run)
+        await until(lambda: journal.last_seq(run) > at_kill + 50, "the run to go on journaling",
+                    timeout=OUTAGE_S)
+        # the outage itself is the fault under test: it lasts its minute whatever happens
+        await asyncio.sleep(max(0.0, OUTAGE_S - (loop.time() - down_at)))
+        assert not broker.running and broker.restarts == 1
+        assert not engine.supervisors[run].ended  # the run outlasts the outage
+        during = journal.last_seq(run) - at_kill
+        held.unlink()
+        await until(lambda: broker.running, "the supervisor to bring the broker back", timeout=15)
+        assert (await engine.wait([run]))[run] == "succeeded"
+        try:
+            await until(lambda: rows(central, run) == rows(local, run),
+                        "the recorder's copy to equal the journal, row for row", timeout=120)
+        except AssertionError as exc:
+            have = {e.seq for e in central.events(run, 0, 100000)}
+            missing = sorted(set(range(1, local.max_seq(run) + 1)) - have)
+            raise AssertionError(f"{exc}: missing {missing[:20]} ({len(missing)}), tracker "
+                                 f"{rec.subscriber.tracker.get(run)}, asked {rec.subscriber.repairs_requested}, "
+                                 f"repaired {engine.publisher.repaired}, "
+                                 f"refused {dict(engine.publisher.repair_rejects.counts)}") from None
+        assert during > 50 and len(rows(central, run)) == local.max_seq(run)
+        await until(lambda: rec.subscriber.gaps == [], "the recorder's gaps closed")
+        assert rec.subscriber.reconnects >= 1 and engine.publisher.counts().reconnects >= 1
+    finally:
+        rec_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rec_task
+        await engine.stop()
+        local.close()
+        central.close()

@@ -69,9 +69,9 @@ def test_seed_and_a_missed_tail() -> None:
     t.seed("r", 10)
     t.observe("r", 11, 0.0)
     assert t.gaps == []
-    t.expect("r", 15, 1.0)  # the owner is at 15: 12..14 were missed
-    assert t.due(1.0) == [("r", 12, 14)]
-    feed(t, "r", [12, 13, 14], now=2.0)
+    t.expect("r", 15, 1.0)  # the owner is at 15: 12..15 were missed
+    assert t.due(1.0) == [("r", 12, 15)]
+    feed(t, "r", [12, 13, 14, 15], now=2.0)
     st = t.get("r")
     assert st is not None and st.contiguous == 15 and t.gaps == []
 
@@ -85,3 +85,39 @@ def test_memory_is_bounded_per_run_and_in_runs() -> None:
     for i in range(10):
         t.observe(f"run-{i}", 1, 0.0)
     assert len(t) == 3 and t.get("r") is None and t.get("run-9") is not None
+
+
+def test_a_missed_tail_is_asked_for_through_the_owners_last_seq_and_closes_with_it() -> None:
+    t = SeqTracker(grace=0.5)
+    feed(t, "r", list(range(1, 41)), now=0.0)
+    t.expect("r", 40, 1.0)  # the owner is where we are: nothing missing
+    assert t.gaps == [] and t.due(10.0) == []
+    t.expect("r", 55, 1.0)
+    assert t.gaps == ["r"] and t.due(1.2) == []  # within the grace
+    assert t.due(1.6) == [("r", 41, 55)]
+    t.expect("r", 50, 2.0)  # an older word from the owner changes nothing
+    feed(t, "r", list(range(41, 50)), now=3.0)
+    assert t.due(3.2) == []  # each arrival gives the rest its grace again
+    assert t.due(3.6) == [("r", 50, 55)]
+    feed(t, "r", list(range(50, 56)), now=4.0)
+    st = t.get("r")
+    assert st is not None and st.contiguous == 55 and t.gaps == [] and t.due(100.0) == []
+
+
+def test_the_owners_word_on_a_run_not_seen_starts_it_only_when_tracking_from_the_start() -> None:
+    whole, viewer = SeqTracker(grace=0.0), SeqTracker(grace=0.0, from_start=False)
+    whole.expect("r", 7, 0.0)
+    viewer.expect("r", 7, 0.0)
+    assert whole.due(1.0) == [("r", 1, 7)]
+    assert viewer.get("r") is None and viewer.gaps == [] and viewer.due(1.0) == []
+
+
+def test_seeding_past_a_hole_closes_it() -> None:
+    t = SeqTracker(grace=0.0)
+    feed(t, "r", [1, 2, 9], now=0.0)
+    t.expect("r", 12, 0.0)
+    assert t.gaps == ["r"]
+    t.seed("r", 9)  # what a local copy filled from elsewhere
+    assert t.due(1.0) == [("r", 10, 12)]
+    t.seed("r", 12)
+    assert t.gaps == [] and t.due(2.0) == []

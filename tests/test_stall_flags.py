@@ -60,3 +60,24 @@ def test_other_warnings_raise_no_alarm_and_a_hold_clears_every_alarm() -> None:
     feed.warn("stalled")
     ended = FLAGS.value({"status": "failed", "isolated": 1}, 0.0, feed.sig)
     assert FLAGS.render(ended).plain == ""  # a finished run shows no live alarm
+
+
+def test_catching_up_shows_in_the_flags_of_a_live_or_ended_run_while_the_fleet_says_so() -> None:
+    from mlrb_tui.state import FleetState
+
+    fleet = FleetState()
+    fleet.apply([Event("r1", 1, 1.0, "run.created", {"task": "t", "agent": "scripted"})])
+    fleet.take_changes()
+    assert fleet.set_catching_up(["r1", "r-unseen"])
+    assert fleet.take_changes() == ([], {"r1"})  # a run the fleet has no row for draws nothing
+    assert not fleet.set_catching_up(["r-unseen", "r1"])  # no change, no redraw
+    sig = fleet.signals["r1"]
+    for status in ("running", "succeeded"):
+        cell = FLAGS.render(FLAGS.value({"status": status, "isolated": 1}, 0.0, sig)).plain
+        assert cell == "↻catching up"
+    sig.alarms["stalled"] = 60.0
+    cell = FLAGS.render(FLAGS.value({"status": "running", "isolated": 1}, 0.0, sig)).plain
+    assert cell == "⚠stall ↻catching up"
+    assert fleet.set_catching_up([])
+    assert fleet.take_changes() == ([], {"r1"}) and not sig.catching_up
+    assert FLAGS.render(FLAGS.value({"status": "running", "isolated": 1}, 0.0, sig)).plain == "⚠stall"

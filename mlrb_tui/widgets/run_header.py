@@ -28,6 +28,8 @@ def header_text(row: dict[str, Any], now: float, sig: RunSignals | None = None) 
     text.append("   ")
     text.append_text(elapsed_text(row, now))
     text.append(f"   step {row.get('steps') or 0}", style="dim")
+    if sig is not None and sig.catching_up:
+        text.append("   ↻ catching up: repairing missed events", style="bold cyan")
     live = row.get("status") not in TERMINAL_STATUSES
     if sig is not None and live:
         warn = sig.warning_text()
