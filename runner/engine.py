@@ -22,6 +22,7 @@ from typing import Any
 from runner.agents.base import Agent, ScriptedAgent
 from runner.config import Config
 from runner.control import ControlCommand
+from runner.disk_watch import DiskPolicy
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
@@ -223,7 +224,9 @@ class Engine:
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
             alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
-                              llm_call_s=self.cfg.alarms.llm_call_s))
+                              llm_call_s=self.cfg.alarms.llm_call_s),
+            disk=DiskPolicy(min_free_gb=self.cfg.min_free_gb,
+                            quota_mode="watch" if self.cfg.workspace_quota == "watch" else "auto"))
         self.supervisors[run_id] = sup
         self.tasks[run_id] = asyncio.create_task(self._run(sup), name=f"run-{run_id}")
         return run_id

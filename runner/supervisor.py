@@ -25,12 +25,13 @@ from runner.approvals import Approvals
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
+from runner.disk_watch import DiskPolicy, DiskWatch
 from runner.escapes import strip_escapes
 from runner.event_data import UsageData
 from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
 from runner.integrity_check import integrity_flags
-from runner.journal import Journal
+from runner.journal import Journal, JournalFullError
 from runner.pause import Level, Pause
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from runner.sandbox_output import SandboxOutput
@@ -79,6 +80,7 @@ class RunSupervisor:
         score_sandbox: SandboxFactory | None = None,
         gpu_sampler: GpuSampler | None = None,
         alarms: Thresholds | None = None,
+        disk: DiskPolicy | None = None,
     ) -> None:
         self.req = request
         self.journal = journal
@@ -108,6 +110,7 @@ class RunSupervisor:
         self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
                              score_sandbox or make_sandbox, self.budget.clock, self.emit)
         self.stalls = StallWatch(alarms)
+        self.disk = DiskWatch(workspace, journal.path.parent, scale.disk_bytes, disk)
         self._messages: list[str] = []  # from operators, for the agent's next turn
         self._notices: list[str] = []  # from the runner (limit warnings), likewise
 
@@ -132,9 +135,16 @@ class RunSupervisor:
 
     # -- events ----------------------------------------------------------------------
     async def emit(self, kind: str, data: dict[str, Any] | None = None) -> Event:
-        async with self._emit_lock:
-            ev = self._factory.make(kind, data or {})
-            await self.journal.write([ev])
+        try:
+            async with self._emit_lock:
+                ev = self._factory.make(kind, data or {})
+                await self.journal.write([ev])
+        except JournalFullError as exc:  # the journal keeps the event; the run must stop
+            why = self.disk.journal_full(exc)
+            if why is not None:
+                self._spawn(self.hold(why))
+            self._observe(ev)
+            return ev  # published once written: subscribers repair the gap from the journal
         self._observe(ev)
         if self._publish is not None:
             self._publish([ev])
@@ -187,6 +197,8 @@ class RunSupervisor:
             "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
         })
+        if not await self.disk.prepare(self):  # host below its floor, then killed
+            return
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         spec = SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
@@ -220,6 +232,7 @@ class RunSupervisor:
             asyncio.create_task(self._sample(), name=f"{self.run_id}-sample"),
             asyncio.create_task(self._watch(), name=f"{self.run_id}-watch"),
             asyncio.create_task(self.output.flush_every(), name=f"{self.run_id}-flush"),
+            asyncio.create_task(self.disk.follow(self), name=f"{self.run_id}-disk"),
         ]
         if self.stalls.thresholds.any:
             self._followers.append(asyncio.create_task(self._watch_stalls(),
@@ -407,10 +420,11 @@ class RunSupervisor:
     def has_sandbox(self) -> bool:
         return self.sandbox is not None
 
-    async def hold(self) -> None:
+    async def hold(self, reason: str | None = None) -> None:
         self.pause.hold()
         self.status = "held"
-        await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1)})
+        await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1),
+                                     **({"reason": reason} if reason else {})})
 
     async def freeze(self) -> None:
         assert self.sandbox is not None
@@ -428,6 +442,10 @@ class RunSupervisor:
 
     def tell_agent(self, text: str) -> None:
         self._messages.append(strip_escapes(text)[:MAX_MESSAGE])
+
+    def notice(self, text: str) -> None:
+        """A word from the runner itself (a limit near, a disk filling) for the agent's next turn."""
+        self._notices.append(text)
 
     def score_soon(self) -> None:
         self._spawn(self._score(final=False))
@@ -471,6 +489,7 @@ class RunSupervisor:
         for flag in await integrity_flags(self.journal.path, self.run_id, self.req.task,
                                           self.req.scale, self.workspace):
             await self.emit("integrity.flag", flag)
+        await self.disk.release(self)  # after scoring and the checks: they read the workspace
         self.end_status, self.end_reason = status, reason
         await self.emit("run.ended", {"status": status, "reason": reason,
                                       "elapsed_s": round(self.clock.elapsed, 1),
