@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,7 +382,9 @@ class DiskWatch:
             if not self.active:
                 await asyncio.sleep(self.policy.every_s)
                 continue
+            started = time.monotonic()
             sample = await asyncio.to_thread(self.sample)
+            took = time.monotonic() - started
             if sample.partial and not self._partial_said:
                 self._partial_said = True
                 await run.emit("run.warning", {
@@ -392,7 +395,8 @@ class DiskWatch:
                 if run.ending:
                     return
                 await self.act(run, alert)
-            await asyncio.sleep(self.policy.every_s)
+            # a walk over a huge workspace is slow: keep it to a tenth of a core
+            await asyncio.sleep(max(self.policy.every_s, 9 * took))
 
     async def act(self, run: DiskRun, alert: DiskAlert) -> None:
         run.notice(alert.notice)

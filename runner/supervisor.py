@@ -141,7 +141,7 @@ class RunSupervisor:
                 await self.journal.write([ev])
         except JournalFullError as exc:  # the journal keeps the event; the run must stop
             why = self.disk.journal_full(exc)
-            if why is not None:
+            if why is not None and not self._ending:
                 self._spawn(self.hold(why))
             self._observe(ev)
             return ev  # published once written: subscribers repair the gap from the journal

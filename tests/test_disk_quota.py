@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from runner.agents.base import AgentTurn, Observation, ScriptedAgent
+from runner.config import ConfigError, load_config
 from runner.control import ControlCommand
 from runner.disk_watch import (
     GB,
@@ -164,6 +165,24 @@ def test_a_broken_quota_is_a_one_line_task_spec_error(tmp_path: Path, value: str
         load_spec_file(bundle / "task.toml")
     assert wanted in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith(str(bundle / "task.toml"))
+
+
+# -- the runner's config -------------------------------------------------------------------------
+def test_the_floor_and_the_quota_mode_come_from_the_runner_table(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLRB_CONFIG", raising=False)
+    cfg = load_config(tmp_path)
+    assert (cfg.min_free_gb, cfg.workspace_quota) == (5.0, "auto")
+    (tmp_path / "config.toml").write_text('[runner]\nmin_free_gb = 20\nworkspace_quota = "watch"\n')
+    cfg = load_config(tmp_path)
+    assert (cfg.min_free_gb, cfg.workspace_quota) == (20.0, "watch")
+    for text, message in [("min_free_gb = -1", "runner.min_free_gb must be at least 0"),
+                          ('workspace_quota = "xfs"',
+                           "runner.workspace_quota must be auto or watch, not 'xfs'")]:
+        (tmp_path / "config.toml").write_text(f"[runner]\n{text}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(tmp_path)
+        assert str(caught.value) == f"{tmp_path / 'config.toml'}: {message}"
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -360,8 +379,9 @@ async def test_a_new_run_below_the_floor_waits_held_with_the_reason(local: Runs)
 
 async def test_a_live_run_is_held_when_the_host_drops_below_the_floor(local: Runs) -> None:
     free = [100 * GB]
+    # the host fills while the agent thinks; it answers once the runner has held the run
     agent = StandIn([bash("echo one"), bash("echo two")], wait_at=1,
-                    cond=lambda: bool(free.__setitem__(0, GB) or True))
+                    cond=lambda: bool(free.__setitem__(0, GB) or local.held()))
     sup = local.supervisor(agent, task(None), DiskPolicy(min_free_gb=5, every_s=0.05))
     sup.disk = DiskWatch(sup.workspace, local.tmp, None, sup.disk.policy, free=lambda p: free[0])
     run = asyncio.create_task(sup.run())
