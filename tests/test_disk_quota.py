@@ -377,6 +377,21 @@ async def test_a_new_run_below_the_floor_waits_held_with_the_reason(local: Runs)
     assert not (local.tmp / "runs" / "disk-1" / "workspace").exists()
 
 
+async def test_a_waiting_run_starts_by_itself_once_the_host_has_space_again(local: Runs) -> None:
+    free = [GB]
+    sup = local.supervisor(StandIn([bash("echo started")]), task(None),
+                           DiskPolicy(min_free_gb=5, every_s=0.05))
+    sup.disk = DiskWatch(sup.workspace, local.tmp, None, sup.disk.policy, free=lambda p: free[0])
+    run = asyncio.create_task(sup.run())
+    await until(lambda: local.held(), timeout=30)
+    assert sup.status == "held" and not sup.has_sandbox
+    free[0] = 50 * GB  # an operator cleaned up the host
+    assert await asyncio.wait_for(run, 120) == "failed"  # the plan ends unsubmitted
+    kinds = [e.kind for e in local.events()]
+    assert kinds.index("run.held") < kinds.index("run.resumed") < kinds.index("sandbox.started")
+    assert "started" in local.output()
+
+
 async def test_a_live_run_is_held_when_the_host_drops_below_the_floor(local: Runs) -> None:
     free = [100 * GB]
     # the host fills while the agent thinks; it answers once the runner has held the run
