@@ -284,7 +284,6 @@ class DiskRun(Protocol):
     """What DiskWatch needs of the run it watches (RunSupervisor)."""
 
     journal: Journal
-    status: str
 
     @property
     def ending(self) -> bool: ...

@@ -476,3 +476,13 @@ async def test_the_run_says_once_why_the_kernel_does_not_enforce_its_quota(local
     assert why.startswith("the kernel cannot enforce the 0.05 GB workspace quota (")
     assert "a watcher measures it instead" in why
     assert sup.disk.enforced_by == "watcher" and not os.path.ismount(ws)
+
+
+def test_the_console_timeline_shows_why_the_runner_held_a_run() -> None:
+    from mlrb_tui.state import entry_for
+
+    f = EventFactory("r1")
+    held = entry_for(f.make("run.held", {"level": "hold", "reason": "disk quota: full"}))
+    plain = entry_for(f.make("run.held", {"level": "hold"}))
+    assert held is not None and held.text == "hold in effect: disk quota: full"
+    assert plain is not None and plain.text == "hold in effect"
