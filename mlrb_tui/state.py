@@ -181,7 +181,8 @@ def entry_for(ev: Event) -> Entry | None:
         pct = f" {b.fraction:.0%}" if b.fraction is not None else ""
         return Entry(ev.seq, ev.ts, k, "limit", f"{b.limit}{pct} {b.level}", "warn")
     if type(b) is RunHeldData:
-        return Entry(ev.seq, ev.ts, k, "run", f"{b.level} in effect", "warn")
+        why = f": {one_line(b.reason, 100)}" if b.reason else ""
+        return Entry(ev.seq, ev.ts, k, "run", f"{b.level} in effect{why}", "warn")
     if type(b) is RunEndedData:
         return Entry(ev.seq, ev.ts, k, "run", f"ended {b.status}: {one_line(b.reason, 100)}",
                      "ok" if b.status == "succeeded" else "bad")

@@ -15,6 +15,8 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     image = "mlrb-sandbox:latest"
     [runner]
     max_runs = 4
+    min_free_gb = 5                      # the host's free-space floor under MLRB_HOME
+    workspace_quota = "auto"             # auto: the kernel where it can; watch: measure only
     [console]
     repaint_hz = 8
     [alarms]                             # stall alarms; 0 turns one off
@@ -77,8 +79,15 @@ class SandboxTable(_Table):
     image: str = "mlrb-sandbox:latest"
 
 
+QuotaMode = Literal["auto", "watch"]
+
+
 class RunnerTable(_Table):
     max_runs: int = Field(default=4, ge=1)
+    # below this many GB free on the filesystem of MLRB_HOME, runs hold (runner.disk_watch)
+    min_free_gb: float = Field(default=5, ge=0)
+    # auto: a quota'd filesystem image per workspace where the host allows it, else a watcher
+    workspace_quota: QuotaMode = "auto"
 
 
 class ConsoleTable(_Table):
@@ -141,6 +150,8 @@ class Config:
     backend: str = "auto"
     image: str = "mlrb-sandbox:latest"
     max_runs: int = 4
+    min_free_gb: float = 5.0
+    workspace_quota: str = "auto"
     repaint_hz: float = 8.0
     keys: dict[str, str] = field(default_factory=dict)
     alarms: AlarmsTable = field(default_factory=AlarmsTable)
@@ -237,6 +248,8 @@ def load_config(home: Path | None = None) -> Config:
         backend=backend,
         image=os.environ.get("MLRB_SANDBOX_IMAGE") or file.sandbox.image,
         max_runs=file.runner.max_runs,
+        min_free_gb=file.runner.min_free_gb,
+        workspace_quota=file.runner.workspace_quota,
         repaint_hz=file.console.repaint_hz,
         keys=dict(file.console.keys),
         alarms=file.alarms,

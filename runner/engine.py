@@ -25,6 +25,7 @@ from runner.agents.base import Agent, ScriptedAgent
 from runner.broker_access import private_file
 from runner.config import Config, private_home
 from runner.control import ControlCommand
+from runner.disk_watch import DiskPolicy
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
@@ -207,6 +208,12 @@ class Engine:
 
     async def _end_left(self, run: str, reason: str) -> None:
         assert self.journal is not None
+        from runner.disk_watch import WorkspaceImage
+
+        image = WorkspaceImage(self.cfg.runs_dir / run / "workspace", 0)
+        if image.mounted:  # its quota'd workspace, mounted by the runner that is gone
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(image.unmount)
         factory = EventFactory(run, self.journal.last_seq(run) + 1)
         await self.journal.write([factory.make("run.ended", {"status": "failed", "reason": reason})])
 
@@ -328,7 +335,9 @@ class Engine:
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
             alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
-                              llm_call_s=self.cfg.alarms.llm_call_s))
+                              llm_call_s=self.cfg.alarms.llm_call_s),
+            disk=DiskPolicy(min_free_gb=self.cfg.min_free_gb,
+                            quota_mode="watch" if self.cfg.workspace_quota == "watch" else "auto"))
 
     async def _run(self, sup: RunSupervisor, resume: RunResume | None = None) -> str:
         assert self._slots is not None

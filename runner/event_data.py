@@ -66,6 +66,7 @@ class RunStartedData(Clocked):
 
 class RunHeldData(Clocked):
     level: Literal["hold", "freeze"] = "hold"
+    reason: str | None = None  # set when the runner held the run itself (e.g. a full disk)
 
 
 class RunResumedData(Clocked):

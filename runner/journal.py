@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -115,7 +117,29 @@ _RUN_COLUMNS = (
     "gpu_mem_used gpu_mem_total sandbox isolated flags steps"
 ).split()
 
+log = logging.getLogger(__name__)
+
 _SENTINEL = object()
+MAX_DEFERRED = 100_000  # events a full disk refused that are kept in memory for the next write
+
+
+class JournalFullError(RuntimeError):
+    """The disk under the journal is full. The refused events are kept in memory (up to
+    MAX_DEFERRED) and written, in order, before anything else once space is freed."""
+
+    def __init__(self, path: Path, cause: str, kept: int, refused: int) -> None:
+        self.path, self.cause, self.kept, self.refused = path, cause, kept, refused
+        lost = (f"; {refused} events could not be kept and are lost" if refused else "")
+        super().__init__(f"journal {path}: the disk is full ({cause}); {kept} events wait in "
+                         f"memory to be written once space is freed{lost}")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether SQLite (or the OS beneath it) refused a write for lack of space."""
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(exc))
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -257,6 +281,8 @@ class Journal:
         self._max_batch = max_batch
         self._closed = False
         self.written = 0
+        self._deferred: list[Event] = []  # refused by a full disk; written first next time
+        self.refused = 0  # events a full disk refused beyond MAX_DEFERRED: lost, and said so
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
 
@@ -282,6 +308,13 @@ class Journal:
         self._closed = True
         self._queue.put(_SENTINEL)
         self._thread.join()
+        if self._deferred:  # a last try; what still fails is named, never dropped unseen
+            try:
+                self._write_batch(self._deferred)
+                self._deferred = []
+            except Exception as exc:
+                log.error("journal %s closed with %d events unwritten: %s", self.path,
+                          len(self._deferred), exc)
         self._conn.close()
 
     def _writer(self) -> None:
@@ -302,18 +335,35 @@ class Journal:
                     break
                 batch.append(more)
                 n += len(more[0])
+            events = [e for events, _ in batch for e in events]
             try:
-                self._write_batch([e for events, _ in batch for e in events])
+                self._write_batch(self._deferred + events)
             except Exception as exc:  # report to every waiter; the writer lives on
+                if disk_full(exc):
+                    exc = self._defer(events, exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
             else:
+                self._deferred = []
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
             if stop:
                 return
+
+    def _defer(self, events: list[Event], exc: BaseException) -> JournalFullError:
+        """Keep what a full disk refused, so that no event is dropped without a word."""
+        room = max(0, MAX_DEFERRED - len(self._deferred))
+        self._deferred += events[:room]
+        refused = len(events) - min(room, len(events))
+        self.refused += refused
+        return JournalFullError(self.path, str(exc), len(self._deferred), refused)
+
+    @property
+    def deferred(self) -> int:
+        """Events waiting in memory for space on the journal's disk."""
+        return len(self._deferred)
 
     def _write_batch(self, events: list[Event]) -> None:
         if not events:
@@ -345,7 +395,9 @@ class Journal:
                 self._db.table("runs").upsert_all(list(changed.values()), pk="run", batch_size=500)
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk among them)
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             # reload the fold from disk so it matches what was actually committed
             self._fold = RunFold()
             for row in self._conn.execute("SELECT * FROM runs"):

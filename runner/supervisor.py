@@ -27,12 +27,13 @@ from runner.approvals import Approvals
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
+from runner.disk_watch import DiskPolicy, DiskWatch
 from runner.escapes import strip_escapes
 from runner.event_data import UsageData
 from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
 from runner.integrity_check import integrity_flags
-from runner.journal import Journal
+from runner.journal import Journal, JournalFullError
 from runner.pause import Level, Pause
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from runner.sandbox_output import SandboxOutput
@@ -83,6 +84,7 @@ class RunSupervisor:
         score_sandbox: SandboxFactory | None = None,
         gpu_sampler: GpuSampler | None = None,
         alarms: Thresholds | None = None,
+        disk: DiskPolicy | None = None,
     ) -> None:
         self.req = request
         self.journal = journal
@@ -112,6 +114,7 @@ class RunSupervisor:
         self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
                              score_sandbox or make_sandbox, self.budget.clock, self.emit)
         self.stalls = StallWatch(alarms)
+        self.disk = DiskWatch(workspace, journal.path.parent, scale.disk_bytes, disk)
         self._messages: list[str] = []  # from operators, for the agent's next turn
         self._notices: list[str] = []  # from the runner (limit warnings), likewise
 
@@ -140,9 +143,16 @@ class RunSupervisor:
 
     # -- events ----------------------------------------------------------------------
     async def emit(self, kind: str, data: dict[str, Any] | None = None) -> Event:
-        async with self._emit_lock:
-            ev = self._factory.make(kind, data or {})
-            await self.journal.write([ev])
+        try:
+            async with self._emit_lock:
+                ev = self._factory.make(kind, data or {})
+                await self.journal.write([ev])
+        except JournalFullError as exc:  # the journal keeps the event; the run must stop
+            why = self.disk.journal_full(exc)
+            if why is not None and not self._ending:
+                self._spawn(self.hold(why))
+            self._observe(ev)
+            return ev  # published once written: subscribers repair the gap from the journal
         self._observe(ev)
         if self._publish is not None:
             self._publish([ev])
@@ -201,6 +211,8 @@ class RunSupervisor:
         scale = task.scale(self.req.scale)
         if not created:
             await self._emit_created()
+        if not await self.disk.prepare(self):  # host below its floor, then killed
+            return
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         spec = self._spec()
         try:
@@ -234,6 +246,7 @@ class RunSupervisor:
             asyncio.create_task(self._sample(), name=f"{self.run_id}-sample"),
             asyncio.create_task(self._watch(), name=f"{self.run_id}-watch"),
             asyncio.create_task(self.output.flush_every(), name=f"{self.run_id}-flush"),
+            asyncio.create_task(self.disk.follow(self), name=f"{self.run_id}-disk"),
         ]
         if self.stalls.thresholds.any:
             self._followers.append(asyncio.create_task(self._watch_stalls(),
@@ -281,6 +294,7 @@ class RunSupervisor:
             await self.emit("run.adopted", {"runner": self.runner_id, "elapsed_s": 0.0})
             await self._run(created=True)
             return
+        self.disk.readopt()  # a quota'd workspace stays mounted across the runner's stop
         scale = self.req.task.scale(self.req.scale)
         self.gpu_ids = tuple(r.sandbox.gpu_ids) or self.gpu_ids
         sb = self._make_sandbox(self._spec())
@@ -592,10 +606,11 @@ class RunSupervisor:
     def has_sandbox(self) -> bool:
         return self.sandbox is not None
 
-    async def hold(self) -> None:
+    async def hold(self, reason: str | None = None) -> None:
         self.pause.hold()
         self.status = "held"
-        await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1)})
+        await self.emit("run.held", {"level": "hold", "elapsed_s": round(self.clock.elapsed, 1),
+                                     **({"reason": reason} if reason else {})})
 
     async def freeze(self) -> None:
         assert self.sandbox is not None
@@ -613,6 +628,10 @@ class RunSupervisor:
 
     def tell_agent(self, text: str) -> None:
         self._messages.append(strip_escapes(text)[:MAX_MESSAGE])
+
+    def notice(self, text: str) -> None:
+        """A word from the runner itself (a limit near, a disk filling) for the agent's next turn."""
+        self._notices.append(text)
 
     def score_soon(self) -> None:
         self._spawn(self._score(final=False))
@@ -656,6 +675,7 @@ class RunSupervisor:
         for flag in await integrity_flags(self.journal.path, self.run_id, self.req.task,
                                           self.req.scale, self.workspace):
             await self.emit("integrity.flag", flag)
+        await self.disk.release(self)  # after scoring and the checks: they read the workspace
         self.end_status, self.end_reason = status, reason
         await self.emit("run.ended", {"status": status, "reason": reason,
                                       "elapsed_s": round(self.clock.elapsed, 1),

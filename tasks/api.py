@@ -59,6 +59,13 @@ class ScaleModel(BaseModel):
     hardware: str = ""
     data: str = Field(default="", description="where this scale's data and models are; {data} in the prompt")
     score_timeout_s: float = Field(gt=0, default=600)
+    disk_gb: float | None = Field(default=None, gt=0,
+                                  description="workspace quota in GB; none: only the host's floor")
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """The workspace quota in bytes (GB are 10**9 bytes, as disks are sold)."""
+        return None if self.disk_gb is None else int(self.disk_gb * 1e9)
 
 
 class ReferenceModel(BaseModel):
