@@ -37,15 +37,6 @@ class DaemonError(RuntimeError):
 
 
 async def serve(cfg: Config) -> None:
-    engine = Engine(cfg)
-    await engine.start()
-    write_daemon_info(cfg, DaemonInfo(pid=os.getpid(), bus_url=engine.bus_url or "", prefix=cfg.prefix,
-                                      runner_id=engine.runner_id, db=str(cfg.db_path),
-                                      broker=engine.broker_kind, started=time.time(),
-                                      adopted=engine.adoption["adopted"],
-                                      orphans=engine.adoption["orphans"]))
-    logging.info("runner %s up: broker %s (%s), journal %s, sandbox %s", engine.runner_id,
-                 engine.bus_url, engine.broker_kind, cfg.db_path, engine._backend)
     stop = asyncio.Event()
     keep = False
     loop = asyncio.get_running_loop()
@@ -55,10 +46,22 @@ async def serve(cfg: Config) -> None:
         keep = True
         stop.set()
 
+    # before the engine starts: a stop asked for while it adopts runs waits for it, and never
+    # kills the process outright (the default action of these signals)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(KEEP_RUNS_SIGNAL, keep_runs)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    engine = Engine(cfg)
+    await engine.start()
+    write_daemon_info(cfg, DaemonInfo(pid=os.getpid(), bus_url=engine.bus_url or "", prefix=cfg.prefix,
+                                      runner_id=engine.runner_id, db=str(cfg.db_path),
+                                      broker=engine.broker_kind, started=time.time(),
+                                      adopted=engine.adoption["adopted"],
+                                      orphans=engine.adoption["orphans"]))
+    logging.info("runner %s up: broker %s (%s), journal %s, sandbox %s; adopted %d run(s)",
+                 engine.runner_id, engine.bus_url, engine.broker_kind, cfg.db_path, engine._backend,
+                 len(engine.adoption["adopted"]))
     try:
         await stop.wait()
     finally:

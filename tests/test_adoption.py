@@ -352,7 +352,7 @@ def test_an_upgrade_keeps_the_runs_and_repeats_an_llm_call_in_flight(tmp_path) -
             # then in the middle of an LLM call
             until_blocking(lambda: len(srv.requests) >= 3, "the third LLM call", timeout=120, interval=0.1)
             out = _mlrb(env, "restart").stdout
-            assert f"adopted 1 live run(s): {run}" in out, out
+            assert f"adopted 1 live run(s): {run}" in out, out + (home / "daemon.log").read_text()[-3000:]
             until_blocking(lambda: "run.ended" in _kinds(db, run), "the run to end", timeout=180,
                            interval=0.5)
             evs = _check_the_run(db, run, workspace)
