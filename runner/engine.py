@@ -33,6 +33,8 @@ from tasks.api import TaskSpecError, load_task, scripted_plan
 log = logging.getLogger(__name__)
 
 AGENT_KINDS = ("scripted", "anthropic", "openai")
+SCAFFOLDS = ("mlrb",)  # the agent scaffolds a run can name; mlrb is the project's own
+DEFAULT_SCAFFOLD = "mlrb"
 KEEP_ENDED = 200
 
 
@@ -50,6 +52,9 @@ class Job:
     approval: bool = False
     id: str = ""
     submitted_by: str = ""
+    campaign: str | None = None
+    slot: str | None = None
+    scaffold: str = DEFAULT_SCAFFOLD
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Job:
@@ -63,7 +68,8 @@ class Job:
         return Job(task=d["task"], scale=str(d.get("scale", "smoke")), agent=str(d.get("agent", "scripted")),
                    model=d.get("model") if isinstance(d.get("model"), str) else None,
                    limits=limits, approval=bool(d.get("approval", False)), id=str(d.get("id", ""))[:80],
-                   submitted_by=str(d.get("submitted_by", ""))[:120])
+                   submitted_by=str(d.get("submitted_by", ""))[:120],
+                   scaffold=str(d.get("scaffold") or DEFAULT_SCAFFOLD)[:40])
 
 
 class Engine:
@@ -86,6 +92,9 @@ class Engine:
         self.docker_note = ""
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
+        from runner.campaign import CampaignDriver
+
+        self.campaigns = CampaignDriver(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,6 +129,7 @@ class Engine:
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
             self._bg.append(asyncio.create_task(self.publisher.listen_jobs(self._on_job, self.rejects)))
             self._bg.append(asyncio.create_task(self._state_loop()))
+        await self.campaigns.start()
 
     def _choose_backend(self) -> str:
         if self.cfg.backend != "auto":
@@ -145,6 +155,7 @@ class Engine:
                 "status": "failed", "reason": "the runner stopped before the run ended"})])
 
     async def stop(self, reason: str = "runner stopped") -> None:
+        await self.campaigns.stop()  # first: no campaign starts a run while the others end
         for sup in list(self.supervisors.values()):
             if not sup.ended:
                 with contextlib.suppress(Exception):
@@ -196,6 +207,8 @@ class Engine:
             raise SubmitError(str(exc)) from None
         if job.agent not in AGENT_KINDS:
             raise SubmitError(f"unknown agent {job.agent!r} (use {', '.join(AGENT_KINDS)})")
+        if job.scaffold not in SCAFFOLDS:
+            raise SubmitError(f"unknown scaffold {job.scaffold!r} (use {', '.join(SCAFFOLDS)})")
         plan = None
         try:
             if job.agent == "scripted":
@@ -217,7 +230,8 @@ class Engine:
         sup = RunSupervisor(
             RunRequest(run=run_id, task=task, scale=job.scale, agent_kind=job.agent, model=job.model,
                        limits=limits, approval=job.approval, job=job.id or None,
-                       submitted_by=job.submitted_by),
+                       submitted_by=job.submitted_by, campaign=job.campaign, slot=job.slot,
+                       scaffold=job.scaffold),
             journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
@@ -275,6 +289,9 @@ class Engine:
         self._publish([ev])
 
     async def _on_job(self, payload: dict[str, Any]) -> None:
+        if payload.get("kind") == "campaign":
+            await self.campaigns.handle(payload)
+            return
         try:
             job = Job.from_dict(payload)
             await self.submit(job)

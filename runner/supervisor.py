@@ -62,6 +62,9 @@ class RunRequest:
     approval: bool = False
     job: str | None = None
     submitted_by: str = ""
+    campaign: str | None = None
+    slot: str | None = None
+    scaffold: str | None = None
 
 
 class RunSupervisor:
@@ -186,6 +189,8 @@ class RunSupervisor:
             "scale": self.req.scale, "limits": self.limits.as_dict(), "runner": self.runner_id,
             "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
+            **{k: v for k, v in (("campaign", self.req.campaign), ("slot", self.req.slot),
+                                 ("scaffold", self.req.scaffold)) if v is not None},
         })
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         spec = SandboxSpec(
