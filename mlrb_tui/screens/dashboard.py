@@ -43,7 +43,8 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         yield RunsTable(id="runs")
-        yield Input(placeholder="filter runs (run, task, agent, status; !text inverts)",
+        yield Input(placeholder="filter runs (run, task, agent, campaign, status; "
+                                "campaign:NAME; !text inverts)",
                     id="filter")
         yield Static(id="summary")
         yield Footer()
