@@ -299,3 +299,61 @@ def test_a_journal_from_before_campaigns_gains_the_columns_when_opened(tmp_path)
     assert reader.get_run("old-1")["campaign"] is None  # type: ignore[index]
     assert [(r["run"], r["slot"], r["scaffold"]) for r in reader.campaign_runs("c")] == [
         ("new-1", "tiny_count/scripted/1", "mlrb")]
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    e = {**os.environ, "MLRB_HOME": str(tmp_path / "home"), "MLRB_TASKS_PATH": str(FIXTURE_TASKS),
+         "MLRB_OPERATOR": "ana@ops", "MLRB_SANDBOX": "local", "TINY_STEPS": "2",
+         "TINY_COUNT_DELAY": "0", "PYTHONUNBUFFERED": "1"}
+    e.pop("MLRB_BUS_URL", None)
+    yield e
+    subprocess.run([sys.executable, "-m", "mlrb_tui.cli", "down"], env=e, capture_output=True, timeout=120)
+
+
+def test_the_daemon_drives_a_campaign_on_across_a_restart(cli_env, tmp_path):
+    from tests.conftest import require, until_blocking
+    from tests.test_cli import mlrb
+
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
+    mlrb({**cli_env, "TINY_COUNT_DELAY": "120"}, "up")  # the first daemon's runs last
+    out = mlrb(cli_env, "campaign", "run", "night", "--tasks", "tiny_count,tiny_train",
+               "--max-concurrent", "1", "--retries", "0").stdout
+    assert "night: 2 slots (2 tasks × 1 agents × 1 repeats)" in out
+
+    def status():
+        return json.loads(mlrb(cli_env, "campaign", "status", "night", "--json").stdout)
+
+    until_blocking(lambda: status()["total"]["running"] == 1, "the first slot to run", timeout=120)
+    runs = json.loads(mlrb(cli_env, "runs", "--json").stdout)
+    assert [(r["slot"], r["campaign"], r["scaffold"]) for r in runs] == [("tiny_count/scripted/1", "night", "mlrb")]
+    mlrb(cli_env, "down")  # its live run ends with the daemon: that costs the slot no retry
+    mlrb(cli_env, "up")
+    done = until_blocking(lambda: (s := status())["state"] == "done" and s, "the campaign to finish",
+                          timeout=300, interval=0.5)
+    assert (done["total"]["done"], done["total"]["failed"], done["total"]["runs"]) == (2, 0, 3)
+    first = next(s for s in done["slots"] if s["slot"] == "tiny_count/scripted/1")
+    runs = {r["run"]: r for r in json.loads(mlrb(cli_env, "runs", "--json").stdout)}
+    assert [runs[r]["status"] for r in first["runs"]] == ["killed", "succeeded"]
+    assert runs[first["runs"][0]]["reason"] == "the runner daemon was stopped"
+
+    bad = mlrb(cli_env, "campaign", "run", "night", "--tasks", "tiny_count", check=False)
+    assert bad.returncode == 1 and "different tasks; pass --update" in bad.stderr
+    mlrb(cli_env, "campaign", "run", "night")  # the same campaign again: nothing left to run
+    until_blocking(lambda: status()["state"] == "done", "the campaign to settle", timeout=60)
+    assert len(json.loads(mlrb(cli_env, "runs", "--json").stdout)) == 3
+    rows = json.loads(mlrb(cli_env, "results", "--campaign", "night", "--json").stdout)
+    assert [(r["task"], r["runs"], r["succeeded"]) for r in rows] == [("tiny_count", 2, 1), ("tiny_train", 1, 1)]
+    assert "night" in mlrb(cli_env, "campaign", "list").stdout
+
+    f = tmp_path / "c.toml"
+    f.write_text('tasks = ["tiny_count"]\nrepeat = 2\n')
+    typo = mlrb(cli_env, "campaign", "run", "other", "--file", str(f), check=False)
+    assert typo.returncode == 1 and typo.stderr.strip().splitlines() == [
+        f"Error: {f}: repeat: unknown field (use {', '.join(('tasks', 'agents', 'repeats', 'scale', 'max_concurrent', 'retries', 'limits', 'scaffold'))})"]
+    gone = mlrb(cli_env, "campaign", "cancel", "nothing", "--reason", "x", check=False)
+    assert gone.returncode == 1 and "no campaign 'nothing'" in gone.stderr
