@@ -718,8 +718,7 @@ def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str |
                  "max_concurrent": max_concurrent, "retries": retries, "scaffold": scaffold,
                  "limits": _parse_limits(limits) if limits else None}
         fields.update({k: v for k, v in flags.items() if v is not None})
-        spec = build_spec(fields, where=str(file) if file is not None and not any(
-            v is not None for v in flags.values()) else f"campaign {name}")
+        spec = build_spec(fields, where=str(file) if file is not None else f"campaign {name}")
     except CampaignError as exc:
         raise click.ClickException(str(exc)) from None
     if row is not None and not update:

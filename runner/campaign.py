@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import tomllib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,8 +427,6 @@ def spec_changed(name: str, changed: Sequence[str]) -> str:
 
 def request(action: str, name: str, **fields: Any) -> dict[str, Any]:
     """A campaign request as published on the jobs topic."""
-    import uuid
-
     return {"kind": "campaign", "action": action, "name": name, "id": uuid.uuid4().hex, **fields}
 
 

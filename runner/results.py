@@ -173,7 +173,7 @@ def _time(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _cells(r: ResultRow) -> list[str]:
+def cells(r: ResultRow) -> list[str]:
     mean = _num(r.mean) + (f" ± {r.std:.3f}" if r.std is not None else "")
     return [r.task, _agent_label(r), r.scaffold or "—", r.metric or "—", str(r.runs), str(r.succeeded),
             mean, _num(r.best), _paper_label(r), f"${r.cost_usd:.2f}", f"{r.tokens:,.0f}",
@@ -187,12 +187,12 @@ HEADERS = ("Task", "Agent", "Scaffold", "Metric", "Runs", "Succeeded", "Mean ± 
 def to_markdown(rows: Sequence[ResultRow]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |",
              "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADERS))) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_text(rows: Sequence[ResultRow]) -> str:
-    table = [list(HEADERS), *(_cells(r) for r in rows)]
+    table = [list(HEADERS), *(cells(r) for r in rows)]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
     return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()

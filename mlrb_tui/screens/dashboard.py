@@ -24,6 +24,7 @@ class DashboardScreen(Screen[None]):
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
         Binding("l", "logs", "Logs", show=False, id="logs"),
+        Binding("R", "results", "Results", show=False, id="results"),
     ]
 
     @dataclass
@@ -36,6 +37,9 @@ class DashboardScreen(Screen[None]):
     class FilterChanged(Message):
         """The filter changed what the table shows: the summary line is out of date."""
 
+    class OpenResults(Message):
+        """The operator asked for the results table."""
+
     def __init__(self) -> None:
         super().__init__()
         self._drawn: dict[str, object] = {}
@@ -44,7 +48,7 @@ class DashboardScreen(Screen[None]):
         yield Static(id="topbar")
         yield RunsTable(id="runs")
         yield Input(placeholder="filter runs (run, task, agent, campaign, status; "
-                                "campaign:NAME; !text inverts)",
+                                "key:value terms; !text inverts)",
                     id="filter")
         yield Static(id="summary")
         yield Footer()
@@ -110,6 +114,17 @@ class DashboardScreen(Screen[None]):
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:
         self.post_message(self.OpenRun(event.run))
+
+    def action_results(self) -> None:
+        self.post_message(self.OpenResults())
+
+    def show_filter(self, text: str) -> None:
+        """Filter the table by `text`, with the filter box showing it."""
+        self.filter_input.value = text
+        self.filter_input.display = bool(text)
+        self.table.set_filter(text)
+        self.table.focus()
+        self.post_message(self.FilterChanged())
 
     def action_filter(self) -> None:
         box = self.filter_input

@@ -45,16 +45,21 @@ HEADER = 1  # lines above the first row
 FIXED = WIDTHS[0]  # the run column does not scroll sideways
 
 
+FILTER_KEYS = frozenset({"run", "task", "agent", "model", "campaign", "slot", "scaffold", "status"})
+
+
 def matches(row: dict[str, Any], text: str) -> bool:
     """The filter: a case-insensitive substring of run, task, agent, model, campaign or
-    status; `campaign:NAME` is that campaign's runs only; a leading `!` inverts it."""
+    status; or `key:value` terms (`campaign:NAME task:T`), each an exact match; a leading `!`
+    inverts it."""
     invert = text.startswith("!")
     needle = text[1:] if invert else text
     needle = needle.strip().lower()
     if not needle:
         return True
-    if needle.startswith("campaign:"):
-        return (str(row.get("campaign") or "").lower() == needle[len("campaign:"):].strip()) != invert
+    terms = [t.partition(":") for t in needle.split()]
+    if all(sep and key in FILTER_KEYS for key, sep, _ in terms):
+        return all(str(row.get(key) or "").lower() == value for key, _, value in terms) != invert
     hay = " ".join(str(row.get(k) or "") for k in ("run", "task", "agent", "model", "campaign", "status"))
     return (needle in hay.lower()) != invert
 
