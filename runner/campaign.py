@@ -41,6 +41,7 @@ DONE_STATUSES = frozenset({"succeeded", "limit"})  # ended and scored: the slot 
 # runs the runner ended because it stopped, not because of the slot: they cost no retry
 RUNNER_GONE_REASONS = frozenset({"the runner stopped before the run ended",
                                  "the runner daemon was stopped"})
+MAX_ENDED = 10_000
 SlotState = Literal["done", "running", "queued", "failed"]
 
 
@@ -260,7 +261,8 @@ class CampaignDriver:
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._live: dict[str, dict[str, str]] = {}  # campaign -> run id -> slot id
-        self._ended: set[str] = set()  # runs started here whose task has finished
+        # runs started here whose task has finished, newest last (a daemon runs for weeks: bounded)
+        self._ended: dict[str, None] = {}
         self._stopping = False
 
     @property
@@ -367,6 +369,7 @@ class CampaignDriver:
         try:
             while True:
                 wake.clear()
+                self._prune(live)
                 row = await asyncio.to_thread(self.reader.get_campaign, name)
                 if row is None or row["state"] != "active":
                     return
@@ -393,15 +396,20 @@ class CampaignDriver:
                     await asyncio.wait([*waits, waker], return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waker.cancel()
-                for r in list(live):
-                    t = self.engine.tasks.get(r)
-                    if t is None or t.done():
-                        live.pop(r)
-                        self._ended.add(r)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("campaign %s: the driver failed; it resumes when asked again", name)
+
+    def _prune(self, live: dict[str, str]) -> None:
+        """Forget the runs whose task has finished (the engine may have dropped it already)."""
+        for r in list(live):
+            t = self.engine.tasks.get(r)
+            if t is None or t.done():
+                live.pop(r)
+                self._ended[r] = None
+                if len(self._ended) > MAX_ENDED:
+                    del self._ended[next(iter(self._ended))]
 
     async def _start(self, name: str, spec: CampaignSpec, slot: Slot) -> str:
         from runner.engine import Job

@@ -111,6 +111,12 @@ class DashboardScreen(Screen[None]):
         if run is not None:
             self.post_message(self.OpenRun(run, logs=True))
 
+    @on(RunsTable.MarksChanged, "#runs")
+    def _marks_changed(self) -> None:
+        # at once, not at the next repaint: the operator is about to act on the marked runs
+        if self.table.fleet is not None:
+            self._set("#summary", self._summary(self.table.fleet))
+
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:
         self.post_message(self.OpenRun(event.run))

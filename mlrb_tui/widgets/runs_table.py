@@ -137,6 +137,17 @@ class RunsTable(ScrollView, can_focus=True):
 
     cursor_row: reactive[int] = reactive(0, always_update=False, init=False)
 
+    class MarksChanged(Message):
+        """The marked runs changed: what counts them is out of date."""
+
+        def __init__(self, table: RunsTable) -> None:
+            super().__init__()
+            self.table = table
+
+        @property
+        def control(self) -> RunsTable:
+            return self.table
+
     class RunSelected(Message):
         """The operator opened a run (enter, or a click on the row under the cursor)."""
 
@@ -482,6 +493,7 @@ class RunsTable(ScrollView, can_focus=True):
         if run is None or self.fleet is None:
             return
         self.marked.symmetric_difference_update({run})
+        self.post_message(self.MarksChanged(self))
         if self._update(self._rows[run]):
             self.refresh_line(self._index[run] + HEADER)
         self.move_cursor(self.cursor_row + 1)
