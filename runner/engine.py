@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.agents.base import Agent, ScriptedAgent
+from runner.campaign import CampaignDriver
 from runner.config import Config
 from runner.control import ControlCommand
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
@@ -92,8 +93,6 @@ class Engine:
         self.docker_note = ""
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
-        from runner.campaign import CampaignDriver
-
         self.campaigns = CampaignDriver(self)
 
     # -- lifecycle ---------------------------------------------------------------------
