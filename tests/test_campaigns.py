@@ -301,6 +301,17 @@ def test_a_journal_from_before_campaigns_gains_the_columns_when_opened(tmp_path)
         ("new-1", "tiny_count/scripted/1", "mlrb")]
 
 
+def mlrb(env, *args, check=True):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mlrb_tui.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mlrb {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 @pytest.fixture
 def cli_env(tmp_path):
     import os
@@ -317,7 +328,6 @@ def cli_env(tmp_path):
 
 def test_the_daemon_drives_a_campaign_on_across_a_restart(cli_env, tmp_path):
     from tests.conftest import require, until_blocking
-    from tests.test_cli import mlrb
 
     require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
     mlrb({**cli_env, "TINY_COUNT_DELAY": "120"}, "up")  # the first daemon's runs last
