@@ -36,6 +36,7 @@ from mlrb_tui.screens.interventions import (
     MessageDialog,
     RejectDialog,
 )
+from mlrb_tui.screens.results import ResultsScreen
 from mlrb_tui.screens.run_view import RunScreen
 from mlrb_tui.source import LiveSource, SendFailed
 from mlrb_tui.state import FleetState, one_line
@@ -231,6 +232,16 @@ class MLRBApp(App[None]):
     @on(DashboardScreen.OpenRun)
     def _open_run(self, event: DashboardScreen.OpenRun) -> None:
         self.open_run(event.run, logs=event.logs)
+
+    @on(DashboardScreen.OpenResults)
+    def _open_results(self) -> None:
+        self.push_screen(ResultsScreen(self.frame()))
+
+    @on(ResultsScreen.OpenRuns)
+    def _open_result_runs(self, event: ResultsScreen.OpenRuns) -> None:
+        self.pop_screen()
+        if self.dashboard is not None:
+            self.dashboard.show_filter(event.filter)
 
     @on(DashboardScreen.FilterChanged)
     def _filter_changed(self) -> None:

@@ -142,6 +142,10 @@ def _v_agent(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     return (row.get("agent"),)
 
 
+def _v_campaign(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
+    return (row.get("campaign"),)
+
+
 def _v_status(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     return (row.get("status"),)
 
@@ -328,6 +332,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("cost", "tok/$", 11, _v_cost, _r_cost),
     Column("flags", "flags", 15, _v_flags, _r_flags),
 )
+CAMPAIGN_COLUMN = Column("campaign", "campaign", 12, _v_campaign, _r_plain)
+# shown once any run belongs to a campaign: the table scrolls sideways for it
+COLUMNS_WITH_CAMPAIGN: tuple[Column, ...] = (*COLUMNS[:3], CAMPAIGN_COLUMN, *COLUMNS[3:])
 
 
 def fit(text: Text, width: int) -> Text:
@@ -338,8 +345,9 @@ def fit(text: Text, width: int) -> Text:
     return text
 
 
-def row_values(row: dict[str, Any], now: float, sig: RunSignals | None = None) -> tuple[Value, ...]:
-    return tuple(c.value(row, now, sig) for c in COLUMNS)
+def row_values(row: dict[str, Any], now: float, sig: RunSignals | None = None,
+               columns: tuple[Column, ...] = COLUMNS) -> tuple[Value, ...]:
+    return tuple(c.value(row, now, sig) for c in columns)
 
 
 def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
@@ -367,5 +375,8 @@ def sort_value(row: dict[str, Any], column: str, now: float) -> Any:
         return (0, STATUS_ORDER.index(s) if s in STATUS_ORDER else len(STATUS_ORDER))
     if column == "run":
         return (0, str(row.get("created_ts") or 0), str(row.get("run")))
+    if column == "campaign":  # grouped by campaign, each group in creation order
+        name = row.get("campaign")
+        return (0, str(name), float(row.get("created_ts") or 0), str(row.get("run"))) if name else (1, "")
     value = row.get(column)
     return (0, str(value)) if value not in (None, "") else (1, "")

@@ -827,6 +827,198 @@ def _our_results(task: str, metric: str) -> list[str]:
     return out
 
 
+def _journal_read(fn: Any, *args: Any) -> Any:
+    """Call `fn(reader, *args)` on this host's journal; None when there is no journal yet."""
+    from runner.journal import JournalReader
+
+    cfg = _cfg()
+    if not cfg.db_path.exists():
+        return None
+    reader = JournalReader(cfg.db_path)
+    try:
+        return fn(reader, *args)
+    finally:
+        reader.close()
+
+
+def _campaign_request(payload: dict[str, Any], timeout: float) -> str:
+    """Send a campaign request to the daemon; wait for its answer in the journal's row."""
+    from runner.bus import BusUnavailable, submit_job
+
+    cfg = _cfg()
+    bus = _bus(read_daemon_info(cfg), cfg)
+    if bus is None:
+        raise click.ClickException("no runner daemon is running and no broker is configured "
+                                   "(start one with `mlrb up`)")
+    try:
+        asyncio.run(submit_job(bus, payload))
+    except BusUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = _journal_read(lambda r: r.get_campaign(payload["name"]))
+        if row is not None and row.get("request") == payload["id"]:
+            return str(row.get("answer") or "")
+        time.sleep(0.1)
+    raise click.ClickException(f"no runner answered in {timeout:g} s (is `mlrb up` running on "
+                               "this host?)")
+
+
+@cli.group()
+def campaign() -> None:
+    """Run tasks × agents × repeats as one campaign, driven by the daemon, resumable by name."""
+
+
+@campaign.command("run")
+@click.argument("name")
+@click.option("--file", "file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="A CAMPAIGN.toml with the same fields (flags given win).")
+@click.option("--tasks", "tasks_", default=None, help="all, or task names: a,b")
+@click.option("--agents", default=None, help="scripted, anthropic:MODEL, openai:MODEL (comma-separated)")
+@click.option("--repeats", type=int, default=None, help="Runs per task and agent (default 1).")
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default=None, help="Default smoke.")
+@click.option("--max-concurrent", type=int, default=None, help="Live runs at most (default 1).")
+@click.option("--retries", type=int, default=None, help="Retries of a failed or killed slot (default 1).")
+@click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
+@click.option("--scaffold", default=None, help="The agent scaffold (default mlrb, the project's own).")
+@click.option("--update", is_flag=True, help="Change an existing campaign's spec.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
+def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str | None,
+                 repeats: int | None, scale: str | None, max_concurrent: int | None,
+                 retries: int | None, limits: tuple[str, ...], scaffold: str | None, update: bool,
+                 timeout: float) -> None:
+    """Queue campaign NAME (one run per task × agent × repeat) and return; again to resume it."""
+    from runner.campaign import (
+        CampaignError,
+        CampaignSpec,
+        build_spec,
+        check_name,
+        load_file,
+        request,
+        spec_changed,
+    )
+
+    row = _journal_read(lambda r: r.get_campaign(name))
+    try:
+        check_name(name)
+        # resuming: what is not given again is the campaign's as stored
+        fields = CampaignSpec.model_validate_json(row["spec"]).model_dump(mode="json") if row else {}
+        fields.update(load_file(file) if file is not None else {})
+        flags = {"tasks": tasks_, "agents": agents, "repeats": repeats, "scale": scale,
+                 "max_concurrent": max_concurrent, "retries": retries, "scaffold": scaffold,
+                 "limits": _parse_limits(limits) if limits else None}
+        fields.update({k: v for k, v in flags.items() if v is not None})
+        spec = build_spec(fields, where=str(file) if file is not None else f"campaign {name}")
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
+    if row is not None and not update:
+        changed = spec.changes_from(CampaignSpec.model_validate_json(row["spec"]))
+        if changed:
+            raise click.ClickException(spec_changed(name, changed))
+    answer = _campaign_request(request("run", name, spec=spec.model_dump(mode="json"), update=update),
+                               timeout)
+    if answer != "accepted":
+        raise click.ClickException(f"campaign {name}: {answer.removeprefix('refused: ')}")
+    slots = len(spec.slots())
+    click.echo(f"campaign {name}: {slots} slots ({len(spec.tasks)} tasks × {len(spec.agents)} agents × "
+               f"{spec.repeats} repeats) at {spec.scale} scale, {spec.max_concurrent} at a time; "
+               f"`mlrb campaign status {name}` follows it")
+
+
+def _campaign_status(name: str) -> dict[str, Any]:
+    from runner.campaign import campaign_status
+
+    found = _journal_read(lambda r: (r.get_campaign(name), r.campaign_runs(name)))
+    if found is None or found[0] is None:
+        raise click.ClickException(f"no campaign {name!r} (see `mlrb campaign list`)")
+    return campaign_status(*found)
+
+
+@campaign.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the campaign, its tasks and slots.")
+def campaign_status_cmd(name: str, as_json: bool) -> None:
+    """Per task of campaign NAME: slots done, running, queued and failed, and the cost spent."""
+    st = _campaign_status(name)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    spec = st["spec"]
+    why = f" ({st['reason']})" if st.get("reason") else ""
+    click.echo(f"campaign {name}: {st['state']}{why}; {spec['scale']} scale, {spec['max_concurrent']} at "
+               f"a time, {spec['retries']} retries, scaffold {spec['scaffold']}")
+    click.echo(f"{'TASK':<22} {'SLOTS':>5} {'DONE':>5} {'RUNNING':>7} {'QUEUED':>6} {'FAILED':>6} "
+               f"{'RUNS':>5} {'COST':>9}")
+    for t in [*st["tasks"], {"task": "total", **st["total"]}]:
+        click.echo(f"{t['task']:<22} {t['slots']:>5} {t['done']:>5} {t['running']:>7} {t['queued']:>6} "
+                   f"{t['failed']:>6} {t['runs']:>5} {'$' + format(t['cost_usd'], '.2f'):>9}")
+
+
+@campaign.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per campaign, in a list.")
+def campaign_list(as_json: bool) -> None:
+    """Every campaign in the journal, with its progress."""
+    from runner.campaign import campaign_status
+
+    found = _journal_read(lambda r: [(c, r.campaign_runs(c["name"])) for c in r.campaigns()]) or []
+    states = [campaign_status(c, runs) for c, runs in found]
+    if as_json:
+        click.echo(json.dumps([{k: s[k] for k in ("name", "state", "reason", "spec", "total")}
+                               for s in states], indent=2))
+        return
+    if not states:
+        click.echo("no campaigns yet (start one with `mlrb campaign run NAME --tasks ...`)")
+        return
+    click.echo(f"{'CAMPAIGN':<24} {'STATE':<10} {'SLOTS':>5} {'DONE':>5} {'RUNNING':>7} {'QUEUED':>6} "
+               f"{'FAILED':>6} {'COST':>9}")
+    for s in states:
+        t = s["total"]
+        click.echo(f"{s['name']:<24} {s['state']:<10} {t['slots']:>5} {t['done']:>5} {t['running']:>7} "
+                   f"{t['queued']:>6} {t['failed']:>6} {'$' + format(t['cost_usd'], '.2f'):>9}")
+
+
+@campaign.command("cancel")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded; its live runs are killed with it).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
+def campaign_cancel(name: str, reason: str, timeout: float) -> None:
+    """Cancel campaign NAME: no new runs, and its live runs are killed with the reason."""
+    from runner.campaign import request
+    from runner.control import default_operator
+
+    if _journal_read(lambda r: r.get_campaign(name)) is None:
+        raise click.ClickException(f"no campaign {name!r} (see `mlrb campaign list`)")
+    answer = _campaign_request(request("cancel", name, reason=reason, operator=default_operator()),
+                               timeout)
+    if answer != "accepted":
+        raise click.ClickException(f"campaign {name}: {answer.removeprefix('refused: ')}")
+    click.echo(f"campaign {name} cancelled: {reason}")
+
+
+@cli.command()
+@click.option("--campaign", "campaign_name", default=None, help="Only this campaign's runs.")
+@click.option("--task", default=None, help="Only this task's runs.")
+@click.option("--json", "fmt", flag_value="json", help="A list of objects, one per task × agent.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV with a header line.")
+@click.option("--markdown", "fmt", flag_value="markdown", help="A Markdown table.")
+def results(campaign_name: str | None, task: str | None, fmt: str | None) -> None:
+    """One row per task × agent: runs, successes, mean/std/best score, cost, and the paper's figure."""
+    from runner import results as res
+
+    rows = _journal_read(lambda r: r.list_runs()) or []
+    table = res.results(rows, campaign=campaign_name, task=task)
+    if fmt == "json":
+        click.echo(res.to_json(table))
+    elif fmt == "csv":
+        click.echo(res.to_csv(table), nl=False)
+    elif fmt == "markdown":
+        click.echo(res.to_markdown(table), nl=False)
+    elif not table:
+        click.echo("no ended runs match (try `mlrb campaign run` or `mlrb demo`)")
+    else:
+        click.echo(res.to_text(table), nl=False)
+
+
 def _demo_tasks(count: int, task: str | None) -> list[str]:
     from tasks.api import task_names
 

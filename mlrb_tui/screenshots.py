@@ -124,6 +124,7 @@ SCENES: tuple[Scene, ...] = (
     Scene("approve_edit", _keys(_pending_call, "e")),
     Scene("reject", _keys(_pending_call, "n", *"not the checkpoints: they are the baseline")),
     Scene("replay", _replay, {"replay_run": "r-mini-pile-01", "replay_speed": 1.0}),
+    Scene("results", _keys(_dashboard, "R")),
 )
 
 

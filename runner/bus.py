@@ -749,8 +749,9 @@ class RunnerEndpoint:
             except (UnicodeDecodeError, ValueError) as exc:
                 rejects.add("bad_json", str(exc)[:80])
                 return
-            if not isinstance(job, dict) or not isinstance(job.get("task"), str):
-                rejects.add("bad_job", "a job is a JSON object with a string 'task'")
+            if not isinstance(job, dict) or not (isinstance(job.get("task"), str)
+                                                 or job.get("kind") == "campaign"):
+                rejects.add("bad_job", "a job is a JSON object with a string 'task', or a campaign request")
                 return
             await handler_j(job)
 

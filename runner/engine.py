@@ -23,6 +23,7 @@ from typing import Any
 from runner.adoption import TURNS_DIR, RunResume, load_resume
 from runner.agents.base import Agent, ScriptedAgent
 from runner.broker_access import private_file
+from runner.campaign import CampaignDriver
 from runner.config import Config, private_home
 from runner.control import ControlCommand
 from runner.disk_watch import DiskPolicy
@@ -37,6 +38,8 @@ from tasks.api import TaskSpecError, load_task, scripted_plan
 log = logging.getLogger(__name__)
 
 AGENT_KINDS = ("scripted", "anthropic", "openai")
+SCAFFOLDS = ("mlrb",)  # the agent scaffolds a run can name; mlrb is the project's own
+DEFAULT_SCAFFOLD = "mlrb"
 KEEP_ENDED = 200
 
 
@@ -54,6 +57,9 @@ class Job:
     approval: bool = False
     id: str = ""
     submitted_by: str = ""
+    campaign: str | None = None
+    slot: str | None = None
+    scaffold: str = DEFAULT_SCAFFOLD
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Job:
@@ -67,7 +73,8 @@ class Job:
         return Job(task=d["task"], scale=str(d.get("scale", "smoke")), agent=str(d.get("agent", "scripted")),
                    model=d.get("model") if isinstance(d.get("model"), str) else None,
                    limits=limits, approval=bool(d.get("approval", False)), id=str(d.get("id", ""))[:80],
-                   submitted_by=str(d.get("submitted_by", ""))[:120])
+                   submitted_by=str(d.get("submitted_by", ""))[:120],
+                   scaffold=str(d.get("scaffold") or DEFAULT_SCAFFOLD)[:40])
 
 
 class Engine:
@@ -94,6 +101,7 @@ class Engine:
         self.docker_note = ""
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
+        self.campaigns = CampaignDriver(self)
 
     def _account_runner_id(self) -> str | None:
         # on an authenticating broker the runner id is the account: the ACL holds it there
@@ -122,7 +130,6 @@ class Engine:
         await self.gpu_sampler.start()
         self.gpus.set_devices(self.gpu_sampler.devices)
         self._backend = await asyncio.to_thread(self._choose_backend)
-        await self._adopt_or_settle()
         if self.use_bus:
             from runner.bus import RunnerEndpoint
             from runner.bus_options import configured_bus
@@ -144,6 +151,9 @@ class Engine:
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
             self._bg.append(asyncio.create_task(self.publisher.listen_jobs(self._on_job, self.rejects)))
             self._bg.append(asyncio.create_task(self._state_loop()))
+        # once the bus is up, so an adopted run's first events reach the subscribers
+        await self._adopt_or_settle()
+        await self.campaigns.start()
 
     def _choose_backend(self) -> str:
         if self.cfg.backend != "auto":
@@ -231,7 +241,8 @@ class Engine:
         c = r.created
         job = Job(task=c.task or "", scale=c.scale or "smoke", agent=c.agent or "scripted",
                   model=c.model if c.agent != "scripted" else None, approval=r.approval,
-                  id=c.job or "", submitted_by=c.submitted_by or "")
+                  id=c.job or "", submitted_by=c.submitted_by or "", campaign=c.campaign,
+                  slot=c.slot, scaffold=c.scaffold or DEFAULT_SCAFFOLD)
         task = load_task(job.task)
         plan = scripted_plan(task, job.scale) if job.agent == "scripted" else None
         agent = self._make_agent(job, plan)
@@ -241,6 +252,7 @@ class Engine:
     async def stop(self, reason: str = "runner stopped", *, keep_runs: bool = False) -> None:
         """Stop the engine. Its live runs are killed with `reason`, or with `keep_runs` left
         going in their sandboxes for the next runner of this home to adopt."""
+        await self.campaigns.stop()  # first: no campaign starts a run while the others end
         live = [sup for sup in self.supervisors.values() if not sup.ended]
         if keep_runs:
             await asyncio.gather(*(asyncio.wait_for(sup.detach(reason), timeout=60) for sup in live),
@@ -299,6 +311,8 @@ class Engine:
             raise SubmitError(str(exc)) from None
         if job.agent not in AGENT_KINDS:
             raise SubmitError(f"unknown agent {job.agent!r} (use {', '.join(AGENT_KINDS)})")
+        if job.scaffold not in SCAFFOLDS:
+            raise SubmitError(f"unknown scaffold {job.scaffold!r} (use {', '.join(SCAFFOLDS)})")
         plan = None
         try:
             if job.agent == "scripted":
@@ -328,7 +342,8 @@ class Engine:
         return RunSupervisor(
             RunRequest(run=run_id, task=task, scale=job.scale, agent_kind=job.agent, model=job.model,
                        limits=limits, approval=job.approval, job=job.id or None,
-                       submitted_by=job.submitted_by),
+                       submitted_by=job.submitted_by, campaign=job.campaign, slot=job.slot,
+                       scaffold=job.scaffold),
             journal=self.journal, publish=self._publish,
             make_sandbox=lambda spec: self._make_sandbox(spec, backend),
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
@@ -394,6 +409,9 @@ class Engine:
         self._publish([ev])
 
     async def _on_job(self, payload: dict[str, Any]) -> None:
+        if payload.get("kind") == "campaign":
+            await self.campaigns.handle(payload)
+            return
         try:
             job = Job.from_dict(payload)
             await self.submit(job)

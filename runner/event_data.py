@@ -58,6 +58,9 @@ class RunCreatedData(EventData):
     approval: bool | None = None  # whether every tool call waits for an operator
     submitted_by: str | None = None
     metric: str | None = None  # the task's metric
+    campaign: str | None = None  # the campaign this run is a slot of
+    slot: str | None = None  # that slot: task/agent/repeat
+    scaffold: str | None = None  # the agent scaffold's name (mlrb, the project's own, by default)
 
 
 class RunStartedData(Clocked):

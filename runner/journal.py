@@ -63,7 +63,18 @@ CREATE TABLE IF NOT EXISTS runs (
     gpu_util REAL, gpu_mem_used INTEGER, gpu_mem_total INTEGER,
     sandbox TEXT, isolated INTEGER,
     flags INTEGER NOT NULL DEFAULT 0,
-    steps INTEGER NOT NULL DEFAULT 0
+    steps INTEGER NOT NULL DEFAULT 0,
+    campaign TEXT, slot TEXT, scaffold TEXT
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,                    -- the campaign's fields, as JSON
+    state TEXT NOT NULL DEFAULT 'active',  -- active | done | cancelled
+    reason TEXT,
+    created_ts REAL, updated_ts REAL,
+    request TEXT,                          -- the id of the last request answered
+    answer TEXT,                           -- what that request got: accepted, or why not
+    runner TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
@@ -114,10 +125,14 @@ _RUN_COLUMNS = (
     "run task agent model scale runner status reason created_ts started_ts ended_ts updated_ts "
     "last_seq budget_s active_s active_ts metric_name metric_value metric_step score score_metric "
     "input_tokens output_tokens cost_usd cpu_pct mem_bytes mem_limit cpu_limit gpu_util "
-    "gpu_mem_used gpu_mem_total sandbox isolated flags steps"
+    "gpu_mem_used gpu_mem_total sandbox isolated flags steps campaign slot scaffold"
 ).split()
 
 log = logging.getLogger(__name__)
+# columns added to `runs` after its first release: a journal written before gets them on open
+_ADDED_RUN_COLUMNS = ("campaign", "slot", "scaffold")
+_CAMPAIGN_COLUMNS = ("name", "spec", "state", "reason", "created_ts", "updated_ts", "request",
+                     "answer", "runner")
 
 _SENTINEL = object()
 MAX_DEFERRED = 100_000  # events a full disk refused that are kept in memory for the next write
@@ -159,7 +174,13 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
 def ensure_schema(path: str | Path) -> None:
     conn = connect(path)
     try:
+        have = {r["name"] for r in conn.execute("PRAGMA table_info(runs)")}
+        if have:  # an existing journal: add what later versions put in `runs` first
+            for col in _ADDED_RUN_COLUMNS:
+                if col not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {col} TEXT")
         conn.executescript(SCHEMA)
+        conn.execute("CREATE INDEX IF NOT EXISTS runs_campaign ON runs (campaign, slot)")
     finally:
         conn.close()
 
@@ -193,7 +214,7 @@ class RunFold:
         # `type(b) is`, not isinstance(): a miss on a pydantic model is an ABC check, per event
         if type(b) is RunCreatedData:
             row["created_ts"] = ev.ts
-            for key in ("task", "agent", "model", "scale", "runner"):
+            for key in ("task", "agent", "model", "scale", "runner", "campaign", "slot", "scaffold"):
                 if getattr(b, key) is not None:
                     row[key] = getattr(b, key)
             row["budget_s"] = b.limits.get("time_s")
@@ -293,8 +314,16 @@ class Journal:
         if self._closed:
             fut.set_exception(RuntimeError("journal is closed"))
             return fut
-        self._queue.put((list(events), fut))
+        self._queue.put((list(events), fut, ()))
         return fut
+
+    async def put_campaign(self, row: dict[str, Any]) -> None:
+        """Insert or update one `campaigns` row (by name), through the writer like events."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._closed:
+            raise RuntimeError("journal is closed")
+        self._queue.put(([], fut, ({c: row.get(c) for c in _CAMPAIGN_COLUMNS},)))
+        await asyncio.wrap_future(fut)
 
     async def write(self, events: Sequence[Event]) -> None:
         await asyncio.wrap_future(self.submit(events))
@@ -335,18 +364,19 @@ class Journal:
                     break
                 batch.append(more)
                 n += len(more[0])
-            events = [e for events, _ in batch for e in events]
+            events = [e for events, _, _ in batch for e in events]
+            campaigns = [c for _, _, rows in batch for c in rows]
             try:
-                self._write_batch(self._deferred + events)
+                self._write_batch(self._deferred + events, campaigns)
             except Exception as exc:  # report to every waiter; the writer lives on
                 if disk_full(exc):
                     exc = self._defer(events, exc)
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc)
             else:
                 self._deferred = []
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_result(None)
             if stop:
@@ -365,8 +395,8 @@ class Journal:
         """Events waiting in memory for space on the journal's disk."""
         return len(self._deferred)
 
-    def _write_batch(self, events: list[Event]) -> None:
-        if not events:
+    def _write_batch(self, events: list[Event], campaigns: Sequence[dict[str, Any]] = ()) -> None:
+        if not events and not campaigns:
             return
         dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
         rows = [(e.run, e.seq, e.ts, e.kind, dumps(e.data)) for e in events]
@@ -393,6 +423,11 @@ class Journal:
                     [tuple(r[c] for c in cols) for r in trs])
             if changed:
                 self._db.table("runs").upsert_all(list(changed.values()), pk="run", batch_size=500)
+            for c in campaigns:
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO campaigns ({', '.join(_CAMPAIGN_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_CAMPAIGN_COLUMNS))})",
+                    [c[k] for k in _CAMPAIGN_COLUMNS])
             self._conn.execute("COMMIT")
         except BaseException:
             # SQLite has already rolled back after some errors (a full disk among them)
@@ -605,6 +640,28 @@ class JournalReader:
     def interventions(self, run: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._all(
             "SELECT * FROM interventions WHERE run = ? ORDER BY seq", [run])]
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        if not self._has_campaigns():
+            return []
+        return [dict(r) for r in self._all("SELECT * FROM campaigns ORDER BY created_ts")]
+
+    def get_campaign(self, name: str) -> dict[str, Any] | None:
+        if not self._has_campaigns():
+            return None
+        rows = self._all("SELECT * FROM campaigns WHERE name = ?", [name])
+        return dict(rows[0]) if rows else None
+
+    def campaign_runs(self, name: str) -> list[dict[str, Any]]:
+        """The runs of one campaign, oldest first."""
+        if "campaign" not in {r["name"] for r in self._all("PRAGMA table_info(runs)")}:
+            return []  # a journal from before campaigns, not opened by a writer since
+        rows = self._all("SELECT * FROM runs WHERE campaign = ? ORDER BY created_ts", [name])
+        return [dict(r) for r in rows]
+
+    def _has_campaigns(self) -> bool:
+        # a reader opened on a journal a writer has not migrated yet (read-only) sees none
+        return bool(self._all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'campaigns'"))
 
     def scores(self, run: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._all("SELECT * FROM scores WHERE run = ? ORDER BY seq", [run])]

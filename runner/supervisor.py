@@ -67,6 +67,9 @@ class RunRequest:
     approval: bool = False
     job: str | None = None
     submitted_by: str = ""
+    campaign: str | None = None
+    slot: str | None = None
+    scaffold: str | None = None
 
 
 class RunSupervisor:
@@ -262,6 +265,8 @@ class RunSupervisor:
             "scale": self.req.scale, "limits": self.limits.as_dict(), "runner": self.runner_id,
             "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
+            **{k: v for k, v in (("campaign", self.req.campaign), ("slot", self.req.slot),
+                                 ("scaffold", self.req.scaffold)) if v is not None},
         })
 
     # -- adoption: going on with a run an earlier runner left ------------------------------

@@ -24,6 +24,7 @@ class DashboardScreen(Screen[None]):
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
         Binding("l", "logs", "Logs", show=False, id="logs"),
+        Binding("R", "results", "Results", show=False, id="results"),
     ]
 
     @dataclass
@@ -36,6 +37,9 @@ class DashboardScreen(Screen[None]):
     class FilterChanged(Message):
         """The filter changed what the table shows: the summary line is out of date."""
 
+    class OpenResults(Message):
+        """The operator asked for the results table."""
+
     def __init__(self) -> None:
         super().__init__()
         self._drawn: dict[str, object] = {}
@@ -43,7 +47,8 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         yield RunsTable(id="runs")
-        yield Input(placeholder="filter runs (run, task, agent, status; !text inverts)",
+        yield Input(placeholder="filter runs (run, task, agent, campaign, status; "
+                                "key:value terms; !text inverts)",
                     id="filter")
         yield Static(id="summary")
         yield Footer()
@@ -106,9 +111,26 @@ class DashboardScreen(Screen[None]):
         if run is not None:
             self.post_message(self.OpenRun(run, logs=True))
 
+    @on(RunsTable.MarksChanged, "#runs")
+    def _marks_changed(self) -> None:
+        # at once, not at the next repaint: the operator is about to act on the marked runs
+        if self.table.fleet is not None:
+            self._set("#summary", self._summary(self.table.fleet))
+
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:
         self.post_message(self.OpenRun(event.run))
+
+    def action_results(self) -> None:
+        self.post_message(self.OpenResults())
+
+    def show_filter(self, text: str) -> None:
+        """Filter the table by `text`, with the filter box showing it."""
+        self.filter_input.value = text
+        self.filter_input.display = bool(text)
+        self.table.set_filter(text)
+        self.table.focus()
+        self.post_message(self.FilterChanged())
 
     def action_filter(self) -> None:
         box = self.filter_input

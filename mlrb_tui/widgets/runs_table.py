@@ -26,28 +26,41 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from mlrb_tui.cells import COLUMNS, Value, fit, row_values, sort_value
+from mlrb_tui.cells import (
+    COLUMNS,
+    COLUMNS_WITH_CAMPAIGN,
+    Column,
+    Value,
+    fit,
+    row_values,
+    sort_value,
+)
 from mlrb_tui.controls import Selection
 from mlrb_tui.state import FleetState, one_line
 
 MARK = "● "
 GAP = 1  # columns of space after each cell
-WIDTHS = tuple(c.width + GAP for c in COLUMNS)
-TOTAL_WIDTH = sum(WIDTHS)
-EDGES = tuple(accumulate(WIDTHS))  # the right edge of each column
+WIDTHS = tuple(c.width + GAP for c in COLUMNS)  # before any campaign column
 HEADER = 1  # lines above the first row
 FIXED = WIDTHS[0]  # the run column does not scroll sideways
 
 
+FILTER_KEYS = frozenset({"run", "task", "agent", "model", "campaign", "slot", "scaffold", "status"})
+
+
 def matches(row: dict[str, Any], text: str) -> bool:
-    """The filter: a case-insensitive substring of run, task, agent, model or status;
-    a leading `!` inverts it."""
+    """The filter: a case-insensitive substring of run, task, agent, model, campaign or
+    status; or `key:value` terms (`campaign:NAME task:T`), each an exact match; a leading `!`
+    inverts it."""
     invert = text.startswith("!")
     needle = text[1:] if invert else text
     needle = needle.strip().lower()
     if not needle:
         return True
-    hay = " ".join(str(row.get(k) or "") for k in ("run", "task", "agent", "model", "status"))
+    terms = [t.partition(":") for t in needle.split()]
+    if all(sep and key in FILTER_KEYS for key, sep, _ in terms):
+        return all(str(row.get(key) or "").lower() == value for key, _, value in terms) != invert
+    hay = " ".join(str(row.get(k) or "") for k in ("run", "task", "agent", "model", "campaign", "status"))
     return (needle in hay.lower()) != invert
 
 
@@ -124,6 +137,17 @@ class RunsTable(ScrollView, can_focus=True):
 
     cursor_row: reactive[int] = reactive(0, always_update=False, init=False)
 
+    class MarksChanged(Message):
+        """The marked runs changed: what counts them is out of date."""
+
+        def __init__(self, table: RunsTable) -> None:
+            super().__init__()
+            self.table = table
+
+        @property
+        def control(self) -> RunsTable:
+            return self.table
+
     class RunSelected(Message):
         """The operator opened a run (enter, or a click on the row under the cursor)."""
 
@@ -153,6 +177,25 @@ class RunsTable(ScrollView, can_focus=True):
         self._cell_cache: LRUCache[tuple[int, Value], list[Segment]] = LRUCache(1024)
         self._line_cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(256)
         self._styles: dict[str, Style] = {}
+        self._set_columns(COLUMNS)
+
+    def _set_columns(self, columns: tuple[Column, ...]) -> None:
+        self.columns = columns
+        self._widths = tuple(c.width + GAP for c in columns)
+        self._edges = tuple(accumulate(self._widths))
+        self._total = sum(self._widths)
+
+    def _show_campaigns(self) -> None:
+        """A run of a campaign arrived: from now on the table has a campaign column."""
+        self._set_columns(COLUMNS_WITH_CAMPAIGN)
+        self._cell_cache.clear()
+        self._line_cache.clear()
+        for row in self._rows.values():
+            if self.fleet is not None and row.run in self.fleet.rows:
+                row.values = self._values(row.run)
+                row.stale = False
+        self.virtual_size = Size(self._total, len(self._order) + HEADER)
+        self.refresh()
 
     # -- what the operator points at -------------------------------------------------
     @property
@@ -189,13 +232,13 @@ class RunsTable(ScrollView, can_focus=True):
         row = self._rows[run]
         if row.stale:
             self._update(row)
-        index = next(i for i, c in enumerate(COLUMNS) if c.key == column)
+        index = next(i for i, c in enumerate(self.columns) if c.key == column)
         return self._cell(index, row.values[index]).plain
 
     # -- values ---------------------------------------------------------------------
     def _values(self, run: str) -> tuple[Value, ...]:
         assert self.fleet is not None
-        values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run))
+        values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run), self.columns)
         return ((*values[0], run in self.marked), *values[1:])
 
     def _update(self, row: Row) -> bool:
@@ -233,6 +276,8 @@ class RunsTable(ScrollView, can_focus=True):
             state = fleet.rows.get(run)
             if state is None:
                 continue
+            if state.get("campaign") and self.columns is COLUMNS:
+                self._show_campaigns()
             row = self._rows.get(run)
             if not matches(state, self.filter_text):
                 if row is not None:
@@ -266,7 +311,7 @@ class RunsTable(ScrollView, can_focus=True):
 
     def _grown(self) -> None:
         """Rows were appended: size the scroll area and draw the new lines."""
-        self.virtual_size = Size(TOTAL_WIDTH, len(self._order) + HEADER)
+        self.virtual_size = Size(self._total, len(self._order) + HEADER)
         self.refresh()
 
     def _reindex(self, order: list[str]) -> None:
@@ -275,7 +320,7 @@ class RunsTable(ScrollView, can_focus=True):
         before = self._order
         self._order = order
         self._index = {run: i for i, run in enumerate(order)}
-        self.virtual_size = Size(TOTAL_WIDTH, len(order) + HEADER)
+        self.virtual_size = Size(self._total, len(order) + HEADER)
         for i in self._view():
             if i >= len(order) or i >= len(before) or order[i] != before[i]:
                 self.refresh_line(i + HEADER)
@@ -323,7 +368,7 @@ class RunsTable(ScrollView, can_focus=True):
         self._line_cache.clear()
 
     def _cell(self, index: int, value: Value) -> Text:
-        col = COLUMNS[index]
+        col = self.columns[index]
         if index == 0:  # the run cell carries the mark
             text = fit(col.render(value[:-1]), col.width - (len(MARK) if value[-1] else 0))
             return Text(MARK, style="bold magenta") + text if value[-1] else text
@@ -334,7 +379,7 @@ class RunsTable(ScrollView, can_focus=True):
         segments = self._cell_cache.get(key)
         if segments is None:
             text = self._cell(index, value)
-            text.align("left", WIDTHS[index])
+            text.align("left", self._widths[index])
             console = self.app.console
             # Text.render leaves out the text's own style (its console protocol adds it)
             segments = list(Segment.apply_style(text.render(console), console.get_style(text.style)))
@@ -354,13 +399,13 @@ class RunsTable(ScrollView, can_focus=True):
         if strip is None:
             style = self._style("runs-table--header")
             text = Text()
-            for col, col_width in zip(COLUMNS, WIDTHS, strict=True):
+            for col, col_width in zip(self.columns, self._widths, strict=True):
                 label = col.header
                 if col.key == self.sort_column and self._sorting:
                     label += "▼" if self.sort_reverse else "▲"
                 text.append(one_line(label, col_width - GAP).ljust(col_width))
             segments = Segment.apply_style(text.render(self.app.console), style)
-            strip = _viewport(Strip(segments, TOTAL_WIDTH), scroll_x, width, style)
+            strip = _viewport(Strip(segments, self._total), scroll_x, width, style)
             self._line_cache[key] = strip
         return strip
 
@@ -382,8 +427,8 @@ class RunsTable(ScrollView, can_focus=True):
             # under the cursor its colours win, so that every cell reads
             post = Style(color=style.color, bgcolor=style.bgcolor) if cursor else None
             line = Segment.simplify(Segment.apply_style(segments, style, post))
-            strip = Strip(line, TOTAL_WIDTH)
-            if scroll_x or width != TOTAL_WIDTH:
+            strip = Strip(line, self._total)
+            if scroll_x or width != self._total:
                 strip = _viewport(strip, scroll_x, width, style)
             self._line_cache[key] = strip
         return strip
@@ -409,7 +454,7 @@ class RunsTable(ScrollView, can_focus=True):
             self.scroll_to(y=new - height + 1, animate=False)
 
     def on_resize(self, event: events.Resize) -> None:
-        self.virtual_size = Size(TOTAL_WIDTH, len(self._order) + HEADER)
+        self.virtual_size = Size(self._total, len(self._order) + HEADER)
 
     def on_focus(self) -> None:
         self._restyle()
@@ -448,12 +493,13 @@ class RunsTable(ScrollView, can_focus=True):
         if run is None or self.fleet is None:
             return
         self.marked.symmetric_difference_update({run})
+        self.post_message(self.MarksChanged(self))
         if self._update(self._rows[run]):
             self.refresh_line(self._index[run] + HEADER)
         self.move_cursor(self.cursor_row + 1)
 
     def action_cycle_sort(self) -> None:
-        keys = [c.key for c in COLUMNS]
+        keys = [c.key for c in self.columns]
         self.sort_by(keys[(keys.index(self.sort_column) + 1) % len(keys)], False)
 
     def action_reverse_sort(self) -> None:
@@ -464,7 +510,7 @@ class RunsTable(ScrollView, can_focus=True):
         self.resort()
         self.refresh(Region(0, 0, self.size.width, HEADER))  # the header stays on top
         arrow = "▼" if reverse else "▲"
-        label = {c.key: c.header for c in COLUMNS}[column]
+        label = {c.key: c.header for c in self.columns}[column]
         self.notify(f"sorted by {one_line(label, 20)} {arrow}", timeout=2)
 
     def on_click(self, event: events.Click) -> None:
@@ -473,7 +519,7 @@ class RunsTable(ScrollView, can_focus=True):
             return
         if offset.y < HEADER:  # a header: sort by it, again to reverse
             x = offset.x if offset.x < FIXED else offset.x + round(self.scroll_x)
-            for col, right in zip(COLUMNS, EDGES, strict=True):
+            for col, right in zip(self.columns, self._edges, strict=True):
                 if x < right:
                     same = col.key == self.sort_column
                     self.sort_by(col.key, not self.sort_reverse if same else False)
