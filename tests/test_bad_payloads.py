@@ -10,18 +10,17 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from mlrb_tui.source import LiveSource
-from runner.bus import BusConfig, Topics
+from runner.bus import Topics
 from runner.config import Config
 from runner.embedded_broker import find_mosquitto
 from runner.engine import Engine, Job
 from runner.events import MAX_PAYLOAD_BYTES, TERMINAL_STATUSES, RejectCounter
 from runner.journal import JournalReader
 from runner.recorder import Recorder
-from tests.conftest import require, until
+from tests.conftest import raw_client, require, until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 TOTAL = 10_000
@@ -77,10 +76,12 @@ OVERSIZED = {"event": MAX_PAYLOAD_BYTES + 1, "state": 64 * 1024 + 1, "control": 
 OVERSIZED_EVERY = {"event": 400, "state": 20, "control": 20, "job": 20, "repair": 20}
 
 
-def flood_plan(run: str, runner: str, topics: Topics) -> list[tuple[str, str, bytes, str]]:
+def flood_plan(run: str, runner: str, operator: str,
+               topics: Topics) -> list[tuple[str, str, bytes, str]]:
     """TOTAL payloads as (topic kind, topic, payload, reason), the topics taken in turn."""
-    where = {"event": topics.event(run), "state": topics.runner_state(runner),
-             "control": topics.control(run), "job": topics.jobs, "repair": topics.repair(run)}
+    where = {"event": topics.event(runner, run), "state": topics.runner_state(runner),
+             "control": topics.control(run, operator), "job": topics.jobs,
+             "repair": topics.repair(run)}
     fams = families(run)
     plan = []
     for i in range(TOTAL):
@@ -113,11 +114,11 @@ async def test_ten_thousand_bad_payloads_on_every_topic_during_a_live_run(
     engine = Engine(Config(home=tmp_path / "host", backend="local"), runner_id="host-a")
     await engine.start()
     assert engine.bus_url is not None and engine.broker is not None and engine.journal is not None
-    bus = BusConfig(engine.bus_url)
-    topics = Topics(bus.prefix)
-    rec = Recorder(bus, tmp_path / "fleet.db", client_id="mlrb-recorder-flood")
+    broker = engine.broker
+    topics = Topics(broker.prefix)
+    rec = Recorder(broker.bus_config("viewer"), tmp_path / "fleet.db", client_id="mlrb-recorder-flood")
     rec_task = asyncio.create_task(rec.run())
-    console = LiveSource(tmp_path / "host" / "mlrb.db", bus)
+    console = LiveSource(tmp_path / "host" / "mlrb.db", broker.bus_config("operator"))
     local, central = JournalReader(tmp_path / "host" / "mlrb.db"), JournalReader(tmp_path / "fleet.db")
     loop = asyncio.get_running_loop()
     try:
@@ -130,7 +131,8 @@ async def test_ten_thousand_bad_payloads_on_every_topic_during_a_live_run(
         await until(lambda: (console.fleet.rows.get(run) or {}).get("metric_name"),
                     "the training's first metrics on the console", timeout=120)
 
-        plan = flood_plan(run, engine.runner_id, topics)
+        operator = broker.bus_config("operator")
+        plan = flood_plan(run, engine.runner_id, str(operator.username), topics)
         at_subscribers = expected(plan, {"event", "state"})
         at_engine = expected(plan, {"control", "job"})
         at_repair = expected(plan, {"repair"})
@@ -142,13 +144,18 @@ async def test_ten_thousand_bad_payloads_on_every_topic_during_a_live_run(
                      (engine.rejects, at_engine), (engine.publisher.repair_rejects, at_repair)]
             return lambda: all(flood_counts(c, r) == w for (c, r), w in zip(parts, want, strict=True))
 
+        # each topic flooded by an account the ACL lets publish there: the bad payloads get
+        # past the broker and reach the parts that must count them
+        publisher_of = {"event": "runner", "state": "runner", "control": "operator",
+                        "job": "operator", "repair": "viewer"}
         started = loop.time()
-        async with aiomqtt.Client("127.0.0.1", engine.broker.port,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as forger:
+        async with contextlib.AsyncExitStack() as stack:
+            forgers = {role: await stack.enter_async_context(raw_client(broker.bus_config(role)))
+                       for role in set(publisher_of.values())}
             for i in range(0, TOTAL, CHUNK):
                 chunk = plan[i:i + CHUNK]
-                await asyncio.gather(*(forger.publish(topic, payload, qos=1)
-                                       for _, topic, payload, _ in chunk))
+                await asyncio.gather(*(forgers[publisher_of[kind]].publish(topic, payload, qos=1)
+                                       for kind, topic, payload, _ in chunk))
                 left = FLOOD_S - (loop.time() - started)
                 await until(counted(plan[:i + len(chunk)]), f"payloads {i + 1}-{i + len(chunk)} "
                             "counted by reason", timeout=max(left, 1.0), interval=0.05)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, until, until_blocking
+from runner.bus import BusConfig
+from runner.bus_options import local_bus
+from runner.config import Config
+from tests.conftest import raw_client, require, until, until_blocking
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -190,22 +193,17 @@ def test_the_embedded_broker_dies_with_a_killed_daemon(env, tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-async def apublish(url: str, messages: list[tuple[str, bytes]]) -> None:
-    """Publish raw payloads at QoS 1 from a client of our own (a forger, or a stand-in runner)."""
-    import aiomqtt
-
-    from runner.bus import BusConfig
-
-    host, port = BusConfig(url).host_port()
-    async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+async def apublish(config: BusConfig, messages: list[tuple[str, bytes]]) -> None:
+    """Publish raw payloads at QoS 1 as `config`'s account (a forger, or a stand-in runner)."""
+    async with raw_client(config) as c:
         for topic, payload in messages:
             await c.publish(topic, payload, qos=1)
 
 
-def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
+def publish(config: BusConfig, messages: list[tuple[str, bytes]]) -> None:
     import asyncio
 
-    asyncio.run(apublish(url, messages))
+    asyncio.run(apublish(config, messages))
 
 
 def test_status_shows_each_runners_bus_counts_and_rejects_by_reason(env, tmp_path):
@@ -216,7 +214,9 @@ def test_status_shows_each_runners_bus_counts_and_rejects_by_reason(env, tmp_pat
     mlrb(env, "up")
     info = json.loads((tmp_path / "home" / "daemon.json").read_text())
     t = Topics(info["prefix"])
-    publish(info["bus_url"], [(t.control("run-x"), b"{not json")] * 3
+    # an operator account may publish controls and jobs: its bad ones reach the runner
+    operator = local_bus(Config(home=tmp_path / "home"), info["bus_url"], info["prefix"], "operator")
+    publish(operator, [(t.control("run-x", str(operator.username)), b"{not json")] * 3
             + [(t.jobs, b'{"task": 7}')] * 2 + [(t.jobs, b"\xff")])
 
     def counted():
@@ -238,7 +238,10 @@ async def test_record_keeps_its_session_under_its_client_id_and_a_clean_start_dr
     from runner.journal import JournalReader
 
     db = tmp_path / "fleet.db"
-    topic = Topics("mlrb/v1").event("run-a")
+    topic = Topics("mlrb/v1").event("host-a", "run-a")
+    runner = mosquitto.config("host-a")  # the run's events come from its runner's account
+    viewer = mosquitto.config("viewer")  # the recorder reads as a viewer
+    env = {**env, "MLRB_BUS_USERNAME": str(viewer.username), "MLRB_BUS_PASSWORD": str(viewer.password)}
     f = EventFactory("run-a")
     events = [f.make("sandbox.output", {"stream": "stdout", "text": f"line {i}"}) for i in range(6)]
 
@@ -264,7 +267,7 @@ async def test_record_keeps_its_session_under_its_client_id_and_a_clean_start_dr
     async def until_recorded(seq: int, *, resend: bool) -> None:
         async def there() -> bool:
             if resend:  # until its subscription is in place, a message reaches nobody
-                await apublish(mosquitto.url, [(topic, encode_batch([events[seq - 1]]))])
+                await apublish(runner, [(topic, encode_batch([events[seq - 1]]))])
             return seq in seqs()
         await until(there, f"seq {seq} recorded", timeout=30, interval=0.3)
 
@@ -272,11 +275,11 @@ async def test_record_keeps_its_session_under_its_client_id_and_a_clean_start_dr
     await until_recorded(1, resend=True)
     out = stop(proc)
     assert "session rec-test, kept 86400 s" in out and "recorded" in out and "rejected 0" in out
-    await apublish(mosquitto.url, [(topic, encode_batch(events[1:3]))])  # while it is away: queued
+    await apublish(runner, [(topic, encode_batch(events[1:3]))])  # while it is away: queued
     proc = recording()
     await until_recorded(3, resend=False)
     stop(proc)
-    await apublish(mosquitto.url, [(topic, encode_batch(events[3:5]))])  # queued again, then dropped
+    await apublish(runner, [(topic, encode_batch(events[3:5]))])  # queued again, then dropped
     proc = recording("--clean-start")
     await until_recorded(6, resend=True)
     out = stop(proc)

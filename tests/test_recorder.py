@@ -189,7 +189,8 @@ async def test_a_run_through_a_minute_long_broker_outage_is_recorded_row_for_row
     await engine.start()
     assert engine.broker is not None and engine.bus_url is not None and engine.journal is not None
     broker, journal = engine.broker, engine.journal
-    rec = Recorder(BusConfig(engine.bus_url), tmp_path / "fleet.db", client_id="mlrb-recorder-outage")
+    rec = Recorder(broker.bus_config("viewer"), tmp_path / "fleet.db",
+                   client_id="mlrb-recorder-outage")
     rec_task = asyncio.create_task(rec.run())
     local, central = JournalReader(tmp_path / "host" / "mlrb.db"), JournalReader(tmp_path / "fleet.db")
     loop = asyncio.get_running_loop()
