@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.agents.base import Agent, ScriptedAgent
+from runner.assets import AssetError, asset_mounts
 from runner.config import Config
 from runner.control import ControlCommand
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
@@ -207,7 +208,8 @@ class Engine:
         scale = task.scale(job.scale)
         try:
             self.gpus.check(scale.gpus)
-        except GpuRequestError as exc:
+            await asyncio.to_thread(asset_mounts, task, job.scale, self.cfg.home, audience="scorer")
+        except (GpuRequestError, AssetError) as exc:
             raise SubmitError(str(exc)) from None
         limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,
                            cost_usd=scale.cost_usd)
@@ -221,7 +223,7 @@ class Engine:
             journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
-            alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
+            asset_home=self.cfg.home, alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
                               llm_call_s=self.cfg.alarms.llm_call_s))
         self.supervisors[run_id] = sup

@@ -22,7 +22,9 @@ from typing import Any
 
 from runner.agents.base import Agent, AgentContext, Observation, ToolCall, ToolResult
 from runner.approvals import Approvals
+from runner.assets import AssetError, asset_env, asset_mounts
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
+from runner.config import mlrb_home
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
 from runner.escapes import strip_escapes
@@ -79,8 +81,10 @@ class RunSupervisor:
         score_sandbox: SandboxFactory | None = None,
         gpu_sampler: GpuSampler | None = None,
         alarms: Thresholds | None = None,
+        asset_home: Path | None = None,
     ) -> None:
         self.req = request
+        self.asset_home = asset_home or mlrb_home()  # where `mlrb assets` staged the task's assets
         self.journal = journal
         self._publish = publish
         self._make_sandbox = make_sandbox
@@ -106,7 +110,8 @@ class RunSupervisor:
         self.approvals = Approvals(request.approval)
         self.controls = ControlDispatch(self)
         self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
-                             score_sandbox or make_sandbox, self.budget.clock, self.emit)
+                             score_sandbox or make_sandbox, self.budget.clock, self.emit,
+                             asset_home=self.asset_home)
         self.stalls = StallWatch(alarms)
         self._messages: list[str] = []  # from operators, for the agent's next turn
         self._notices: list[str] = []  # from the runner (limit warnings), likewise
@@ -188,11 +193,18 @@ class RunSupervisor:
             "metric": task.metric,
         })
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
+        try:
+            mounts = await asyncio.to_thread(asset_mounts, task, self.req.scale, self.asset_home)
+        except AssetError as exc:
+            await self._finish("failed", str(exc))
+            return
         spec = SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
                                  gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
-            env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale)),
+            env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale),
+                 *asset_env(mounts)),
+            readonly_mounts=mounts,
         )
         try:
             self.sandbox = self._make_sandbox(spec)
