@@ -566,6 +566,24 @@ def assets_import(file: Path) -> None:
     click.echo(f"imported {len(installed)} repositories: {', '.join(installed)}")
 
 
+@cli.command()
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default="full", show_default=True,
+              help="The scale to check the host for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(scale: str, as_json: bool) -> None:
+    """Check this host for a scale, a line per check (ok / warn / fail, with a fix); exit 1 on a fail."""
+    from runner.doctor import diagnose
+
+    report = diagnose(scale)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+        click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def tasks(ctx: click.Context) -> None:
