@@ -206,11 +206,17 @@ class Engine:
             raise SubmitError(str(exc)) from None
         run_id = f"{task.name}-{secrets.token_hex(3)}"
         scale = task.scale(job.scale)
+        problems = []  # all of what this host lacks for the run, in one refusal
         try:
             self.gpus.check(scale.gpus)
+        except GpuRequestError as exc:
+            problems.append(str(exc))
+        try:
             await asyncio.to_thread(asset_mounts, task, job.scale, self.cfg.home, audience="scorer")
-        except (GpuRequestError, AssetError) as exc:
-            raise SubmitError(str(exc)) from None
+        except AssetError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise SubmitError("; ".join(problems))
         limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,
                            cost_usd=scale.cost_usd)
         for k, v in (job.limits or {}).items():

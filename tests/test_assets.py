@@ -662,3 +662,32 @@ async def test_a_full_scale_run_with_an_asset_missing_fails_before_its_sandbox_s
     reason = evs[-1].data["reason"]
     assert evs[-1].kind == "run.ended" and "tiny-model (org/tiny-model, missing)" in reason
     assert "`mlrb assets fetch assets_task --scale full`" in reason
+
+
+async def test_the_engine_refuses_a_full_scale_job_whose_assets_are_missing(tmp_path, monkeypatch):
+    from runner.config import Config
+    from runner.engine import Engine, Job, SubmitError
+
+    root = write_task(tmp_path / "tasks", "unstaged_task", """
+[[assets]]
+name = "weights"
+kind = "model"
+repo = "org/weights"
+revision = "main"
+pinned = false
+size_bytes = 1000
+for = "agent"
+""")
+    (root / "unstaged_task" / "prompt.md").write_text("Nothing.\n")
+    (root / "unstaged_task" / "baseline.py").write_text("def plan(scale):\n    return []\n")
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(root))
+    engine = Engine(Config(home=tmp_path / "h", backend="local"), use_bus=False)
+    await engine.start()
+    try:
+        with pytest.raises(SubmitError) as err:
+            await engine.submit(Job(task="unstaged_task", scale="full"))
+        assert "weights (org/weights, missing)" in str(err.value)
+        assert "`mlrb assets fetch unstaged_task --scale full`" in str(err.value)
+        assert not engine.supervisors  # refused: no run was started
+    finally:
+        await engine.stop()
