@@ -616,6 +616,13 @@ def tasks_show(name: str, scale: str) -> None:
     except TaskSpecError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo((t.dir / "task.toml").read_text())
+    if t.upstream is not None:
+        up = t.upstream
+        click.echo(f"----- upstream -----\n{up.task} in github.com/{up.repo}, {up.path}")
+        for name, where in up.fields.items():
+            click.echo(f"  {name:<12} {where}")
+        for why in up.departures:
+            click.echo(f"  departs: {why}")
     click.echo(f"----- prompt ({scale}) -----\n{prompt}")
     click.echo("----- results -----")
     if t.reference.summary:
