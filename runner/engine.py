@@ -229,7 +229,8 @@ class Engine:
             journal=self.journal, publish=self._publish, make_sandbox=self._make_sandbox,
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
-            asset_home=self.cfg.home, alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
+            asset_home=self.cfg.home,
+            alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
                               llm_call_s=self.cfg.alarms.llm_call_s))
         self.supervisors[run_id] = sup

@@ -192,12 +192,12 @@ class RunSupervisor:
             "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
         })
-        await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         try:
             mounts = await asyncio.to_thread(asset_mounts, task, self.req.scale, self.asset_home)
         except AssetError as exc:
             await self._finish("failed", str(exc))
             return
+        await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
         spec = SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
