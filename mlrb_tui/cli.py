@@ -756,6 +756,24 @@ def assets_import(file: Path) -> None:
     click.echo(f"imported {len(installed)} repositories: {', '.join(installed)}")
 
 
+@cli.command()
+@click.option("--scale", type=click.Choice(["smoke", "full"]), default="full", show_default=True,
+              help="The scale to check the host for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(scale: str, as_json: bool) -> None:
+    """Check this host for a scale, a line per check (ok / warn / fail, with a fix); exit 1 on a fail."""
+    from runner.doctor import diagnose
+
+    report = diagnose(scale)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+        click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def tasks(ctx: click.Context) -> None:
@@ -788,6 +806,13 @@ def tasks_show(name: str, scale: str) -> None:
     except TaskSpecError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo((t.dir / "task.toml").read_text())
+    if t.upstream is not None:
+        up = t.upstream
+        click.echo(f"----- upstream -----\n{up.task} in github.com/{up.repo}, {up.path}")
+        for name, where in up.fields.items():
+            click.echo(f"  {name:<12} {where}")
+        for why in up.departures:
+            click.echo(f"  departs: {why}")
     click.echo(f"----- prompt ({scale}) -----\n{prompt}")
     click.echo("----- results -----")
     if t.reference.summary:

@@ -608,3 +608,41 @@ def _write_ref(repo: Path, revision: str | None, commit: str) -> None:
         tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(commit)
         tmp.replace(ref)
+
+
+# ----- mounting a task's staged assets into a sandbox
+
+HUB_INSIDE = "/opt/mlrb/hub"  # the hub cache a sandbox sees: only its task's repositories
+Mount = tuple[Path, str]
+
+
+class MissingAssetsError(AssetError):
+    """A full-scale run whose task's assets are not all staged; raised before any sandbox starts."""
+
+
+def asset_mounts(task: TaskSpec, scale: str, home: Path, *,
+                 audience: Literal["agent", "scorer"] = "agent") -> tuple[Mount, ...]:
+    """Read-only mounts of the task's staged repositories for one side, each at
+    HUB_INSIDE/<models--org--name>: the agent gets its agent-visible assets only; the scorer gets
+    those and the scorer-only ones. Raises MissingAssetsError, naming `mlrb assets fetch`, when
+    one is not fully staged."""
+    wanted = [a for a in task.assets_for(scale) if audience == "scorer" or a.audience == "agent"]
+    if not wanted:
+        return ()
+    store = AssetStore(home)
+    states = store.states([TaskAsset(task.name, a) for a in wanted])
+    missing = [s for s in states if s.status != "present"]
+    if missing:
+        what = ", ".join(f"{s.asset.name} ({s.asset.repo}, {s.status})" for s in missing)
+        raise MissingAssetsError(
+            f"{task.name} at {scale} scale needs staged assets that are not in {store.root}: {what}; "
+            f"run `mlrb assets fetch {task.name} --scale {scale}`")
+    mounts = {s.path: f"{HUB_INSIDE}/{s.path.name}" for s in states}
+    return tuple(mounts.items())
+
+
+def asset_env(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str], ...]:
+    """The environment that makes the prompt's own `from_pretrained`/`load_dataset` calls read
+    the mounted cache, with the hub offline."""
+    offline = (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"))
+    return ((("HF_HUB_CACHE", HUB_INSIDE),) if mounts else ()) + offline

@@ -22,6 +22,7 @@ from typing import Any
 
 from runner.adoption import TURNS_DIR, RunResume, load_resume
 from runner.agents.base import Agent, ScriptedAgent
+from runner.assets import AssetError, asset_mounts
 from runner.broker_access import private_file
 from runner.campaign import CampaignDriver
 from runner.config import Config, private_home
@@ -322,10 +323,17 @@ class Engine:
             raise SubmitError(str(exc)) from None
         run_id = f"{task.name}-{secrets.token_hex(3)}"
         scale = task.scale(job.scale)
+        problems = []  # all of what this host lacks for the run, in one refusal
         try:
             self.gpus.check(scale.gpus)
         except GpuRequestError as exc:
-            raise SubmitError(str(exc)) from None
+            problems.append(str(exc))
+        try:
+            await asyncio.to_thread(asset_mounts, task, job.scale, self.cfg.home, audience="scorer")
+        except AssetError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise SubmitError("; ".join(problems))
         limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,
                            cost_usd=scale.cost_usd)
         for k, v in (job.limits or {}).items():
@@ -348,6 +356,7 @@ class Engine:
             make_sandbox=lambda spec: self._make_sandbox(spec, backend),
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",
             runner_id=self.runner_id, image=self.cfg.image, gpu_sampler=self.gpu_sampler,
+            asset_home=self.cfg.home,
             alarms=Thresholds(quiet_s=self.cfg.alarms.quiet_min * 60,
                               gpu_idle_s=self.cfg.alarms.gpu_idle_min * 60,
                               llm_call_s=self.cfg.alarms.llm_call_s),

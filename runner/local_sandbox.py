@@ -5,7 +5,9 @@ and timeouts reach every child), with the host workspace as the working director
 clean environment: nothing of the host's is passed on, so provider keys never reach the
 agent's commands. There is no `/workspace` here: the runner passes relative paths, and
 commands find the workspace in $MLRB_WORKSPACE and as their working directory. Memory is
-bounded by an address-space rlimit; CPU count and network are not limited.
+bounded by an address-space rlimit; CPU count and network are not limited. Read-only mounts
+are symlinks in a folder of their own outside the workspace (`view`), and an environment value
+naming a mount's sandbox path (e.g. HF_HUB_CACHE) is rewritten to point into that folder.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import asyncio
 import codecs
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -50,6 +55,7 @@ class LocalSandbox:
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.cwd: Path = spec.workspace.resolve()  # where shell_argv() must be started
+        self.view = Path(tempfile.gettempdir()) / f"mlrb-mounts-{spec.run}-{uuid.uuid4().hex[:8]}"
         self.env: dict[str, str] = self._environment()
         self._groups: set[int] = set()  # process-group ids of the commands now running
         self._jobs: dict[str, int] = {}  # job id -> its process group (runner.jobs)
@@ -85,8 +91,22 @@ class LocalSandbox:
             "MLRB_WORKSPACE": str(self.cwd),
             "MLRB_METRICS_FILE": str(self.cwd / METRICS_FILE),
         }
-        env.update(dict(self.spec.env))
+        env.update({k: self._in_view(v) for k, v in self.spec.env})
         return env
+
+    def _in_view(self, value: str) -> str:
+        """A sandbox path at or above a read-only mount, as this host sees it; else unchanged."""
+        if value.startswith("/") and any(inside == value or inside.startswith(value.rstrip("/") + "/")
+                                         for _host, inside in self.spec.readonly_mounts):
+            return str(self.view) + value
+        return value
+
+    def _link_mounts(self) -> None:
+        for host, inside in self.spec.readonly_mounts:
+            link = self.view / inside.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(Path(host).resolve())
 
     def _host_dir(self, workdir: str) -> Path:
         if workdir == WORKSPACE or workdir.startswith(WORKSPACE + "/"):
@@ -95,6 +115,8 @@ class LocalSandbox:
 
     async def start(self) -> None:
         await asyncio.to_thread((self.cwd / METRICS_FILE).parent.mkdir, parents=True, exist_ok=True)
+        if self.spec.readonly_mounts:
+            await asyncio.to_thread(self._link_mounts)
         self._started = True
 
     async def adopt(self) -> None:
@@ -353,6 +375,7 @@ class LocalSandbox:
         for group in self._all_groups():
             self._signal(group, signal.SIGKILL)
         self._jobs.clear()
+        shutil.rmtree(self.view, ignore_errors=True)  # only links: the mounted folders stay
 
     def shell_argv(self) -> list[str]:
         """`bash`, to be started with cwd=self.cwd and env=self.env (no /workspace here)."""

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from runner.assets import AssetError, asset_env, asset_mounts
 from runner.budget import RunClock
+from runner.config import mlrb_home
 from runner.escapes import strip_escapes
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from tasks.api import SCORELIB, ScoreOutputError, TaskSpec, parse_score_output, score_command
@@ -26,8 +28,10 @@ SandboxFactory = Callable[[SandboxSpec], Sandbox]
 
 class Scorer:
     def __init__(self, run: str, task: TaskSpec, scale: str, workspace: Path, image: str,
-                 make_sandbox: SandboxFactory, clock: RunClock, emit: Emit) -> None:
+                 make_sandbox: SandboxFactory, clock: RunClock, emit: Emit,
+                 asset_home: Path | None = None) -> None:
         self._run = run
+        self._asset_home = asset_home or mlrb_home()
         self._task = task
         self._scale = scale
         self._workspace = workspace
@@ -55,13 +59,19 @@ class Scorer:
     async def run_scorer(self, submission: str | None, gpu_ids: tuple[int, ...]) -> dict[str, Any]:
         """The scorer's result; a scorer that fails gives {"value": None, "error": why}."""
         task, scale = self._task, self._task.scale(self._scale)
+        try:  # the scorer's side: the task's agent-visible assets and its scorer-only ones
+            mounts = await asyncio.to_thread(asset_mounts, task, self._scale, self._asset_home,
+                                             audience="scorer")
+        except AssetError as exc:
+            return {"value": None, "error": str(exc)}
         scratch = Path(tempfile.mkdtemp(prefix=f"mlrb-score-{self._run}-"))
         spec = SandboxSpec(
             run=f"{self._run}-score", workspace=scratch, image=self._image,
             limits=SandboxLimits(cpus=SCORER_CPUS, memory_bytes=SCORER_MEMORY, gpus=scale.gpus,
                                  gpu_ids=tuple(str(i) for i in gpu_ids)),
             readonly_mounts=((self._workspace, "/submission"), (task.scorer_dir, "/scorer"),
-                             (SCORELIB, "/scorer_lib/scorelib.py")),
+                             (SCORELIB, "/scorer_lib/scorelib.py"), *mounts),
+            env=asset_env(mounts),
         )
         sb = self._make_sandbox(spec)
         model = submission

@@ -24,7 +24,9 @@ from typing import Any
 from runner.adoption import TURNS_DIR, CallState, RunResume
 from runner.agents.base import Agent, AgentContext, AgentTurn, Observation, ToolCall, ToolResult
 from runner.approvals import Approvals
+from runner.assets import AssetError, asset_env, asset_mounts
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
+from runner.config import mlrb_home
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
 from runner.disk_watch import DiskPolicy, DiskWatch
@@ -88,8 +90,10 @@ class RunSupervisor:
         gpu_sampler: GpuSampler | None = None,
         alarms: Thresholds | None = None,
         disk: DiskPolicy | None = None,
+        asset_home: Path | None = None,
     ) -> None:
         self.req = request
+        self.asset_home = asset_home or mlrb_home()  # where `mlrb assets` staged the task's assets
         self.journal = journal
         self._publish = publish
         self._make_sandbox = make_sandbox
@@ -115,7 +119,8 @@ class RunSupervisor:
         self.approvals = Approvals(request.approval)
         self.controls = ControlDispatch(self)
         self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
-                             score_sandbox or make_sandbox, self.budget.clock, self.emit)
+                             score_sandbox or make_sandbox, self.budget.clock, self.emit,
+                             asset_home=self.asset_home)
         self.stalls = StallWatch(alarms)
         self.disk = DiskWatch(workspace, journal.path.parent, scale.disk_bytes, disk)
         self._messages: list[str] = []  # from operators, for the agent's next turn
@@ -199,13 +204,15 @@ class RunSupervisor:
         await self._ended.wait()
         return "detached" if self.detached else (self.end_status or "failed")
 
-    def _spec(self) -> SandboxSpec:
+    def _spec(self, mounts: tuple[tuple[Path, str], ...] = ()) -> SandboxSpec:
         task, scale = self.req.task, self.req.task.scale(self.req.scale)
         return SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
                                  gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
-            env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale)),
+            env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale),
+                 *asset_env(mounts)),
+            readonly_mounts=mounts,
             labels=(("mlrb.runner", self.runner_id), ("mlrb.journal", str(Path(self.journal.path).resolve()))),
         )
 
@@ -214,10 +221,15 @@ class RunSupervisor:
         scale = task.scale(self.req.scale)
         if not created:
             await self._emit_created()
+        try:  # before anything is made: a missing staged asset fails the run at once
+            mounts = await asyncio.to_thread(asset_mounts, task, self.req.scale, self.asset_home)
+        except AssetError as exc:
+            await self._finish("failed", str(exc))
+            return
         if not await self.disk.prepare(self):  # host below its floor, then killed
             return
         await asyncio.to_thread(prepare_workspace, task, self.req.scale, self.workspace)
-        spec = self._spec()
+        spec = self._spec(mounts)
         try:
             self.sandbox = self._make_sandbox(spec)
             await self.sandbox.start()
@@ -302,7 +314,12 @@ class RunSupervisor:
         self.disk.readopt()  # a quota'd workspace stays mounted across the runner's stop
         scale = self.req.task.scale(self.req.scale)
         self.gpu_ids = tuple(r.sandbox.gpu_ids) or self.gpu_ids
-        sb = self._make_sandbox(self._spec())
+        try:
+            mounts = await asyncio.to_thread(asset_mounts, self.req.task, self.req.scale, self.asset_home)
+        except AssetError as exc:
+            await self._finish("failed", str(exc))
+            return
+        sb = self._make_sandbox(self._spec(mounts))
         try:
             await sb.adopt()
         except SandboxError as exc:

@@ -74,6 +74,17 @@ class ReferenceModel(BaseModel):
     results: dict[str, Any] = Field(default_factory=dict)
 
 
+class UpstreamModel(BaseModel):
+    """Where the task's definition comes from, field by field, and where this project departs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repo: str = Field(min_length=1, description="the upstream repository, owner/name on GitHub")
+    path: str = Field(min_length=1, description="the file that defines the task there")
+    task: str = Field(min_length=1, description="the task's name upstream")
+    fields: dict[str, str] = Field(default_factory=dict, description="our field -> upstream's words for it")
+    departures: list[str] = Field(default_factory=list, description="where this project differs, and why")
+
+
 COMMIT_RE = r"^[0-9a-f]{40}$"
 SHA256_RE = r"^[0-9a-f]{64}$"
 
@@ -144,6 +155,7 @@ class SpecModel(BaseModel):
     reference: ReferenceModel = Field(default_factory=ReferenceModel)
     integrity: list[str] = Field(default_factory=list, description="integrity checks that apply")
     assets: list[AssetModel] = Field(default_factory=list, description="models and datasets to stage")
+    upstream: UpstreamModel | None = None
 
     @model_validator(mode="after")
     def _unique_asset_names(self) -> SpecModel:
@@ -172,12 +184,31 @@ class TaskSpec:
     dir: Path
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     assets: tuple[AssetModel, ...] = ()
+    upstream: UpstreamModel | None = None
 
     def assets_for(self, scale: str, audience: str | None = None) -> tuple[AssetModel, ...]:
         """The assets a scale needs; `audience` ("agent" or "scorer") narrows them to one side."""
         self.scale(scale)
         return tuple(a for a in self.assets if scale in a.scales
                      and (audience is None or a.audience == audience))
+
+    def assets_text(self, scale: str) -> str:
+        """The prompt's `{assets}`: each staged agent-visible asset by its hub id and the call
+        that loads it offline, so the agent is told exactly what exists in its sandbox."""
+        staged = self.assets_for(scale, "agent")
+        if not staged:
+            return "Nothing is staged from the hub at this scale: everything you need is in your workspace."
+        lines = ["Staged read-only in the sandbox's Hugging Face cache (the hub is offline, so only "
+                 "these load; a call that names no revision gets the staged one):"]
+        for a in staged:
+            at = f" at commit {a.revision[:12]}" if a.pinned else ""
+            if a.kind == "model":
+                lines.append(f"- model `{a.repo}`{at}: `from_pretrained('{a.repo}')`")
+            else:
+                calls = [f"`load_dataset('{a.repo}', '{c}')`" for c in a.configs] or \
+                        [f"`load_dataset('{a.repo}')`"]
+                lines.append(f"- dataset `{a.repo}`{at}: {', '.join(calls)}")
+        return "\n".join(lines)
 
     def scale(self, scale: str) -> ScaleModel:
         if scale not in self.scales:
@@ -207,6 +238,7 @@ class TaskSpec:
             "metric": self.metric,
             "workspace": "/workspace",
             "data": s.data or self.data,
+            "assets": self.assets_text(scale),
         }
         try:
             return template.format_map(_Strict(values))
@@ -239,6 +271,7 @@ def load_spec_file(path: Path) -> TaskSpec:
         rules=tuple(m.rules), metrics=tuple(m.metrics or [m.metric]),
         scales={"smoke": m.smoke, "full": m.full}, reference=m.reference,
         integrity=tuple(m.integrity), dir=path.parent, raw=raw, assets=tuple(m.assets),
+        upstream=m.upstream,
     )
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -455,3 +456,238 @@ def mlrb(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     if check and proc.returncode != 0:
         raise AssertionError(f"mlrb {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# ----- mounting: a sandbox gets its task's staged repositories read-only, the hub offline
+
+PROBE = r"""
+import json, os, sys
+from huggingface_hub import hf_hub_download, snapshot_download
+out = {"cache": os.environ.get("HF_HUB_CACHE"), "offline": os.environ.get("HF_HUB_OFFLINE"),
+       "repos": sorted(os.listdir(os.environ["HF_HUB_CACHE"]))}
+cfg = hf_hub_download("org/tiny-model", "config.json")  # as the prompt calls it: no cache_dir
+out["hidden_size"] = json.load(open(cfg))["hidden_size"]
+data = snapshot_download("org/tiny-data", repo_type="dataset")
+out["train_rows"] = sum(1 for _ in open(os.path.join(data, "data/train.jsonl")))
+try:
+    snapshot_download("org/heldout", repo_type="dataset")
+    out["heldout"] = "reached"
+except Exception as exc:
+    out["heldout"] = type(exc).__name__
+out["mount_opts"] = {f[1]: f[3].split(",")[0] for f in (ln.split() for ln in open("/proc/self/mounts"))
+                     if f[1].startswith("/opt/mlrb/hub/")} if os.path.exists("/proc/self/mounts") else {}
+print(json.dumps(out))
+"""
+
+
+def staged_with_a_neighbour(tmp_path: Path, hub: StandInHub, weights: bytes) -> tuple[Path, Path]:
+    """The standard task staged in a home that also holds another task's repository."""
+    commits = tiny_repos(hub, weights)
+    hub.add("model", "org/other-model", {"config.json": b"{}"})
+    root = standard_task(tmp_path / "tasks", commits)
+    write_task(root, "other_task", """
+[[assets]]
+name = "other"
+kind = "model"
+repo = "org/other-model"
+revision = "main"
+pinned = false
+size_bytes = 100
+for = "agent"
+""")
+    home = tmp_path / "home"
+    s = store(home, hub)
+    s.fetch(items_of(root) + items_of(root, "other_task"))
+    return root, home
+
+
+def test_asset_mounts_give_each_side_only_its_tasks_repositories(tmp_path, hub, model_bytes):
+    from runner.assets import HUB_INSIDE, asset_env, asset_mounts
+
+    root, home = staged_with_a_neighbour(tmp_path, hub, model_bytes)
+    spec = load_task("assets_task", root=root)
+    agent = asset_mounts(spec, "full", home)
+    hub_dir = home / "assets" / "agent" / "hub"
+    assert agent == ((hub_dir / "models--org--tiny-model", f"{HUB_INSIDE}/models--org--tiny-model"),
+                     (hub_dir / "datasets--org--tiny-data", f"{HUB_INSIDE}/datasets--org--tiny-data"))
+    scorer = asset_mounts(spec, "full", home, audience="scorer")
+    assert set(scorer) == {*agent, (home / "assets" / "scorer" / "hub" / "datasets--org--heldout",
+                                    f"{HUB_INSIDE}/datasets--org--heldout")}
+    assert not any("other-model" in inside for _host, inside in scorer)  # another task's repo
+    assert dict(asset_env(agent)) == {"HF_HUB_CACHE": HUB_INSIDE, "HF_HUB_OFFLINE": "1",
+                                      "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    assert asset_mounts(spec, "smoke", home) == ()  # smoke scale needs nothing staged
+    assert "HF_HUB_CACHE" not in dict(asset_env(()))
+
+
+def test_a_missing_asset_is_a_clear_error_naming_the_fetch_command(tmp_path, hub, model_bytes):
+    from runner.assets import MissingAssetsError, asset_mounts
+
+    commits = tiny_repos(hub, model_bytes)
+    root = standard_task(tmp_path / "tasks", commits)
+    spec = load_task("assets_task", root=root)
+    s = store(tmp_path / "home", hub)
+    s.fetch([i for i in items_of(root) if i.asset.name != "heldout"])
+    assert len(asset_mounts(spec, "full", tmp_path / "home")) == 2  # the agent's side is complete
+    with pytest.raises(MissingAssetsError) as err:
+        asset_mounts(spec, "full", tmp_path / "home", audience="scorer")
+    msg = str(err.value)
+    assert "heldout (org/heldout, missing)" in msg
+    assert "run `mlrb assets fetch assets_task --scale full`" in msg
+
+
+async def test_the_local_sandbox_reads_the_mounted_cache_offline(tmp_path, hub, model_bytes):
+    from runner.assets import asset_env, asset_mounts
+    from runner.local_sandbox import LocalSandbox
+    from runner.sandbox import SandboxSpec
+
+    root, home = staged_with_a_neighbour(tmp_path, hub, model_bytes)
+    mounts = asset_mounts(load_task("assets_task", root=root), "full", home)
+    sb = LocalSandbox(SandboxSpec(run="mounts-local", workspace=tmp_path / "ws",
+                                  readonly_mounts=mounts, env=asset_env(mounts)))
+    await sb.start()
+    try:
+        (tmp_path / "ws" / "probe.py").write_text(PROBE)
+        res = await sb.exec("python3 probe.py", timeout_s=120)
+    finally:
+        await sb.stop()
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["repos"] == ["datasets--org--tiny-data", "models--org--tiny-model"]
+    assert out["hidden_size"] == 8 and out["train_rows"] == 500
+    assert out["heldout"] != "reached" and out["offline"] == "1"
+    assert not sb.view.exists()  # the links are gone with the sandbox; the staged copy stays
+    assert (home / "assets" / "agent" / "hub" / "models--org--tiny-model").is_dir()
+
+
+@pytest.mark.docker
+async def test_the_docker_sandbox_mounts_the_cache_read_only(tmp_path, hub, model_bytes, docker_client):
+    from runner.assets import asset_env, asset_mounts
+    from runner.docker_sandbox import DockerSandbox
+    from runner.image import build_image
+    from runner.sandbox import SandboxSpec
+
+    image = build_image(log=lambda line: None, client=docker_client)
+    root, home = staged_with_a_neighbour(tmp_path, hub, model_bytes)
+    mounts = asset_mounts(load_task("assets_task", root=root), "full", home)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "probe.py").write_text(PROBE)
+    sb = DockerSandbox(SandboxSpec(run=f"mounts-{os.getpid()}", workspace=tmp_path / "ws", image=image,
+                                   readonly_mounts=mounts, env=asset_env(mounts)), client=docker_client)
+    await sb.start()
+    try:
+        res = await sb.exec("python3 probe.py", timeout_s=120)
+    finally:
+        await sb.stop()
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["cache"] == "/opt/mlrb/hub"
+    assert out["repos"] == ["datasets--org--tiny-data", "models--org--tiny-model"]
+    assert out["hidden_size"] == 8 and out["train_rows"] == 500
+    assert out["heldout"] != "reached"
+    # read-only: the agent cannot change the staged copy
+    assert out["mount_opts"] == {"/opt/mlrb/hub/datasets--org--tiny-data": "ro",
+                                 "/opt/mlrb/hub/models--org--tiny-model": "ro"}
+
+
+HELDOUT_SCORER = r"""
+import json, os
+from huggingface_hub import snapshot_download
+held = snapshot_download("org/heldout", repo_type="dataset")
+rows = sum(1 for _ in open(os.path.join(held, "test.jsonl")))
+print(json.dumps({"metric": "m", "value": rows, "details": {"cache": os.environ["HF_HUB_CACHE"]}}))
+"""
+
+
+def run_harness(tmp_path: Path, root: Path, home: Path, plan: list[dict]) -> tuple[Any, Any]:
+    from runner.agents.base import ScriptedAgent
+    from runner.journal import Journal
+    from runner.sandbox_factory import create_sandbox
+    from runner.supervisor import RunRequest, RunSupervisor
+
+    spec = load_task("assets_task", root=root)
+    (spec.dir / "prompt.md").write_text("Train on what is staged.\n")
+    (spec.dir / "scorer").mkdir(exist_ok=True)
+    (spec.dir / "scorer" / "score.py").write_text(HELDOUT_SCORER)
+    journal = Journal(tmp_path / "j.db")
+    sup = RunSupervisor(
+        RunRequest(run="assets-1", task=spec, scale="full", agent_kind="scripted"),
+        journal=journal, publish=None, make_sandbox=lambda s: create_sandbox(s, backend="local"),
+        agent=ScriptedAgent(plan), workspace=tmp_path / "run" / "workspace", runner_id="test",
+        asset_home=home)
+    return sup, journal
+
+
+def journal_events(path: Path) -> list[Any]:
+    from runner.journal import JournalReader
+
+    r = JournalReader(path)
+    try:
+        return r.events("assets-1", 0, 100000)
+    finally:
+        r.close()
+
+
+async def test_a_full_scale_run_sees_its_assets_and_the_scorer_its_heldout_set(tmp_path, hub, model_bytes):
+    root, home = staged_with_a_neighbour(tmp_path, hub, model_bytes)
+    plan = [{"name": "write_file", "args": {"path": "probe.py", "content": PROBE}},
+            {"name": "bash", "args": {"command": "python3 probe.py && mkdir -p model", "timeout_s": 120}},
+            {"name": "submit", "args": {"path": "model", "summary": "probe"}}]
+    sup, journal = run_harness(tmp_path, root, home, plan)
+    try:
+        assert await sup.run() == "succeeded", sup.end_reason
+    finally:
+        journal.close()
+    evs = journal_events(tmp_path / "j.db")
+    out = "".join(e.data["text"] for e in evs if e.kind == "sandbox.output")
+    probe = json.loads(next(ln for ln in out.splitlines() if ln.startswith('{"cache"')))
+    assert probe["repos"] == ["datasets--org--tiny-data", "models--org--tiny-model"]
+    assert probe["hidden_size"] == 8 and probe["heldout"] != "reached"
+    score = next(e for e in evs if e.kind == "score")
+    assert score.data["value"] == 20  # the scorer read the held-out set the agent could not
+
+
+async def test_a_full_scale_run_with_an_asset_missing_fails_before_its_sandbox_starts(tmp_path, hub, model_bytes):
+    commits = tiny_repos(hub, model_bytes)
+    root = standard_task(tmp_path / "tasks", commits)
+    s = store(tmp_path / "home", hub)
+    s.fetch([i for i in items_of(root) if i.asset.name != "tiny-model"])
+    sup, journal = run_harness(tmp_path, root, tmp_path / "home", [])
+    try:
+        assert await sup.run() == "failed"
+    finally:
+        journal.close()
+    evs = journal_events(tmp_path / "j.db")
+    assert "sandbox.started" not in [e.kind for e in evs]
+    reason = evs[-1].data["reason"]
+    assert evs[-1].kind == "run.ended" and "tiny-model (org/tiny-model, missing)" in reason
+    assert "`mlrb assets fetch assets_task --scale full`" in reason
+
+
+async def test_the_engine_refuses_a_full_scale_job_whose_assets_are_missing(tmp_path, monkeypatch):
+    from runner.config import Config
+    from runner.engine import Engine, Job, SubmitError
+
+    root = write_task(tmp_path / "tasks", "unstaged_task", """
+[[assets]]
+name = "weights"
+kind = "model"
+repo = "org/weights"
+revision = "main"
+pinned = false
+size_bytes = 1000
+for = "agent"
+""")
+    (root / "unstaged_task" / "prompt.md").write_text("Nothing.\n")
+    (root / "unstaged_task" / "baseline.py").write_text("def plan(scale):\n    return []\n")
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(root))
+    engine = Engine(Config(home=tmp_path / "h", backend="local"), use_bus=False)
+    await engine.start()
+    try:
+        with pytest.raises(SubmitError) as err:
+            await engine.submit(Job(task="unstaged_task", scale="full"))
+        assert "weights (org/weights, missing)" in str(err.value)
+        assert "`mlrb assets fetch unstaged_task --scale full`" in str(err.value)
+        assert not engine.supervisors  # refused: no run was started
+    finally:
+        await engine.stop()

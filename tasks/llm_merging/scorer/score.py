@@ -3,7 +3,9 @@ then MMLU by log-likelihood.
 
 The manifest must be signed with the pristine scaffold's hash (scorer/data/scaffold.sha256),
 its output hash must match the submitted weights, and its inputs must exist in the workspace
-with matching hashes. Otherwise the score is 0 with an error.
+with matching hashes. Merging plus evaluation must take under an hour (the competition's
+rule): the manifest's signed merge time plus this scorer's evaluation time; over it, the score
+is 0 with an error. Otherwise too the score is 0 with an error.
 Usage: python3 score.py --workspace DIR --scale smoke|full [--model SUBDIR]
 """
 
@@ -13,6 +15,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import scorelib as sl
 
 METRIC = "mmlu"
 MAX_PARAMS = 8_000_000_000
+LIMIT_S = 3600.0  # merge plus evaluation
 
 
 def weights_sha256(folder: Path) -> str:
@@ -67,8 +71,19 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     details: dict[str, Any] = {"model": model_dir.name, "params": summary["params"], "scale": args.scale,
                                "method": manifest.get("method"), "weights": manifest.get("weights"),
                                "inputs": [i.get("path") for i in manifest.get("inputs", [])]}
-    extra = {"merge_seconds": float(manifest.get("seconds", 0) or 0)}
-    return sl.mmlu_result(METRIC, model_dir, args.scale, details, extra)
+    merge_s = float(manifest.get("seconds", 0) or 0)
+    if merge_s >= LIMIT_S:
+        return sl.result(METRIC, 0.0, {METRIC: 0.0, "merge_seconds": merge_s}, details,
+                         error=f"the merge took {merge_s:.0f} s; merging plus evaluation must take under 1 hour")
+    start = time.monotonic()
+    out = sl.mmlu_result(METRIC, model_dir, args.scale, details, {"merge_seconds": merge_s})
+    total = merge_s + time.monotonic() - start
+    out["metrics"]["merge_eval_seconds"] = round(total, 2)
+    if total >= LIMIT_S:
+        return sl.result(METRIC, 0.0, {**out["metrics"], METRIC: 0.0}, details,
+                         error=f"merging ({merge_s:.0f} s) plus evaluation took {total:.0f} s; "
+                               "it must take under 1 hour")
+    return out
 
 
 if __name__ == "__main__":

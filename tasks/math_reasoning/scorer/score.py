@@ -1,5 +1,9 @@
-"""Protected scorer for math_reasoning: generate Lean 3 for held-out statements, then the
-compile rate (real `lean` when on PATH, else a Lean 3 syntax check), ROUGE-L and BLEU.
+"""Protected scorer for math_reasoning: generate Lean 3 for held-out statements, then the share
+that passes the Lean check, ROUGE-L and BLEU.
+
+The check is named for what it is: `compile_rate` when `lean` (Lean 3 with mathlib) is on the
+scorer's PATH and compiles each generation, `syntax_rate` when only the Lean 3 syntax check runs.
+The headline `lean_check_rate` is whichever of the two ran; `details.checker` says which.
 Usage: python3 score.py --workspace DIR --scale smoke|full [--model SUBDIR]
 """
 
@@ -10,7 +14,7 @@ from typing import Any
 
 import scorelib as sl
 
-METRIC = "compile_rate"
+METRIC = "lean_check_rate"
 
 
 def generate(model: Any, tok: Any, seq2seq: bool, text: str, max_new: int = 64) -> str:
@@ -46,7 +50,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         compiled += int(res[0])
         reasons.append(res[1][:80])
     value = compiled / max(1, len(rows))
-    metrics = {METRIC: value, "rouge_l": sl.rouge_l(hyps, refs), "bleu": sl.bleu(hyps, refs)}
+    named = "compile_rate" if checker == "lean" else "syntax_rate"
+    metrics = {METRIC: value, named: value, "rouge_l": sl.rouge_l(hyps, refs), "bleu": sl.bleu(hyps, refs)}
     details = {"model": model_dir.name, "params": summary["params"], "scale": args.scale,
                "items": len(rows), "checker": checker, "seq2seq": seq2seq,
                "examples": [{"reference": r, "generated": h} for r, h in zip(refs[:3], hyps[:3], strict=True)]}
