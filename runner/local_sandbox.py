@@ -175,11 +175,18 @@ class LocalSandbox:
             await asyncio.sleep(0.005)
 
     async def kill_job(self, job_id: str) -> None:
-        group = self._jobs.pop(job_id, None)
-        if group is None:
-            from runner.jobs import JobFiles
+        from runner.jobs import JOBS_DIR, JobFiles
 
-            group = JobFiles(self.cwd, job_id).pid()
+        group = self._jobs.pop(job_id, None)
+        files = JobFiles(self.cwd, job_id)
+        deadline = time.monotonic() + 5
+        # cancelled while it started: its pid lands a moment later, and it must not outlive us
+        while group is None and (self.cwd / JOBS_DIR / job_id).is_dir() and files.rc() is None:
+            group = files.pid()
+            if group is None:
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0.01)
         if group is None:
             return
         self._signal(group, signal.SIGTERM)
@@ -188,6 +195,22 @@ class LocalSandbox:
         while time.monotonic() < deadline and self.job_alive(group):
             await asyncio.sleep(0.05)
         self._signal(group, signal.SIGKILL)
+
+    def _job_groups_on_disk(self) -> set[int]:
+        """Every job of this workspace still running, as its pid files say (one started by an
+        earlier runner, or one whose start was cut short)."""
+        from runner.jobs import JOBS_DIR, JobFiles
+
+        root = self.cwd / JOBS_DIR
+        found: set[int] = set()
+        if not root.is_dir():
+            return found
+        for entry in root.iterdir():
+            with contextlib.suppress(SandboxError, OSError):
+                pid = JobFiles(self.cwd, entry.name).pid()
+                if pid is not None and self.job_alive(pid):
+                    found.add(pid)
+        return found
 
     def job_alive(self, pid: int) -> bool | None:
         try:
@@ -372,7 +395,7 @@ class LocalSandbox:
 
     async def stop(self) -> None:
         self._stopped = True
-        for group in self._all_groups():
+        for group in self._all_groups() | await asyncio.to_thread(self._job_groups_on_disk):
             self._signal(group, signal.SIGKILL)
         self._jobs.clear()
         shutil.rmtree(self.view, ignore_errors=True)  # only links: the mounted folders stay
