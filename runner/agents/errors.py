@@ -20,13 +20,14 @@ class AgentConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ProviderError:
-    kind: str  # rate_limit | overloaded | server_error | timeout | connection | context_length | ...
+    kind: str  # rate_limit | overloaded | server_error | timeout | connection | stream_broken | ...
     detail: str
     retryable: bool
     status: int | None = None
     retry_after_s: float | None = None
 
 
+_STREAM_CUTS = frozenset({"RemoteProtocolError", "ReadError", "StreamCut", "IncompleteRead"})
 _CONTEXT_HINTS = ("context_length_exceeded", "prompt is too long", "maximum context length",
                   "context window", "too many tokens")
 
@@ -80,6 +81,10 @@ def classify(exc: BaseException) -> ProviderError:
                              status, None)
     if "Timeout" in name:
         return ProviderError("timeout", detail, True)
+    # A stream cut mid-reply: the connection dropped (httpx's RemoteProtocolError, ReadError)
+    # or the events stopped before the reply's end (the agent's StreamCut).
+    if name in _STREAM_CUTS or isinstance(exc, ConnectionError):
+        return ProviderError("stream_broken", detail, True)
     if "Connection" in name:
         return ProviderError("connection", detail, True)
     return ProviderError("unexpected", f"{name}: {detail}", False)
