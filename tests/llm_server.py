@@ -102,6 +102,7 @@ class Recorded:
     body: Any
     at: float  # time.monotonic() on arrival
     sent: list[float] = field(default_factory=list)  # time.monotonic() as each streamed event left
+    first_token: int | None = None  # which streamed event carried the reply's first token
 
 
 TTL_S = {"5m": 300.0, "1h": 3600.0}
@@ -338,6 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ev("content_block_delta", {"index": i, "delta": {"type": "input_json_delta",
                                                                     "partial_json": piece}})
             ev("content_block_stop", {"index": i})
+        rec.first_token = 2 if content else None  # after message_start and content_block_start
         ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
                              "usage": {"output_tokens": usage["output_tokens"]}})
         ev("message_stop", {})
@@ -400,6 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
                                    "function": {"name": tc["function"]["name"], "arguments": ""}}]})
             for piece in _pieces(tc["function"]["arguments"], reply.chunk_chars):
                 chunk({"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
+        rec.first_token = 1 if len(events) > 1 else None  # after the role chunk
         chunk({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
             data = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
@@ -469,12 +472,23 @@ class LLMServer:
         total = _tokens(body)
         seq, marks = anthropic_prefix(body)
         now = self.clock()
+        # each prefix's hash and size, in one pass: a long conversation is hashed once
+        keys: list[str] = []
+        sizes: list[int] = []
+        h = hashlib.sha256()
+        chars = 2  # json.dumps of a list: "[" items joined by ", " "]"
+        for j, item in enumerate(seq):
+            text = json.dumps(item)
+            h.update(text.encode() + b"\x00")
+            chars += len(text) + (2 if j else 0)
+            keys.append(h.copy().hexdigest())
+            sizes.append(max(1, chars // 4))
 
         def key(k: int) -> str:
-            return hashlib.sha256(json.dumps(seq[:k + 1], sort_keys=True).encode()).hexdigest()
+            return keys[k]
 
         def size(k: int) -> int:
-            return max(1, len(json.dumps(seq[:k + 1])) // 4)
+            return sizes[k]
 
         with self._lock:
             hit, read = -1, 0

@@ -25,7 +25,6 @@ import os
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -74,19 +73,24 @@ DELTA_INTERVAL_S = 0.1  # at most one agent.delta per part this often
 MAX_DELTA_CHARS = 2000
 # A wait longer than this outlives a 5-minute cache entry (with room for the call itself).
 LONG_WAIT_S = 270.0
-RECENT_WAITS = 8  # how many recent waits between calls the lifetime choice looks at
+# After a long wait, the next one is likely within this long (training runs come in series).
+LONG_WAIT_MEMORY_S = 2 * 3600.0
 Ttl = Literal["5m", "1h"]
 
 
-def choose_ttl(waits: list[float], obs: Observation) -> Ttl:
-    """The cache lifetime to ask for: an hour once the run has waited longer than a 5-minute
-    entry lives, between recent calls or on a tool (a training command), else 5 minutes.
+def was_long(wait_s: float | None, obs: Observation) -> bool:
+    """Whether the agent just waited longer than a 5-minute cache entry lives: between two
+    calls, or on a tool (a training command)."""
+    return (wait_s is not None and wait_s > LONG_WAIT_S) or any(
+        r.duration_s > LONG_WAIT_S for r in obs.results)
 
-    A missed cache costs a write of the whole prefix, an hour's write costs 0.75x input more
-    than a 5-minute one on the new tokens only, so one long wait is reason enough."""
-    if any(w > LONG_WAIT_S for w in waits[-RECENT_WAITS:]):
-        return "1h"
-    if any(r.duration_s > LONG_WAIT_S for r in obs.results):
+
+def choose_ttl(now: float, last_long_wait: float | None) -> Ttl:
+    """The cache lifetime to ask for: an hour while the run's last long wait is recent, else
+    5 minutes. A cache missed after a long wait costs a write of the whole prefix (1.25x
+    input) where an hour's entry is read at 0.1x; an hour's write costs 0.75x input more
+    than a 5-minute one, on the new tokens of each call only."""
+    if last_long_wait is not None and now - last_long_wait <= LONG_WAIT_MEMORY_S:
         return "1h"
     return "5m"
 
@@ -201,7 +205,7 @@ class LLMAgent:
         self.cache = cache
         self.clock: Callable[[], float] = time.time  # wall time: the waits outlive a runner
         self._last_call_at: float | None = None
-        self._waits: deque[float] = deque(maxlen=RECENT_WAITS)
+        self._last_long_wait: float | None = None  # wall time a long wait last ended
         self.cache_ttl: Ttl = "5m"  # the lifetime this turn's call asks for
         self._deltas: Deltas | None = None
         self._warned_unpriced = False
@@ -251,10 +255,8 @@ class LLMAgent:
             raise RuntimeError("start() must be called before turn()")
         self._absorb(obs)
         now = self.clock()
-        if self._last_call_at is not None:
-            self._waits.append(max(now - self._last_call_at, 0.0))
-        self._last_call_at = now
-        self.cache_ttl = choose_ttl(list(self._waits), obs)
+        self._waited(now, obs)
+        self.cache_ttl = choose_ttl(now, self._last_long_wait)
         state: dict[str, Any] = {"tpc": self._tokens_per_char, "at": now, "ttl": self.cache_ttl}
         await self._trim(force=False)
         self._forced_trims = 0
@@ -303,9 +305,7 @@ class LLMAgent:
             self._absorb(rec.obs)
             at = st.get("at")
             if isinstance(at, (int, float)):
-                if self._last_call_at is not None:
-                    self._waits.append(max(float(at) - self._last_call_at, 0.0))
-                self._last_call_at = float(at)
+                self._waited(float(at), rec.obs)
             ttl = st.get("ttl")
             self.cache_ttl = "1h" if ttl == "1h" else "5m"
             self._tokens_per_char = float(st.get("tpc", self._tokens_per_char))
@@ -333,6 +333,13 @@ class LLMAgent:
             await client.close()
 
     # -- pieces ---------------------------------------------------------------------------
+
+    def _waited(self, now: float, obs: Observation) -> None:
+        """A call is about to be made at `now`: note how long the agent waited for it."""
+        wait = now - self._last_call_at if self._last_call_at is not None else None
+        if was_long(wait, obs):
+            self._last_long_wait = now
+        self._last_call_at = now
 
     def _absorb(self, obs: Observation) -> None:
         """Put the observation into the history as the user side of the newest exchange."""
