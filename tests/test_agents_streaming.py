@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +44,7 @@ class ConsoleLoop(Loop):
         self.factory = EventFactory("r1")
         self.state = RunState("r1")
         self.live_seen: list[str] = []  # the live reply's text after each delta
+        self.drawn: list[str] = []  # what the run view's widget would draw after each delta
 
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         await super().emit(kind, data)
@@ -50,6 +52,7 @@ class ConsoleLoop(Loop):
         assert self.state.apply(ev)
         if kind == "agent.delta":
             self.live_seen.append(self.state.live.text())
+            self.drawn.append(render_live(self.state.live).plain)
 
 
 async def console(provider: str, srv: LLMServer, **kw: Any) -> ConsoleLoop:
@@ -217,17 +220,12 @@ async def test_streamed_text_and_arguments_reach_the_console_as_they_arrive(
     seen = loop.live_seen
     assert all(b.startswith(a) for a, b in zip(seen, seen[1:], strict=False))
     assert seen[0] and len(seen[0]) < len(said) and seen[-1] == said + 'bash({"command": "python train.py --epochs 3"}'
-    assert "train.py --epochs 3" in render_live(loop.state.live).plain or not loop.state.live.parts
+    assert 'bash({"command": "python train.py --epochs 3"}' in loop.drawn[-1]
+    assert all(len(d.splitlines()) <= 7 for d in loop.drawn)  # a header and the last 6 lines
     # The usage lands as before, and the reply, whole, is the timeline's; the live part is gone.
-    assert len(loop.of("usage")) == 1 and loop.state.live.parts == deque_empty()
+    assert len(loop.of("usage")) == 1 and not loop.state.live.parts
     assert any(e.kind == "agent.message" and said.strip()[:40] in e.text for e in loop.state.timeline)
     await loop.agent.close()
-
-
-def deque_empty() -> Any:
-    from collections import deque
-
-    return deque()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -322,3 +320,48 @@ def test_reasoning_options_are_checked() -> None:
     agent = make_agent("anthropic", None, {"api_key": KEY, "thinking_budget": 2048,
                                            "max_tokens": 8000, "stream": True, "cache": False})
     assert isinstance(agent, AnthropicAgent) and agent.thinking_budget == 2048 and not agent.cache
+
+
+# -- the run view ----------------------------------------------------------------------------
+async def test_the_run_view_shows_a_reply_while_it_streams(tmp_path: Path) -> None:
+    from mlrb_tui.widgets.live_reply import LiveReplyView
+    from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, until
+    from tests.fixtures.demo_journal import NOW, RUNNING
+    from tests.test_console_run_view import open_run
+
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_run(pilot, app)
+        view = screen.query_one(LiveReplyView)
+        assert not view.display  # nothing streaming: no room taken
+        f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+        feed.push(f.make("agent.delta", {"step": 9, "part": "text", "attempt": 1,
+                                         "text": "The loss is flat; I will lower the "}, ts=NOW),
+                  f.make("agent.delta", {"step": 9, "part": "text", "attempt": 1,
+                                         "text": "learning rate."}, ts=NOW + 0.1),
+                  f.make("agent.delta", {"step": 9, "part": "tool_args", "attempt": 1, "tool": "bash",
+                                         "text": '{"command": "python train.py --lr 1e-4'},
+                         ts=NOW + 0.2))
+        await until(pilot, lambda: view.display and "--lr 1e-4" in str(view.render()))
+        shown = str(view.render())
+        assert "lower the learning rate." in shown and 'bash({"command"' in shown
+        assert "model replying step 9" in shown
+        feed.push(f.make("usage", {"model": "claude-sonnet-4-5", "input_tokens": 10,
+                                   "output_tokens": 5, "cost_usd": 0.001}, ts=NOW + 0.3))
+        await until(pilot, lambda: not view.display)
+
+
+def test_a_long_reply_keeps_only_its_tail_in_the_console() -> None:
+    from mlrb_tui.state import MAX_LIVE_CHARS
+
+    state = RunState("r1")
+    f = EventFactory("r1")
+    for i in range(200):
+        part = "thinking" if i < 100 else "text"
+        state.apply(f.make("agent.delta", {"step": 1, "part": part, "attempt": 1,
+                                           "text": f"<{i:03d}>" + "x" * 495}))
+    live = state.live
+    assert live.chars == sum(len(p[2]) for p in live.parts) <= MAX_LIVE_CHARS
+    assert live.text().endswith("<199>" + "x" * 495) and "<100>" not in live.text()
+    assert [p[0] for p in live.parts] == ["text"]  # the thinking before it fell off the front
