@@ -3,7 +3,8 @@
 `FleetState` holds one row per run (folded by `runner.journal.RunFold`, the same fold the
 journal writer uses), dedupes on `(run, seq)`, detects gaps, and remembers which rows
 changed since the last repaint so the table updates cells in place. `RunState` holds what
-the run view shows for one run: bounded deques of actions, output lines, metric series.
+the run view shows for one run: bounded deques of actions, output lines, metric series,
+and the model's reply while it streams in (`LiveReply`, the tail of it, gone once whole).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from mlrb_tui.signals import RunSignals
 from runner.escapes import strip_escapes
 from runner.event_data import (
+    AgentDeltaData,
     AgentErrorData,
     AgentMessageData,
     AgentStepData,
@@ -45,6 +47,10 @@ MAX_OUTPUT_LINES = 5000
 MAX_POINTS = 2000  # per metric series
 MAX_PENDING = 5000  # events held back per run while a gap is being filled
 MAX_LINE_CHARS = 2000
+MAX_LIVE_CHARS = 4000  # of a reply still streaming, the tail kept for the run view
+# a streaming reply is whole (or abandoned, on an error) once one of these comes
+LIVE_ENDS = frozenset({"usage", "agent.message", "agent.error", "agent.step", "tool.call",
+                       "run.ended"})
 
 TIMELINE_KINDS = frozenset({
     "run.created", "run.started", "run.held", "run.resumed", "run.warning", "run.limit",
@@ -212,6 +218,53 @@ def fmt_bytes(n: object) -> str:
     return f"{value:.1f}T"  # pragma: no cover - the loop returns
 
 
+@dataclass
+class LiveReply:
+    """The model's reply while it streams: its pieces in arrival order as [part, tool, text],
+    merged while the part stays the same, at most `MAX_LIVE_CHARS` kept from the end."""
+
+    step: int | None = None
+    attempt: int | None = None
+    parts: deque[list[str]] = field(default_factory=deque)
+    chars: int = 0
+    version: int = 0  # bumped on every change, for the view
+    first_ts: float | None = None  # journal time of the reply's first piece
+
+    def add(self, b: AgentDeltaData, ts: float) -> None:
+        if (b.step, b.attempt) != (self.step, self.attempt) or not self.parts:
+            self.clear()  # a retried call streams its reply from the start
+            self.step, self.attempt, self.first_ts = b.step, b.attempt, ts
+        text = clean(b.text, MAX_LIVE_CHARS)
+        tool = b.tool or ""
+        if self.parts and self.parts[-1][0] == b.part and self.parts[-1][1] == tool:
+            self.parts[-1][2] += text
+        else:
+            self.parts.append([b.part, tool, text])
+        self.chars += len(text)
+        while self.chars > MAX_LIVE_CHARS and self.parts:
+            head = self.parts[0]
+            cut = min(self.chars - MAX_LIVE_CHARS, len(head[2]))
+            head[2] = head[2][cut:]
+            self.chars -= cut
+            if not head[2] and len(self.parts) > 1:
+                self.parts.popleft()
+        self.version += 1
+
+    def clear(self) -> None:
+        if self.parts or self.step is not None:
+            self.parts.clear()
+            self.chars = 0
+            self.step = self.attempt = self.first_ts = None
+            self.version += 1
+
+    def text(self) -> str:
+        """The reply so far as plain text: tool arguments after their tool's name."""
+        out = []
+        for part, tool, text in self.parts:
+            out.append(f"{tool}({text}" if part == "tool_args" else text)
+        return "".join(out)
+
+
 class RunState:
     """What the run view shows for one run, every stream bounded."""
 
@@ -226,6 +279,7 @@ class RunState:
         self.audit: deque[dict[str, Any]] = deque(maxlen=200)  # who, when, what, why, ack
         self.audit_version = 0
         self.signals = RunSignals()
+        self.live = LiveReply()
         self._partial: dict[str, str] = {}
         self._max_points = max_points
         self.last_seq = 0
@@ -244,6 +298,7 @@ class RunState:
         self.audit.clear()
         self.audit_version += 1
         self.signals = RunSignals()
+        self.live.clear()
         self._partial.clear()
         self.last_seq = 0
         self.timeline_total = self.output_total = 0
@@ -263,6 +318,11 @@ class RunState:
         if type(b) is MetricData:
             self._metric(ev, b)
             return True
+        if type(b) is AgentDeltaData:
+            self.live.add(b, ev.ts)
+            return True
+        if ev.kind in LIVE_ENDS:
+            self.live.clear()
         if type(b) is ControlAckData:
             self._ack(ev, b)
         elif ev.kind.startswith("operator.") and isinstance(b, OperatorData):

@@ -231,7 +231,7 @@ def load_resume(reader: JournalReader, run: str, status: str, turns_dir: Path) -
                 res.submitted = (str(cs.call.args.get("path", "")), str(cs.call.args.get("summary", "")))
         elif type(b) is UsageData:
             res.tokens += b.input_tokens + b.output_tokens
-            res.cost += b.cost_usd
+            res.cost += b.cost_usd or 0.0
         elif type(b) is RunLimitData:
             if b.level == "warning":
                 res.warned.add(b.limit)

@@ -91,8 +91,9 @@ class Budget:
 
     def count_usage(self, usage: UsageData) -> None:
         """Tokens and cost from one `usage` event."""
+        # Cached prompt tokens still count: a token limit bounds what the model read.
         self.tokens += usage.input_tokens + usage.output_tokens
-        self.cost += usage.cost_usd
+        self.cost += usage.cost_usd or 0.0  # unpriced: warned of by the agent, not counted
 
     @property
     def time_left(self) -> float:

@@ -26,6 +26,9 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     [console.keys]                       # binding id -> keys, e.g. kill = "ctrl+x"
     [providers.anthropic]                # keys stay on the host; environment variables win
     base_url = "..."
+    thinking_budget = 8000               # extended thinking; stream = false, cache = false turn those off
+    [providers.openai]
+    reasoning_effort = "high"            # o1, o3, o4, gpt-5: minimal | low | medium | high
 
 Each table is a model: an unknown key or a value of the wrong type is a ConfigError that
 names the key and the file.
@@ -115,6 +118,10 @@ class ProviderTable(_Table):
     timeout_s: float | None = None
     backoff_s: float | None = None
     max_backoff_s: float | None = None
+    stream: bool | None = None  # stream replies into the run view (default on)
+    cache: bool | None = None  # prompt caching (default on)
+    thinking_budget: int | None = None  # anthropic: extended thinking, tokens per reply
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None  # openai reasoning models
 
 
 class ProvidersTable(_Table):

@@ -163,6 +163,16 @@ class AgentErrorData(EventData):
     tool: str | None = None
 
 
+class AgentDeltaData(EventData):
+    """A piece of the model's reply as it streams in, coalesced (a few a second at most)."""
+
+    step: int | None = None
+    part: Literal["text", "thinking", "tool_args"] = "text"
+    text: str = ""
+    tool: str | None = None  # tool_args: the tool whose arguments these are
+    attempt: int | None = None  # the call's attempt; a retried stream starts over
+
+
 class AgentSubmitData(EventData):
     path: str = ""
     summary: str = ""
@@ -251,10 +261,13 @@ class ResourceData(Clocked):
 class UsageData(EventData):
     model: str = ""
     provider: str | None = None
-    input_tokens: int = 0
+    input_tokens: int = 0  # every prompt token, cached or not
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # at cache prices; None (null) when the model has no price
     priced: bool | None = None  # whether the model has a price
+    cache_write_tokens: int | None = None  # of input_tokens, written to the provider's cache
+    cache_read_tokens: int | None = None  # of input_tokens, read from it
+    cache_ttl: Literal["5m", "1h"] | None = None  # the lifetime asked of what was written
     latency_s: float | None = None
     stop_reason: str | None = None
 
@@ -338,6 +351,7 @@ EVENT_DATA: dict[str, type[EventData]] = {
     "agent.turn": AgentTurnData,
     "agent.message": AgentMessageData,
     "agent.error": AgentErrorData,
+    "agent.delta": AgentDeltaData,
     "agent.submit": AgentSubmitData,
     "tool.call": ToolCallData,
     "tool.result": ToolResultData,

@@ -240,7 +240,7 @@ class RunFold:
         elif type(b) is UsageData:
             row["input_tokens"] += b.input_tokens
             row["output_tokens"] += b.output_tokens
-            row["cost_usd"] += b.cost_usd
+            row["cost_usd"] += b.cost_usd or 0.0  # an unpriced call adds no cost, not a null
         elif type(b) is ScoreData:
             row["score"] = b.value
             row["score_metric"] = b.metric[:80]

@@ -174,7 +174,7 @@ class RunSupervisor:
             self.budget.count_usage(ev.body)
 
     async def _agent_emit(self, kind: str, data: dict[str, Any]) -> None:
-        if kind not in ("agent.error", "agent.message", "usage"):
+        if kind not in ("agent.error", "agent.message", "agent.delta", "usage"):
             raise ValueError(f"an agent may not emit {kind}")
         if "text" in data and isinstance(data["text"], str):
             data = {**data, "text": strip_escapes(data["text"])[:64_000]}

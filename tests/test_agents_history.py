@@ -110,7 +110,7 @@ def test_prices_and_windows() -> None:
     assert cost_usd("gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000) == (0.75, True)
     assert cost_usd("claude-3-opus-20240229", 0, 1000)[0] == pytest.approx(0.075)
     assert cost_usd("o1-2024-12-17", 1000, 1000)[0] == pytest.approx(0.075)
-    assert cost_usd("my-local-llama", 10, 10) == (0.0, False)
+    assert cost_usd("my-local-llama", 10, 10) == (None, False)
     assert context_window("claude-3-haiku-20240307") == 200_000
     assert context_window("my-local-llama") == 128_000
 

@@ -42,7 +42,7 @@ class Loop:
 
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         assert kind in KINDS, kind
-        assert kind in ("agent.error", "agent.message", "usage"), f"an agent may not emit {kind}"
+        assert kind in ("agent.error", "agent.message", "agent.delta", "usage"), f"an agent may not emit {kind}"
         Event("r1", len(self.events) + 1, 1.0, kind, data).to_json()  # JSON-clean, contract kind
         self.events.append((kind, data))
 
@@ -126,7 +126,7 @@ async def test_multi_turn_tool_calls_and_results(provider: str, srv: LLMServer) 
     first = srv.requests[0].body
     if provider == "anthropic":
         assert srv.requests[0].path == "/v1/messages"
-        assert TASK in first["system"]
+        assert TASK in first["system"][0]["text"]  # one text block: a cache breakpoint
         assert {t["name"] for t in first["tools"]} == {s["name"] for s in TOOL_SPECS}
         assert all("input_schema" in t for t in first["tools"])
         said = srv.requests[1].body["messages"][-2]
@@ -326,14 +326,18 @@ async def test_usage_and_cost_are_recorded_per_call(provider: str, srv: LLMServe
         # The local server reports a quarter of the request body's length as input tokens.
         assert u["input_tokens"] == max(1, len(json.dumps(req.body)) // 4)
         assert u["output_tokens"] > 0 and u["latency_s"] >= 0
-        assert (u["cost_usd"], u["priced"]) == cost_usd(u["model"], u["input_tokens"], u["output_tokens"])
+        assert (u["cost_usd"], u["priced"]) == cost_usd(
+            u["model"], u["input_tokens"], u["output_tokens"], cache_read=u["cache_read_tokens"],
+            cache_write=u["cache_write_tokens"], ttl=u["cache_ttl"] or "5m")
         assert u["cost_usd"] > 0 and u["provider"] == provider
     assert loop.agent.totals["input_tokens"] == sum(u["input_tokens"] for u in usage)
     unpriced = await started(provider, srv, model="local-model-7b")
     srv.script(Reply.say("hi"))
     await unpriced.turn()
     [u] = unpriced.of("usage")
-    assert (u["model"], u["cost_usd"], u["priced"]) == ("local-model-7b", 0.0, False)
+    assert (u["model"], u["cost_usd"], u["priced"]) == ("local-model-7b", None, False)
+    [warn] = unpriced.of("agent.error")  # a missing price is said once, never a silent zero
+    assert warn["error"] == "unpriced_model" and "local-model-7b" in warn["detail"]
     await loop.agent.close()
     await unpriced.agent.close()
 

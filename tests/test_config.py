@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.agents import OPTIONS
+from runner.agents import ONLY, OPTIONS
 from runner.config import ConfigError, ProviderTable, load_config
 
 
@@ -146,4 +146,5 @@ def test_bad_toml_is_named_with_the_file(home: Path) -> None:
 
 def test_the_provider_table_knows_every_agent_option() -> None:
     # `client` is an object a caller passes in code; a file cannot hold one
-    assert set(ProviderTable.model_fields) == (OPTIONS - {"client"}) | {"model"}
+    every = OPTIONS.union(*ONLY.values())  # with the options only one provider takes
+    assert set(ProviderTable.model_fields) == (every - {"client"}) | {"model"}

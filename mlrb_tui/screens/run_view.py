@@ -21,6 +21,7 @@ from mlrb_tui.signals import RunSignals
 from mlrb_tui.state import RunState
 from mlrb_tui.widgets.approvals import ApprovalQueue
 from mlrb_tui.widgets.audit_log import AuditLog
+from mlrb_tui.widgets.live_reply import LiveReplyView
 from mlrb_tui.widgets.metric_charts import MetricCharts
 from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.run_header import RunHeader
@@ -118,6 +119,7 @@ class RunScreen(Screen[None]):
                 yield Static("Actions", classes="pane-title")
                 yield ApprovalQueue(id="approvals")
                 yield ActionLog(id="actions")
+                yield LiveReplyView(id="live-reply")
                 yield Input(placeholder="search the timeline (enter: next match, esc: close)",
                             id="search")
                 yield Static("Interventions", classes="pane-title")
@@ -213,6 +215,7 @@ class RunScreen(Screen[None]):
                 if isinstance(created, (int, float)):
                     self.query_one(ActionLog).origin = float(created)
             self.query_one(ActionLog).sync(state)
+            self.query_one(LiveReplyView).sync(state)
             self.query_one(AuditLog).sync(state)
             queue = self.query_one(ApprovalQueue)
             had = bool(queue.calls)

@@ -4,7 +4,9 @@
 environment variables (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY /
 OPENAI_BASE_URL), which win, else from `config` (the `[providers.<kind>]` table of the
 config file, which may also name a default `model`); they are read on the host only. The
-scripted baseline lives in `runner.agents.base`.
+same table carries the run's model options: `stream` and `cache` (both on by default),
+`thinking_budget` (Anthropic extended thinking, in tokens) and `reasoning_effort` (OpenAI
+reasoning models). The scripted baseline lives in `runner.agents.base`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ DEFAULT_MODELS = {"anthropic": "claude-3-5-sonnet-20240620", "openai": "gpt-4o"}
 _ENV = {"anthropic": {"api_key": "ANTHROPIC_API_KEY", "base_url": "ANTHROPIC_BASE_URL"},
         "openai": {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}}
 OPTIONS = frozenset({"api_key", "base_url", "max_tokens", "context_window", "max_retries",
-                     "timeout_s", "backoff_s", "max_backoff_s", "client"})
+                     "timeout_s", "backoff_s", "max_backoff_s", "client", "stream", "cache"})
+ONLY = {"anthropic": frozenset({"thinking_budget"}), "openai": frozenset({"reasoning_effort"})}
 
 
 def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | None = None) -> Agent:
@@ -34,10 +37,11 @@ def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | Non
     for opt, var in env.items():
         if os.environ.get(var):
             opts.pop(opt, None)
-    unknown = set(opts) - OPTIONS
+    known = OPTIONS | ONLY[kind]
+    unknown = set(opts) - known
     if unknown:
         raise AgentConfigError(f"unknown option(s) for the {kind} agent: {', '.join(sorted(unknown))};"
-                               f" known: {', '.join(sorted(OPTIONS))}")
+                               f" known: {', '.join(sorted(known))}")
     name = model or default_model or DEFAULT_MODELS[kind]
     if kind == "anthropic":
         from runner.agents.anthropic_agent import AnthropicAgent

@@ -20,13 +20,14 @@ class AgentConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ProviderError:
-    kind: str  # rate_limit | overloaded | server_error | timeout | connection | context_length | ...
+    kind: str  # rate_limit | overloaded | server_error | timeout | connection | stream_broken | ...
     detail: str
     retryable: bool
     status: int | None = None
     retry_after_s: float | None = None
 
 
+_STREAM_CUTS = frozenset({"RemoteProtocolError", "ReadError", "StreamCut", "IncompleteRead"})
 _CONTEXT_HINTS = ("context_length_exceeded", "prompt is too long", "maximum context length",
                   "context window", "too many tokens")
 
@@ -55,6 +56,18 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _cut_stream(exc: BaseException) -> bool:
+    """Whether the exception, or one it was raised from (an SDK wraps httpx's), is a cut stream."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ in _STREAM_CUTS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: BaseException) -> ProviderError:
     """Sort an SDK exception (anthropic or openai) into a ProviderError."""
     name = type(exc).__name__
@@ -80,6 +93,10 @@ def classify(exc: BaseException) -> ProviderError:
                              status, None)
     if "Timeout" in name:
         return ProviderError("timeout", detail, True)
+    # A stream cut mid-reply: the connection dropped (httpx's RemoteProtocolError, ReadError)
+    # or the events stopped before the reply's end (the agent's StreamCut).
+    if _cut_stream(exc):
+        return ProviderError("stream_broken", detail, True)
     if "Connection" in name:
         return ProviderError("connection", detail, True)
     return ProviderError("unexpected", f"{name}: {detail}", False)

@@ -71,6 +71,9 @@ class Exchange:
     calls: list[CallRecord]
     results: list[ResultRecord] | None = None  # None until the calls have run
     trailer: Trailer = field(default_factory=Trailer)
+    # the model's reasoning blocks as the provider sent them (Anthropic's thinking blocks,
+    # signature included): sent back with the reply, as the API requires alongside tool use
+    thinking: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +114,7 @@ def _args_chars(args: dict[str, Any] | str) -> int:
 
 def exchange_chars(ex: Exchange) -> int:
     n = len(ex.text) + len(ex.trailer.text())
+    n += sum(len(json.dumps(b)) for b in ex.thinking)
     for c in ex.calls:
         n += len(c.name) + len(c.id) + _args_chars(c.wire_args) + 40  # 40: per-block framing
     for r in ex.results or []:

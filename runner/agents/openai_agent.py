@@ -4,7 +4,10 @@ Tools are sent as `{"type": "function", "function": {name, description, paramete
 model answers with `tool_calls` whose `function.arguments` is a JSON string that may not
 parse; each call gets a `role: "tool"` message with its `tool_call_id`, then the notes and
 time left follow as a user message. Reasoning models (o1, o3, o4, gpt-5) take
-`max_completion_tokens` and a `developer` message in place of `system`.
+`max_completion_tokens`, a `developer` message in place of `system`, and a
+`reasoning_effort`. OpenAI caches a prompt's prefix on its own; the cached part comes back
+as `usage.prompt_tokens_details.cached_tokens`. A streamed reply asks for the usage in its
+last chunk (`stream_options.include_usage`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ import json
 import os
 from typing import Any
 
+from runner.agents.errors import AgentConfigError
 from runner.agents.history import History
-from runner.agents.llm_agent import Completion, LLMAgent, RawCall, resolve_key
+from runner.agents.llm_agent import (
+    Completion,
+    LLMAgent,
+    RawCall,
+    StreamCut,
+    parse_args,
+    resolve_key,
+)
 
 DEFAULT_MODEL = "gpt-4o"
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -62,11 +74,19 @@ class OpenAIAgent(LLMAgent):
                  base_url: str | None = None, max_tokens: int = 4096,
                  context_window: int | None = None, max_retries: int = 4,
                  timeout_s: float = 600, client: Any = None, backoff_s: float = 2.0,
-                 max_backoff_s: float = 60.0) -> None:
+                 max_backoff_s: float = 60.0, stream: bool = True, cache: bool = True,
+                 reasoning_effort: str | None = None) -> None:
         key = resolve_key(api_key, "OPENAI_API_KEY", client)
         super().__init__(model, api_key=key, max_tokens=max_tokens,
                          context_window=context_window, max_retries=max_retries,
-                         timeout_s=timeout_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+                         timeout_s=timeout_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                         stream=stream, cache=cache)
+        if reasoning_effort is not None and (reasoning_effort not in REASONING_EFFORTS
+                                             or not is_reasoning_model(model)):
+            raise AgentConfigError(f"reasoning_effort is one of {', '.join(REASONING_EFFORTS)},"
+                                   f" for a reasoning model ({', '.join(_REASONING_PREFIXES)}),"
+                                   f" not {reasoning_effort!r} for {model!r}")
+        self.reasoning_effort = reasoning_effort
         if client is None:
             import openai
 
@@ -82,36 +102,92 @@ class OpenAIAgent(LLMAgent):
                  "function": {"name": t["name"], "description": t.get("description", ""),
                               "parameters": t["parameters"]}} for t in tools]
 
-    async def _complete(self) -> Completion:
+    def request(self) -> dict[str, Any]:
+        """The Chat Completions request for the current history."""
         messages = render_messages(self.system, self.history,
                                    system_role="developer" if self._reasoning else "system")
-        limit = ({"max_completion_tokens": self.max_tokens} if self._reasoning
-                 else {"max_tokens": self.max_tokens})
-        resp = await self.client.chat.completions.create(
-            model=self.model, messages=messages, tools=self.tools, **limit)
-        choice = resp.choices[0] if resp.choices else None
-        msg = getattr(choice, "message", None)
+        req: dict[str, Any] = {"model": self.model, "messages": messages, "tools": self.tools}
+        if self._reasoning:
+            req["max_completion_tokens"] = self.max_tokens
+            if self.reasoning_effort is not None:
+                req["reasoning_effort"] = self.reasoning_effort
+        else:
+            req["max_tokens"] = self.max_tokens
+        return req
+
+    async def _complete(self) -> Completion:
+        req = self.request()
+        if self.stream:
+            text, raw, finish, usage = await self._streamed(req)
+        else:
+            resp = await self.client.chat.completions.create(**req)
+            choice = resp.choices[0] if resp.choices else None
+            msg = getattr(choice, "message", None)
+            text = (getattr(msg, "content", None) or "") if msg else ""
+            finish = str(getattr(choice, "finish_reason", "") or "")
+            usage = getattr(resp, "usage", None)
+            raw = []
+            for tc in getattr(msg, "tool_calls", None) or []:
+                fn = getattr(tc, "function", None)
+                if fn is None:  # a non-function (custom) tool call: no such tool here
+                    raw.append((tc.id, str(getattr(tc, "type", "custom")), None))
+                    continue
+                args = fn.arguments if isinstance(fn.arguments, str) else json.dumps(fn.arguments)
+                raw.append((tc.id, fn.name, args))
         calls: list[RawCall] = []
-        for tc in getattr(msg, "tool_calls", None) or []:
-            fn = getattr(tc, "function", None)
-            if fn is None:  # a non-function (custom) tool call: no such tool here
-                calls.append(RawCall(id=tc.id, name=str(getattr(tc, "type", "custom")),
-                                     wire_args="{}", args={}))
+        for cid, name, args_text in raw:
+            if args_text is None:
+                calls.append(RawCall(id=cid, name=name, wire_args="{}", args={}))
                 continue
-            raw = fn.arguments if isinstance(fn.arguments, str) else json.dumps(fn.arguments)
-            try:
-                args = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError as exc:
-                calls.append(RawCall(id=tc.id, name=fn.name, wire_args=raw, args=None,
-                                     error=f"arguments are not valid JSON ({exc.msg} at char {exc.pos})"))
-                continue
-            calls.append(RawCall(id=tc.id, name=fn.name, wire_args=raw, args=args))
-        usage = getattr(resp, "usage", None)
+            args, error = parse_args(args_text)
+            calls.append(RawCall(id=cid, name=name, wire_args=args_text, args=args, error=error))
+        details = getattr(usage, "prompt_tokens_details", None)
         return Completion(
-            text=(getattr(msg, "content", None) or "") if msg else "",
+            text=text,
             calls=calls,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            stop_reason=str(getattr(choice, "finish_reason", "") or ""),
-            request_chars=len(json.dumps(self.tools)) + len(json.dumps(messages)),
+            stop_reason=finish,
+            request_chars=len(json.dumps(self.tools)) + len(json.dumps(req["messages"])),
+            cache_read_tokens=int(getattr(details, "cached_tokens", 0) or 0),
         )
+
+    async def _streamed(self, req: dict[str, Any]) -> tuple[str, list[tuple[Any, Any, str | None]], str, Any]:
+        """(text, calls as (id, name, raw arguments), finish reason, usage) of a streamed reply,
+        its pieces sent on as they come."""
+        deltas = self._deltas
+        stream = await self.client.chat.completions.create(
+            **req, stream=True, stream_options={"include_usage": True})
+        text: list[str] = []
+        slots: dict[int, dict[str, Any]] = {}
+        finish = ""
+        usage = None
+        async for chunk in stream:
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            for ch in chunk.choices or []:
+                d = ch.delta
+                if d is not None and d.content:
+                    text.append(d.content)
+                    if deltas is not None:
+                        await deltas.add("text", d.content)
+                for tc in (d.tool_calls if d is not None else None) or []:
+                    slot = slots.setdefault(tc.index, {"id": None, "name": "", "args": [],
+                                                       "function": False})
+                    slot["id"] = tc.id or slot["id"]
+                    fn = tc.function
+                    if fn is not None:
+                        slot["function"] = True
+                        slot["name"] += fn.name or ""
+                        if fn.arguments:
+                            slot["args"].append(fn.arguments)
+                            if deltas is not None:
+                                await deltas.add("tool_args", fn.arguments, slot["name"])
+                if ch.finish_reason:
+                    finish = str(ch.finish_reason)
+        if not finish or usage is None:
+            raise StreamCut("the stream ended before the reply did (no finish_reason or usage)")
+        calls = [(s["id"], s["name"] if s["function"] else "custom",
+                  "".join(s["args"]) if s["function"] else None)
+                 for _, s in sorted(slots.items())]
+        return "".join(text), calls, finish, usage
