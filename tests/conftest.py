@@ -158,3 +158,26 @@ def mlrb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "mlrb-home"
     monkeypatch.setenv("MLRB_HOME", str(home))
     return home
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie that nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pids_naming(needle: str) -> list[int]:
+    """The live processes whose command line holds `needle`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if needle in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found

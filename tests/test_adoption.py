@@ -24,7 +24,7 @@ from runner.journal import Journal, JournalReader
 from runner.local_sandbox import LocalSandbox
 from runner.sandbox import SandboxSpec
 from runner.tools import TOOL_SPECS
-from tests.conftest import require, until, until_blocking
+from tests.conftest import alive, pids_naming, require, until, until_blocking
 from tests.llm_server import LLMServer, Reply
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
@@ -79,7 +79,7 @@ async def test_a_cancelled_job_is_killed_unless_it_is_kept(local_sb) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await until(lambda: local_sb.job_alive(group) is False, "the job's end", timeout=15)
+    await until(lambda: local_sb.jobalive(group) is False, "the job's end", timeout=15)
 
 
 async def test_a_job_times_out_and_a_planted_link_reads_nothing_of_the_host(local_sb) -> None:
@@ -229,25 +229,6 @@ def _kinds(db: Path, run: str) -> list[str]:
     return [e.kind for e in _events(db, run)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _pids_naming(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if needle in cmdline and _alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def _submit(env: dict[str, str]) -> str:
@@ -291,7 +272,7 @@ def test_a_runner_killed_mid_command_is_adopted_and_the_run_succeeds(tmp_path, d
             until_blocking(lambda: sum(k == "metric" for k in _kinds(db, run)) >= 5,
                            "the training command to log metrics", timeout=180, interval=0.2)
             os.kill(first["pid"], signal.SIGKILL)
-            until_blocking(lambda: not _alive(first["pid"]) and not _pids_naming(f"-c {conf}"),
+            until_blocking(lambda: not alive(first["pid"]) and not pids_naming(f"-c {conf}"),
                            "the daemon and its broker to be gone", timeout=20)
             # nobody watches, the training goes on in its container
             state = docker_client.containers.get(f"mlrb-{run}").attrs["State"]
@@ -321,7 +302,7 @@ def test_a_runner_killed_mid_command_is_adopted_and_the_run_succeeds(tmp_path, d
         # no container and no broker process is left over
         left = docker_client.containers.list(all=True, filters={"label": f"mlrb.journal={db.resolve()}"})
         assert left == []
-        assert not _pids_naming(f"-c {conf}")
+        assert not pids_naming(f"-c {conf}")
 
 
 def test_an_upgrade_keeps_the_runs_and_repeats_an_llm_call_in_flight(tmp_path) -> None:
@@ -367,7 +348,7 @@ def test_an_upgrade_keeps_the_runs_and_repeats_an_llm_call_in_flight(tmp_path) -
         finally:
             _mlrb(env, "down", check=False)
         # the local sandbox's commands ended with the run
-        assert not _pids_naming(str(workspace))
+        assert not pids_naming(str(workspace))
 
 
 def test_a_second_engine_on_a_home_adopts_nothing(tmp_path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from runner.bus import BusConfig
 from runner.bus_options import local_bus
 from runner.config import Config
-from tests.conftest import raw_client, require, until, until_blocking
+from tests.conftest import alive, pids_naming, raw_client, require, until, until_blocking
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -143,26 +143,6 @@ def test_daemon_submit_freeze_resume_kill_down(env, tmp_path, docker_client):
         os.kill(info["pid"], 0)
 
 
-def _alive(pid: int) -> bool:
-    """Running, not merely a zombie that nobody reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _pids_naming(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if needle in cmdline and _alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
@@ -181,15 +161,15 @@ def test_the_embedded_broker_dies_with_a_killed_daemon(env, tmp_path):
         assert "account: " in mlrb(env, "status").stdout
         daemon = info["pid"]
         assert info["bus_url"].startswith("mqtt://127.0.0.1:")
-        brokers = _pids_naming(f"-c {conf}")
+        brokers = pids_naming(f"-c {conf}")
         assert len(brokers) == 1, brokers
         broker = brokers[0]
         os.kill(daemon, signal.SIGKILL)
-        until_blocking(lambda: not _alive(broker), "the broker to end with the daemon", timeout=10)
-        assert not _pids_naming(f"-c {conf}")
+        until_blocking(lambda: not alive(broker), "the broker to end with the daemon", timeout=10)
+        assert not pids_naming(f"-c {conf}")
     finally:
         for pid in (daemon, broker):
-            if pid and _alive(pid):
+            if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
