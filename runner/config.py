@@ -287,13 +287,23 @@ def read_daemon_info(cfg: Config) -> DaemonInfo | None:
         info = DaemonInfo(**json.loads(cfg.daemon_file.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    return info if pid_alive(info.pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs: a zombie nobody reaped yet (a killed daemon whose parent is
+    gone) is not running, though `kill(pid, 0)` still finds it."""
     try:
-        os.kill(info.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        pass
-    return info
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: kill's word stands
 
 
 def private_home(cfg: Config) -> Path:

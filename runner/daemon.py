@@ -23,6 +23,7 @@ from runner.config import (
     Config,
     DaemonInfo,
     load_config,
+    pid_alive,
     private_home,
     read_daemon_info,
     write_daemon_info,
@@ -112,9 +113,7 @@ def stop_daemon(cfg: Config, timeout: float = 90.0, keep_runs: bool = False) -> 
     os.kill(info.pid, KEEP_RUNS_SIGNAL if keep_runs else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(info.pid):
             return True
         time.sleep(0.1)
     os.kill(info.pid, signal.SIGKILL)
