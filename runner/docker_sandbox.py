@@ -228,11 +228,7 @@ class DockerSandbox:
         except docker.errors.NotFound:
             raise self._gone("run a command") from None
         except docker.errors.APIError as exc:
-            text = str(exc.explanation or exc)
-            if "paused" in text:
-                raise SandboxError(f"cannot run a command: sandbox {self.name} is paused "
-                                   "(resume it first)") from None
-            raise SandboxError(f"cannot run a command in {self.name}: {text}") from None
+            raise self._exec_refused(exc) from None
         return int(code or 0), (out or b"").decode("utf-8", "replace")
 
     async def kill_job(self, job_id: str) -> None:
@@ -333,14 +329,17 @@ class DockerSandbox:
         except docker.errors.NotFound:
             raise self._gone("run a command") from None
         except docker.errors.APIError as exc:
-            text = str(exc.explanation or exc)
-            if "paused" in text:
-                raise SandboxError(f"cannot run a command: sandbox {self.name} is paused "
-                                   "(resume it first)") from None
-            if "not running" in text:
-                raise SandboxError(f"cannot run a command: sandbox {self.name} is not running") from None
-            raise SandboxError(f"cannot run a command in {self.name}: {text}") from None
+            raise self._exec_refused(exc) from None
         return str(res["Id"])
+
+    def _exec_refused(self, exc: docker.errors.APIError) -> SandboxError:
+        """Why the engine refused to run a command, for the operator."""
+        text = str(exc.explanation or exc)
+        if "paused" in text:
+            return SandboxError(f"cannot run a command: sandbox {self.name} is paused (resume it first)")
+        if "not running" in text:
+            return SandboxError(f"cannot run a command: sandbox {self.name} is not running")
+        return SandboxError(f"cannot run a command in {self.name}: {text}")
 
     def _exec_start(self, exec_id: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         try:
