@@ -79,7 +79,7 @@ async def test_a_cancelled_job_is_killed_unless_it_is_kept(local_sb) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await until(lambda: local_sb.jobalive(group) is False, "the job's end", timeout=15)
+    await until(lambda: local_sb.job_alive(group) is False, "the job's end", timeout=15)
 
 
 async def test_a_job_times_out_and_a_planted_link_reads_nothing_of_the_host(local_sb) -> None:
