@@ -139,8 +139,7 @@ def test_daemon_submit_freeze_resume_kill_down(env, tmp_path, docker_client):
 
     assert "stopped" in mlrb(env, "down").stdout
     assert not (tmp_path / "home" / "daemon.json").exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(info["pid"], 0)
+    assert not alive(info["pid"])  # ended (a zombie its parent has not reaped yet counts as ended)
 
 
 
