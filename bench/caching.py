@@ -37,7 +37,7 @@ from runner.agents.llm_agent import LLMAgent  # noqa: E402
 from runner.agents.openai_agent import OpenAIAgent  # noqa: E402
 from runner.events import EventFactory  # noqa: E402
 from runner.tools import TOOL_SPECS  # noqa: E402
-from tests.llm_server import LLMServer, Reply  # noqa: E402
+from tests.llm_server import Clock, LLMServer, Reply  # noqa: E402
 
 MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5"}
 TASK = ("Fine-tune a small language model on the provided data so that it scores as high as "
@@ -70,14 +70,6 @@ def conversation(turns: int, seed: int = 7) -> list[dict[str, Any]]:
         out.append({"reply": Reply(text=text, calls=[call], chunk_chars=400), "wait": wait,
                     "output": output})
     return out
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def replay(provider: str, turns: int, mode: str) -> dict[str, float]:

@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import time
-import tomllib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,13 +169,9 @@ def check_tasks(spec: CampaignSpec, where: str = "campaign") -> None:
 
 def load_file(path: Path) -> dict[str, Any]:
     """A campaign file's fields (TOML); CampaignError with the file's name when it is not TOML."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise CampaignError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CampaignError(f"{path}: not valid TOML: {exc}") from None
-    return raw
+    from tasks.api import read_toml
+
+    return read_toml(path, CampaignError)
 
 
 def check_name(name: str) -> str:

@@ -86,7 +86,7 @@ class Engine:
         self._given_id = runner_id or self._account_runner_id()
         self.runner_id = self._given_id or f"{socket.gethostname()}-{os.getpid()}"
         self._lock: Any = None  # the home's runner lock: who holds it adopts the home's runs
-        self.adoption: dict[str, list[str]] = {"adopted": [], "gone": [], "orphans": []}
+        self.adoption: dict[str, list[str]] = {"adopted": [], "orphans": []}
         self.journal: Journal | None = None
         self.reader: JournalReader | None = None
         self.publisher: Any = None

@@ -251,13 +251,18 @@ class _Strict(dict[str, str]):
         raise KeyError(key)
 
 
-def load_spec_file(path: Path) -> TaskSpec:
+def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A TOML file's table; `error` naming the file when it cannot be read or parsed."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as exc:
-        raise TaskSpecError(f"{path}: cannot read: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise TaskSpecError(f"{path}: not valid TOML: {exc}") from None
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_spec_file(path: Path) -> TaskSpec:
+    raw = read_toml(path, TaskSpecError)
     try:
         m = SpecModel.model_validate(raw)
     except ValidationError as exc:

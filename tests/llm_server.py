@@ -55,6 +55,16 @@ _OPENAI_ERRORS = {400: ("invalid_request_error", None), 401: ("invalid_request_e
                   503: ("server_error", None)}
 
 
+
+class Clock:
+    """A settable clock for the stand-in and the agent under test: a turn's wait is a step of it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
 @dataclass
 class Reply:
     """One scripted answer: text and tool calls, or an HTTP error."""

@@ -24,7 +24,7 @@ from runner.agents.openai_agent import OpenAIAgent
 from runner.agents.pricing import cost_usd
 from runner.events import EventFactory
 from runner.tools import TOOL_SPECS
-from tests.llm_server import LLMServer, Reply
+from tests.llm_server import Clock, LLMServer, Reply
 from tests.test_agents_providers import KEY, TASK, Loop, answer, make
 
 PROVIDERS = ["anthropic", "openai"]
@@ -74,14 +74,6 @@ def breakpoints(body: dict[str, Any]) -> list[tuple[str, str]]:
                 assert k == len(content) - 1, "a breakpoint ends its message"
                 out.append((f"{m['role']}{i}", b["cache_control"]["ttl"]))
     return out
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- caching ---------------------------------------------------------------------------------
