@@ -648,6 +648,27 @@ def image_build(base: str | None, tag: str | None, force: bool) -> None:
     click.echo(f"sandbox image ready: {result}")
 
 
+@image.command("proxy")
+@click.option("--base", default=None, help="Base image (default: MLRB_BASE_IMAGE or mlrb-base:bookworm).")
+@click.option("--tag", default=None, help="Image tag (default: MLRB_PROXY_IMAGE or mlrb-proxy:latest).")
+@click.option("--force", is_flag=True, help="Rebuild even when an up-to-date image exists.")
+def image_proxy(base: str | None, tag: str | None, force: bool) -> None:
+    """Build the egress proxy image of allowlist tasks: squid from the Debian mirror."""
+    from runner import egress_proxy
+    from runner import image as img
+
+    base = base or img.default_base()
+    try:
+        if not img.base_exists(base):
+            click.echo(f"base image {base} is missing; building it with debootstrap")
+            img.build_base(base)
+        result = egress_proxy.build_proxy_image(tag=tag, base=base, force=force,
+                                                log=lambda s: click.echo(s) if s.strip() else None)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"proxy image ready: {result}")
+
+
 @cli.group()
 def assets() -> None:
     """Models and datasets the tasks name, staged on this host (Hugging Face cache layout)."""

@@ -26,6 +26,7 @@ from runner.event_data import (
     ControlAckData,
     IntegrityFlagData,
     MetricData,
+    NetRequestData,
     OperatorData,
     RunEndedData,
     RunHeldData,
@@ -56,7 +57,7 @@ TIMELINE_KINDS = frozenset({
     "run.created", "run.started", "run.held", "run.resumed", "run.warning", "run.limit",
     "run.ended", "agent.step", "agent.message", "agent.error", "agent.submit", "tool.call",
     "tool.result", "tool.approval", "sandbox.started", "sandbox.stopped", "control.ack", "score",
-    "integrity.flag",
+    "integrity.flag", "net.request",
 })
 
 
@@ -181,6 +182,14 @@ def entry_for(ev: Event) -> Entry | None:
     if type(b) is SandboxStoppedData:
         return Entry(ev.seq, ev.ts, k, "sandbox", f"stopped exit {b.exit_code} "
                      f"{one_line(b.reason, 80)}", "dim")
+    if type(b) is NetRequestData:
+        where = one_line(b.host or "?", 60) + (f":{b.port}" if b.port is not None else "")
+        verdict = "allowed" if b.allowed else "REFUSED"
+        status = f" {b.status}" if b.status is not None else ""
+        size = f" {fmt_bytes(b.received_bytes)} in, {fmt_bytes(b.sent_bytes)} out" \
+            if b.allowed and b.received_bytes is not None and b.sent_bytes is not None else ""
+        return Entry(ev.seq, ev.ts, k, "net", f"{verdict} {one_line(b.method, 12)} {where}{status}{size}",
+                     "dim" if b.allowed else "bad", detail=one_line(b.result, 40))
     if type(b) is RunWarningData:
         return Entry(ev.seq, ev.ts, k, "warning", one_line(b.message, 140), "warn")
     if type(b) is RunLimitData:

@@ -144,7 +144,7 @@ class DockerSandbox:
                 working_dir=WORKSPACE,
                 environment=dict(spec.env),
                 labels={"mlrb.run": spec.run, **dict(spec.labels)},
-                network_mode="bridge" if spec.network else "none",
+                network_mode=spec.docker_network or ("bridge" if spec.network else "none"),
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 pids_limit=limits.pids,

@@ -232,6 +232,20 @@ class SandboxStoppedData(EventData):
     reason: str = ""
 
 
+class NetRequestData(EventData):
+    """One request through an allowlist run's egress proxy, as the proxy logged it."""
+
+    method: str = ""
+    host: str = ""
+    port: int | None = None
+    status: int | None = None  # the HTTP status the sandbox got; 403 when refused
+    allowed: bool = False
+    result: str = ""  # the proxy's verdict, e.g. TCP_TUNNEL, TCP_MISS, TCP_DENIED
+    sent_bytes: int | None = None  # from the sandbox
+    received_bytes: int | None = None  # to the sandbox
+    duration_ms: int | None = None
+
+
 # -- telemetry -------------------------------------------------------------------------------
 class MetricData(EventData):
     step: int | None = None
@@ -359,6 +373,7 @@ EVENT_DATA: dict[str, type[EventData]] = {
     "sandbox.started": SandboxStartedData,
     "sandbox.output": SandboxOutputData,
     "sandbox.stopped": SandboxStoppedData,
+    "net.request": NetRequestData,
     "metric": MetricData,
     "gpu": GpuData,
     "resource": ResourceData,

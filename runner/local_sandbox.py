@@ -114,6 +114,10 @@ class LocalSandbox:
         return Path(workdir)
 
     async def start(self) -> None:
+        if self.spec.docker_network:
+            raise SandboxError("this task's network policy is \"allowlist\", which the local "
+                               "sandbox cannot enforce (a host process reaches every network); "
+                               "run it with the docker sandbox")
         await asyncio.to_thread((self.cwd / METRICS_FILE).parent.mkdir, parents=True, exist_ok=True)
         if self.spec.readonly_mounts:
             await asyncio.to_thread(self._link_mounts)

@@ -43,6 +43,7 @@ class SandboxSpec:
     readonly_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path)
     env: tuple[tuple[str, str], ...] = ()  # never provider keys
     network: bool = False
+    docker_network: str | None = None  # a Docker network to join instead (an allowlist run's)
     user: str = "1000:1000"
     labels: tuple[tuple[str, str], ...] = ()  # e.g. the runner and journal that own the run
 

@@ -74,6 +74,13 @@ def stop_orphans(journal: str, live: set[str]) -> list[str]:
             with contextlib.suppress(Exception):
                 c.remove(force=True)
                 stopped.append(c.name)
+        # an allowlist run's internal network, once its sandbox and proxy are gone
+        from runner.egress_proxy import remove_network
+
+        for net in client.networks.list(filters={"label": f"mlrb.journal={journal}"}):
+            if (net.attrs.get("Labels") or {}).get("mlrb.run") not in live:
+                with contextlib.suppress(Exception):
+                    remove_network(client, net.name)
     finally:
         client.close()
     return stopped

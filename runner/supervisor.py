@@ -30,6 +30,7 @@ from runner.config import mlrb_home
 from runner.control import ControlCommand
 from runner.control_dispatch import ControlDispatch
 from runner.disk_watch import DiskPolicy, DiskWatch
+from runner.egress_proxy import EgressProxy, NetRequest
 from runner.escapes import strip_escapes
 from runner.event_data import UsageData
 from runner.events import Event, EventFactory
@@ -107,6 +108,8 @@ class RunSupervisor:
         self.status = "queued"
         self.sandbox: Sandbox | None = None
         self.toolbox: ToolBox | None = None
+        self.proxy: EgressProxy | None = None  # an allowlist run's only way out
+        self._net_task: asyncio.Task[None] | None = None
         self._factory = EventFactory(self.run_id, journal.last_seq(self.run_id) + 1)
         self._emit_lock = asyncio.Lock()
         self._bg: list[asyncio.Task[Any]] = []  # work spawned along the way, awaited at the end
@@ -204,17 +207,53 @@ class RunSupervisor:
         await self._ended.wait()
         return "detached" if self.detached else (self.end_status or "failed")
 
+    @property
+    def _labels(self) -> tuple[tuple[str, str], ...]:
+        return (("mlrb.runner", self.runner_id), ("mlrb.journal", str(Path(self.journal.path).resolve())))
+
     def _spec(self, mounts: tuple[tuple[Path, str], ...] = ()) -> SandboxSpec:
         task, scale = self.req.task, self.req.task.scale(self.req.scale)
+        proxy = self._proxy_for(scale.network, scale.allow_hosts)
         return SandboxSpec(
             run=self.run_id, workspace=self.workspace, image=self.image,
             limits=SandboxLimits(cpus=scale.cpus, memory_bytes=int(scale.memory_gb * 1024**3),
                                  gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
             env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale),
-                 *asset_env(mounts)),
+                 *asset_env(mounts), *(proxy.env if proxy is not None else ())),
             readonly_mounts=mounts,
-            labels=(("mlrb.runner", self.runner_id), ("mlrb.journal", str(Path(self.journal.path).resolve()))),
+            labels=self._labels,
+            docker_network=proxy.network if proxy is not None else None,
         )
+
+    def _proxy_for(self, network: str, hosts: tuple[str, ...]) -> EgressProxy | None:
+        if network != "allowlist":
+            return None
+        if self.proxy is None:
+            self.proxy = EgressProxy(self.run_id, hosts, labels=self._labels)
+        return self.proxy
+
+    async def _start_proxy(self, sb: Sandbox) -> None:
+        """An allowlist run's proxy, up before its sandbox; the local sandbox refuses such a
+        run when it starts, so no proxy is made for it."""
+        if self.proxy is None or sb.backend != "docker":
+            return
+        await self.proxy.start()
+        self._net_task = asyncio.create_task(self.proxy.follow(self._on_net_request),
+                                             name=f"{self.run_id}-net")
+
+    async def _on_net_request(self, req: NetRequest) -> None:
+        await self.emit("net.request", req.as_data())
+
+    async def _stop_proxy(self) -> None:
+        """Remove the proxy, then let its log's last lines become events."""
+        if self.proxy is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.proxy.stop()
+        if self._net_task is not None:
+            await asyncio.wait([self._net_task], timeout=10)
+            if not self._net_task.done():
+                self._net_task.cancel()
 
     async def _run(self, created: bool = False) -> None:
         task = self.req.task
@@ -232,6 +271,7 @@ class RunSupervisor:
         spec = self._spec(mounts)
         try:
             self.sandbox = self._make_sandbox(spec)
+            await self._start_proxy(self.sandbox)
             await self.sandbox.start()
         except SandboxError as exc:
             await self._finish("failed", f"sandbox: {exc}")
@@ -326,6 +366,14 @@ class RunSupervisor:
             await self._finish("failed", f"the run's sandbox is gone: {exc}")
             return
         self.sandbox = sb
+        if self.proxy is not None:
+            try:
+                await self.proxy.adopt()
+            except SandboxError as exc:
+                await self._finish("failed", f"the run's egress proxy is gone: {exc}")
+                return
+            self._net_task = asyncio.create_task(
+                self.proxy.follow(self._on_net_request, since=r.last_ts), name=f"{self.run_id}-net")
         elapsed, down, counted = r.elapsed_now()
         self.clock.used = elapsed
         self.output.resume(r.metric_step, r.metrics_offset)
@@ -378,6 +426,8 @@ class RunSupervisor:
             await self.output.flush()
         if self.sandbox is not None:
             self.sandbox.release()
+        if self._net_task is not None:  # the proxy goes on with the sandbox; the next runner follows it
+            self._net_task.cancel()
         self.approvals.cancel()
         await self.emit("run.detached", {"reason": reason, "runner": self.runner_id})
         self._ended.set()
@@ -684,6 +734,7 @@ class RunSupervisor:
         if self.sandbox is not None:
             with contextlib.suppress(Exception):
                 await self.sandbox.stop()
+        await self._stop_proxy()
         # metrics written in the last moments still count
         with contextlib.suppress(Exception):
             await self.output.read_last_metrics()

@@ -47,6 +47,11 @@ class TaskSpecError(ValueError):
     """A task bundle that cannot be used; the message names the file and the field."""
 
 
+# a host as a forward proxy's domain list takes it: a name, or ".name" for it and its subdomains
+HOST_RE = re.compile(r"^\.?(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
 class ScaleModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     time_s: float = Field(gt=0, description="wall-clock budget, paused and scoring time excluded")
@@ -61,6 +66,27 @@ class ScaleModel(BaseModel):
     score_timeout_s: float = Field(gt=0, default=600)
     disk_gb: float | None = Field(default=None, gt=0,
                                   description="workspace quota in GB; none: only the host's floor")
+    network: Literal["none", "allowlist"] = Field(
+        default="none", description="none: no network; allowlist: only allow_hosts, through a proxy")
+    allow_hosts: tuple[str, ...] = Field(
+        default=(), description="hosts an allowlist run may reach; '.name' takes its subdomains too")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts_shape(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not HOST_RE.match(h)]
+        if bad:
+            raise ValueError(f"not host names: {', '.join(repr(h) for h in bad)} "
+                             "(a name like huggingface.co, or .hf.co for it and its subdomains)")
+        return v
+
+    @model_validator(mode="after")
+    def _hosts_match_policy(self) -> ScaleModel:
+        if self.network == "allowlist" and not self.allow_hosts:
+            raise ValueError("network = \"allowlist\" needs allow_hosts, the hosts it may reach")
+        if self.network == "none" and self.allow_hosts:
+            raise ValueError("allow_hosts is set but network is \"none\": set network = \"allowlist\"")
+        return self
 
     @property
     def disk_bytes(self) -> int | None:
