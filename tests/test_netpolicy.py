@@ -347,3 +347,36 @@ async def test_the_local_sandbox_refuses_an_allowlist_task(tmp_path: Path) -> No
     assert "allowlist" in sup.end_reason and "docker sandbox" in sup.end_reason, sup.end_reason
     kinds = [e.kind for e in _events(tmp_path / "j.db", "net-local")]
     assert "sandbox.started" not in kinds and "net.request" not in kinds
+
+
+async def test_the_run_view_shows_requests_live(tmp_path: Path) -> None:
+    from mlrb_tui.screens.run_view import RunScreen
+    from mlrb_tui.widgets.timeline import ActionLog
+    from runner.events import EventFactory
+    from tests.fixtures.console_app import SIZE, Catcher, Feed, make_app, started
+    from tests.fixtures.console_app import until as pilot_until
+    from tests.fixtures.demo_journal import NOW, RUNNING
+
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("enter")
+        await pilot_until(pilot, lambda: isinstance(app.screen, RunScreen)
+                          and app.screen.state is not None
+                          and app.screen.query_one(ActionLog).option_count > 0)
+        log = app.screen.query_one(ActionLog)
+        f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+        feed.push(f.make("net.request", {"method": "CONNECT", "host": "huggingface.co", "port": 443,
+                                         "status": 200, "allowed": True, "result": "TCP_TUNNEL",
+                                         "sent_bytes": 2048, "received_bytes": 4_300_000}, ts=NOW),
+                  f.make("net.request", {"method": "GET", "host": "example.com", "port": 80,
+                                         "status": 403, "allowed": False,
+                                         "result": "TCP_DENIED"}, ts=NOW + 1))
+        await pilot_until(pilot, lambda: sum(e.kind == "net.request" for e in log.entries) == 2)
+        shown = "\n".join(log.plain_lines())
+        assert "allowed CONNECT huggingface.co:443 200 4.1M in, 2K out" in shown
+        assert "REFUSED GET example.com:80 403" in shown
+        await pilot.press("home", "E")  # a refusal is one of the errors the jump key finds
+        assert log.current is not None and log.current.kind == "net.request"
+        assert not log.current.text.startswith("allowed")
