@@ -380,3 +380,53 @@ async def test_the_run_view_shows_requests_live(tmp_path: Path) -> None:
         await pilot.press("home", "E")  # a refusal is one of the errors the jump key finds
         assert log.current is not None and log.current.kind == "net.request"
         assert not log.current.text.startswith("allowed")
+
+
+@pytest.mark.docker
+async def test_an_adopted_run_follows_its_proxy_on_without_repeats(
+        tmp_path: Path, docker_client: Any, proxy_image: str, sandbox_image: str,
+        upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.adoption import TURNS_DIR, load_resume
+    from runner.jobs import JobFiles
+    from runner.tools import job_id_for
+
+    monkeypatch.setenv("MLRB_PROXY_NETWORK", upstream.network)
+    monkeypatch.setenv("MLRB_PROXY_IMAGE", proxy_image)
+    spec_path = _spec_file(tmp_path, "tiny_net", 'network = "allowlist"\nallow_hosts = ["allowed.test"]')
+    run = f"net-adopt-{uuid.uuid4().hex[:8]}"
+    plan = [
+        {"name": "write_file", "args": {"path": "probe.py", "content": PROBE % {"proxy": proxy_name(run)}}},
+        {"name": "bash", "args": {"command": "python3 probe.py get allowed.test", "timeout_s": 60}},
+        # made while no runner follows the run
+        {"name": "bash", "args": {"command": "sleep 2; python3 probe.py connect other.test",
+                                  "timeout_s": 60}},
+        {"name": "bash", "args": {"command": "python3 probe.py connect allowed.test", "timeout_s": 60}},
+    ]
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    try:
+        first = _supervisor(tmp_path, spec_path, run, plan, "docker", journal, sandbox_image)
+        running = asyncio.create_task(first.run())
+        calls = lambda: [e.data["id"] for e in _events(db, run) if e.kind == "tool.call"]  # noqa: E731
+        await until(lambda: len(calls()) == 3, "the third call to start", timeout=120)
+        await first.detach("the runner stops")
+        assert await running == "detached"
+        workspace = tmp_path / run / "workspace"
+        job = JobFiles(workspace, job_id_for(calls()[2]))
+        await until(lambda: job.rc() is not None, "the unfollowed command to end", timeout=60)
+        reader = JournalReader(db)
+        try:
+            resume = load_resume(reader, run, "running", workspace.parent / TURNS_DIR)
+        finally:
+            reader.close()
+        second = _supervisor(tmp_path, spec_path, run, plan, "docker", journal, sandbox_image)
+        await second.adopt(resume)
+    finally:
+        journal.close()
+    evs = _events(db, run)
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    net = [(e.data["method"], e.data["host"], e.data["allowed"]) for e in evs if e.kind == "net.request"]
+    assert net == [("GET", "allowed.test", True), ("CONNECT", "other.test", False),
+                   ("CONNECT", "allowed.test", True)]
+    assert docker_client.containers.list(all=True, filters={"label": f"mlrb.run={run}"}) == []
+    assert docker_client.networks.list(names=[network_name(run)]) == []
