@@ -139,6 +139,38 @@ def check_image(cfg: Config, client: Any) -> Check:
     return Check(name, "ok", f"present and current ({size}, fingerprint {want[:12]})")
 
 
+def check_proxy_image(cfg: Config, scale: str, specs: list[TaskSpec], client: Any) -> Check | None:
+    """The egress proxy image, where a task at this scale has `network = "allowlist"`."""
+    from runner import egress_proxy
+    from runner.image import FINGERPRINT_LABEL, default_base
+
+    users = [t.name for t in specs if scale in t.scales and t.scale(scale).network == "allowlist"]
+    if not users:
+        return None
+    name, who = f"image {egress_proxy.proxy_image()}", ", ".join(users)
+    if cfg.backend == "local":
+        return Check(name, "warn", f"the local sandbox refuses allowlist tasks ({who})",
+                     "use the docker sandbox backend for them")
+    if client is None:
+        return Check(name, "warn", "not checked: no Docker engine", "start Docker, then `mlrb doctor` again")
+    import docker.errors
+
+    try:
+        image = client.images.get(egress_proxy.proxy_image())
+    except docker.errors.ImageNotFound:
+        return Check(name, "fail", f"missing: the egress proxy of allowlist tasks ({who})",
+                     "run `mlrb image proxy`")
+    have = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(FINGERPRINT_LABEL)
+    try:
+        want = egress_proxy.fingerprint(client.images.get(default_base()).id)
+    except docker.errors.ImageNotFound:
+        want = None
+    if have != want:
+        return Check(name, "warn", "present but out of date: its Dockerfile or base changed",
+                     "run `mlrb image proxy`")
+    return Check(name, "ok", f"present and current (the egress proxy of {who})")
+
+
 def check_gpu_runtime(cfg: Config, scale: str, gpus_needed: int, client: Any) -> Check:
     if cfg.backend == "local":
         return Check("gpu runtime", "ok", "not needed: the local sandbox's commands see the host's GPUs")
@@ -302,6 +334,9 @@ def diagnose(scale: str = "full", *, nvml: Any = None,
         checks += [check_docker(cfg, scale, client, why), check_image(cfg, client),
                    check_gpu_runtime(cfg, scale, need, client), check_gpus(scale, need, nvml),
                    check_broker(cfg)]
+        proxy = check_proxy_image(cfg, scale, specs, client)
+        if proxy is not None:
+            checks.append(proxy)
     finally:
         if client is not None:
             client.close()

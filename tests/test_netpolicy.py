@@ -430,3 +430,21 @@ async def test_an_adopted_run_follows_its_proxy_on_without_repeats(
                    ("CONNECT", "allowed.test", True)]
     assert docker_client.containers.list(all=True, filters={"label": f"mlrb.run={run}"}) == []
     assert docker_client.networks.list(names=[network_name(run)]) == []
+
+
+@pytest.mark.docker
+def test_doctor_checks_the_proxy_image_where_a_task_needs_it(
+        tmp_path: Path, docker_client: Any, proxy_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.doctor import diagnose
+
+    monkeypatch.setenv("MLRB_HOME", str(tmp_path / "home"))
+    for var in ("MLRB_CONFIG", "MLRB_SANDBOX", "MLRB_TASKS_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLRB_PROXY_IMAGE", proxy_image)
+    checks = {c.name: c for c in diagnose("full").checks}
+    assert checks[f"image {proxy_image}"].status == "ok"
+    assert "llm_efficiency" in checks[f"image {proxy_image}"].detail
+    assert f"image {proxy_image}" not in {c.name for c in diagnose("smoke").checks}  # none there
+    monkeypatch.setenv("MLRB_PROXY_IMAGE", "mlrb-proxy-missing:none")
+    missing = {c.name: c for c in diagnose("full").checks}["image mlrb-proxy-missing:none"]
+    assert missing.status == "fail" and missing.fix == "run `mlrb image proxy`"
