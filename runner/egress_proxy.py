@@ -200,6 +200,7 @@ class EgressProxy:
         self._client = client
         self._container: Any = None
         self._stream: Any = None
+        self._claimed = False  # started or adopted here: its leftovers are ours to remove
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -219,6 +220,7 @@ class EgressProxy:
     def _start(self) -> None:
         conf = squid_conf(self.hosts)
         client = self._docker()
+        self._claimed = True
         self._remove_leftovers(client)
         try:
             client.networks.get(self.outside)
@@ -269,6 +271,7 @@ class EgressProxy:
         await asyncio.to_thread(self._adopt)
 
     def _adopt(self) -> None:
+        self._claimed = True
         try:
             container = self._docker().containers.get(self.name)
         except docker.errors.NotFound:
@@ -327,8 +330,8 @@ class EgressProxy:
 
     async def stop(self) -> None:
         """Remove the proxy and the run's network; safe to call twice."""
-        if self._container is None:
-            return  # never started here: nothing of ours to remove
+        if not self._claimed:
+            return  # never started or adopted here: nothing of ours to remove
         await asyncio.to_thread(self._remove_leftovers, self._docker())
         self._container = None
 

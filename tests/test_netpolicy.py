@@ -448,3 +448,25 @@ def test_doctor_checks_the_proxy_image_where_a_task_needs_it(
     monkeypatch.setenv("MLRB_PROXY_IMAGE", "mlrb-proxy-missing:none")
     missing = {c.name: c for c in diagnose("full").checks}["image mlrb-proxy-missing:none"]
     assert missing.status == "fail" and missing.fix == "run `mlrb image proxy`"
+
+
+@pytest.mark.docker
+async def test_adopting_a_proxy_that_is_gone_fails_and_cleans_up(
+        docker_client: Any, proxy_image: str, upstream: Upstream) -> None:
+    import docker.errors
+
+    run = f"net-{uuid.uuid4().hex[:8]}"
+    first = EgressProxy(run, ("allowed.test",), image=proxy_image, outside=upstream.network,
+                        client=docker_client)
+    await first.start()
+    later = EgressProxy(run, ("allowed.test",), image=proxy_image, outside=upstream.network,
+                        client=docker_client)
+    await later.adopt()  # the running proxy is this run's
+    docker_client.containers.get(first.name).remove(force=True)
+    again = EgressProxy(run, ("allowed.test",), image=proxy_image, outside=upstream.network,
+                        client=docker_client)
+    with pytest.raises(ProxyError, match="is gone"):
+        await again.adopt()
+    await again.stop()  # the run's network goes with the failed adoption
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.networks.get(first.network)
