@@ -88,13 +88,20 @@ def paper_figures(path: Path = PAPER_FILE) -> dict[str, dict[str, PaperFigure]]:
 
 
 def paper_figure(task: str, model: str | None, path: Path = PAPER_FILE) -> PaperFigure | None:
+    match = paper_match(task, model, path)
+    return match[1] if match else None
+
+
+def paper_match(task: str, model: str | None,
+                path: Path = PAPER_FILE) -> tuple[str, PaperFigure] | None:
+    """The paper's model name and figure that a run's model id stands for, if any."""
     if not model:
         return None
     m = _norm(model)
     for name, fig in paper_figures(path).get(task, {}).items():
         key = _norm(name)
         if m.startswith(key) and _MODEL_SUFFIX.match(m[len(key):]):
-            return fig
+            return name, fig
     return None
 
 
