@@ -127,7 +127,7 @@ async def _results_chart(pilot: Pilot[None]) -> None:
     assert isinstance(screen, ResultsScreen)
     at = [(r.task, r.agent) for r in screen.shown].index(("mini_pile", "anthropic"))
     screen.table.move_cursor(row=at)
-    await _until(pilot, lambda: screen.chart.task == "mini_pile")
+    await _until(pilot, lambda: screen.chart.shown_task == "mini_pile")
     await pilot.pause()
 
 
@@ -177,9 +177,9 @@ async def generate(out: Path) -> list[Path]:
     from tests.fixtures.demo_journal import write_demo_journal
 
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        journal = write_demo_journal(Path(tmp) / "demo-journal.db")
-        return [await _shoot(journal, scene, out) for scene in SCENES]
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh journal per scene, as each test has
+        return [await _shoot(write_demo_journal(Path(tmp) / scene.name / "demo-journal.db"), scene, out)
+                for scene in SCENES]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,8 +49,8 @@ async def test_the_chart_follows_the_highlighted_row_and_enter_opens_its_runs(tm
         await until(pilot, lambda: isinstance(app.screen, ResultsScreen))
         screen = app.screen
         assert isinstance(screen, ResultsScreen)
-        await until(pilot, lambda: screen.chart.task is not None)  # the demo's killed run
-        assert screen.chart.task == "edge_llm_compression"
+        await until(pilot, lambda: screen.chart.shown_task is not None)  # the demo's killed run
+        assert screen.chart.shown_task == "edge_llm_compression"
         assert "No scored runs yet" in str(screen.chart.render())
         await pilot.press("escape")
         feed.push(*scored_events())
@@ -63,11 +63,11 @@ async def test_the_chart_follows_the_highlighted_row_and_enter_opens_its_runs(tm
         await until(pilot, lambda: len(screen.shown) == 5)
         tasks = [r.task for r in screen.shown]
         screen.table.move_cursor(row=tasks.index("baby_lm"))
-        await until(pilot, lambda: screen.chart.task == "baby_lm")
+        await until(pilot, lambda: screen.chart.shown_task == "baby_lm")
         assert "0.627±0.023 paper —" in str(screen.chart.render())
         gpt = [(r.task, r.agent) for r in screen.shown].index(("mini_pile", "openai"))
         await pilot.press(*["down"] * (gpt - tasks.index("baby_lm")))
-        await until(pilot, lambda: screen.chart.task == "mini_pile")
+        await until(pilot, lambda: screen.chart.shown_task == "mini_pile")
         drawn = str(screen.chart.render())
         assert "0.431 paper 0.457 1✗" in drawn and "batch size 8" in drawn
         await pilot.press("enter")

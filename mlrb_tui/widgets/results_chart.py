@@ -136,7 +136,7 @@ class ResultsChart(Widget):
         self._selected: ResultRow | None = None
 
     @property
-    def task(self) -> str | None:
+    def shown_task(self) -> str | None:
         """The task the chart shows: the selected row's, else the first row's."""
         if self._selected is not None:
             return self._selected.task
@@ -147,4 +147,4 @@ class ResultsChart(Widget):
         self.refresh(layout=True)
 
     def render(self) -> Text:
-        return chart_text(self.task, self._rows, self._selected, self.content_size.width or 80)
+        return chart_text(self.shown_task, self._rows, self._selected, self.content_size.width or 80)
