@@ -9,12 +9,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from runner.config import Config, ConfigError, DaemonInfo, load_config, read_daemon_info
 from runner.control import LIMIT_NAMES
+
+if TYPE_CHECKING:
+    from tasks.api import TaskSpec
 
 DEMO_TASKS = ("mini_pile", "baby_lm", "edge_llm_training")
 
@@ -834,6 +837,8 @@ def tasks_show(name: str, scale: str) -> None:
             click.echo(f"  {name:<12} {where}")
         for why in up.departures:
             click.echo(f"  departs: {why}")
+    for line in _compute_lines(t):
+        click.echo(line)
     click.echo(f"----- prompt ({scale}) -----\n{prompt}")
     click.echo("----- results -----")
     if t.reference.summary:
@@ -844,6 +849,33 @@ def tasks_show(name: str, scale: str) -> None:
                        f"({res.get('succeeded', '?')} of {res.get('runs', '?')} runs succeeded)")
     for line in _our_results(t.name, t.metric):
         click.echo(line)
+
+
+def _compute_lines(t: TaskSpec) -> list[str]:
+    """A task's compute: what upstream's prompt states, beside what full scale gives here."""
+    full = t.scale("full")
+    here_gpu = f"{full.gpus} GPU" + (f" ({full.hardware})" if full.hardware else "")
+    here_disk = f"{full.disk_gb:g} GB workspace quota" if full.disk_gb else "no workspace quota"
+    up = t.upstream.compute if t.upstream is not None else None
+    lines = ["----- compute -----"]
+    if up is None:
+        lines.append("  upstream     states no compute for this task")
+    else:
+        lines.append(f"  upstream     {up.stated}")
+
+    def row(what: str, theirs: str, ours: str) -> None:
+        lines.append(f"  {what:<12} upstream {theirs}; full scale here {ours}")
+
+    if up is not None:
+        row("GPU", f"{up.gpus}x {up.gpu}", here_gpu)
+        row("RAM", f"{up.ram_gb:g} GB" if up.ram_gb else "states none", f"{full.memory_gb:g} GB")
+        row("disk", f"{up.disk_gb:g} GB" if up.disk_gb else "states none", here_disk)
+        row("time", up.time_limit, f"{full.time_s / 3600:g} h on the clock")
+        if up.note:
+            lines.append(f"  note         {up.note}")
+    else:
+        lines.append(f"  full scale   {here_gpu}, {full.memory_gb:g} GB RAM, {here_disk}")
+    return lines
 
 
 def _our_results(task: str, metric: str) -> list[str]:

@@ -105,11 +105,38 @@ async def _replay(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def _results_chart(pilot: Pilot[None]) -> None:
+    """The results screen over a finished campaign's scored runs (written to the journal the
+    console follows), the cursor on mini_pile's Claude row so its task is charted."""
+    from mlrb_tui.screens.results import ResultsScreen
+    from runner.journal import Journal
+    from tests.fixtures.demo_journal import SCORED, scored_events
+
+    app = pilot.app
+    assert isinstance(app, MLRBApp)
+    await _dashboard(pilot)
+    journal = Journal(app.journal_path)
+    try:
+        journal.write_sync(scored_events())
+    finally:
+        journal.close()
+    await _until(pilot, lambda: all(app.fleet.rows.get(r[0], {}).get("status") == r[4] for r in SCORED))
+    await pilot.press("R")
+    await _until(pilot, lambda: isinstance(app.screen, ResultsScreen) and len(app.screen.shown) == 5)
+    screen = app.screen
+    assert isinstance(screen, ResultsScreen)
+    at = [(r.task, r.agent) for r in screen.shown].index(("mini_pile", "anthropic"))
+    screen.table.move_cursor(row=at)
+    await _until(pilot, lambda: screen.chart.shown_task == "mini_pile")
+    await pilot.pause()
+
+
 @dataclass(frozen=True)
 class Scene:
     name: str
     steps: Steps
     app_kwargs: dict[str, Any] = field(default_factory=dict)
+    size: tuple[int, int] = SIZE
 
 
 SCENES: tuple[Scene, ...] = (
@@ -125,6 +152,9 @@ SCENES: tuple[Scene, ...] = (
     Scene("reject", _keys(_pending_call, "n", *"not the checkpoints: they are the baseline")),
     Scene("replay", _replay, {"replay_run": "r-mini-pile-01", "replay_speed": 1.0}),
     Scene("results", _keys(_dashboard, "R")),
+    Scene("results_chart", _results_chart),
+    Scene("results_chart_80x24", _results_chart, size=(80, 24)),
+    Scene("results_chart_200", _results_chart, size=(200, 50)),
 )
 
 
@@ -137,7 +167,7 @@ def scene_app(journal: Path, scene: Scene) -> MLRBApp:
 
 async def _shoot(journal: Path, scene: Scene, out: Path) -> Path:
     app = scene_app(journal, scene)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=scene.size) as pilot:
         await scene.steps(pilot)
         name = app.save_screenshot(f"{scene.name}.svg", str(out))
     return Path(name)
@@ -147,9 +177,9 @@ async def generate(out: Path) -> list[Path]:
     from tests.fixtures.demo_journal import write_demo_journal
 
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        journal = write_demo_journal(Path(tmp) / "demo-journal.db")
-        return [await _shoot(journal, scene, out) for scene in SCENES]
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh journal per scene, as each test has
+        return [await _shoot(write_demo_journal(Path(tmp) / scene.name / "demo-journal.db"), scene, out)
+                for scene in SCENES]
 
 
 def main(argv: list[str] | None = None) -> None:

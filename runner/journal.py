@@ -20,7 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS runs (
     sandbox TEXT, isolated INTEGER,
     flags INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL DEFAULT 0,
-    campaign TEXT, slot TEXT, scaffold TEXT
+    campaign TEXT, slot TEXT, scaffold TEXT,
+    score_method TEXT                   -- how `score` was computed: its details.method, as JSON
 );
 CREATE TABLE IF NOT EXISTS campaigns (
     name TEXT PRIMARY KEY,
@@ -125,12 +126,12 @@ _RUN_COLUMNS = (
     "run task agent model scale runner status reason created_ts started_ts ended_ts updated_ts "
     "last_seq budget_s active_s active_ts metric_name metric_value metric_step score score_metric "
     "input_tokens output_tokens cost_usd cpu_pct mem_bytes mem_limit cpu_limit gpu_util "
-    "gpu_mem_used gpu_mem_total sandbox isolated flags steps campaign slot scaffold"
+    "gpu_mem_used gpu_mem_total sandbox isolated flags steps campaign slot scaffold score_method"
 ).split()
 
 log = logging.getLogger(__name__)
 # columns added to `runs` after its first release: a journal written before gets them on open
-_ADDED_RUN_COLUMNS = ("campaign", "slot", "scaffold")
+_ADDED_RUN_COLUMNS = ("campaign", "slot", "scaffold", "score_method")
 _CAMPAIGN_COLUMNS = ("name", "spec", "state", "reason", "created_ts", "updated_ts", "request",
                      "answer", "runner")
 
@@ -244,12 +245,23 @@ class RunFold:
         elif type(b) is ScoreData:
             row["score"] = b.value
             row["score_metric"] = b.metric[:80]
+            method = b.details.get("method")
+            row["score_method"] = score_method_json(method) if isinstance(method, Mapping) else None
         elif type(b) is IntegrityFlagData:
             row["flags"] += 1
         elif type(b) is SandboxStartedData:
             row["sandbox"] = b.backend[:40]
             row["isolated"] = 1 if b.isolated else 0
         return row
+
+
+MAX_METHOD_CHARS = 4000
+
+
+def score_method_json(method: Mapping[str, Any]) -> str | None:
+    """A score's method as the runs row keeps it: JSON, or None when too long to keep whole."""
+    text = json.dumps(method, sort_keys=True, default=str)
+    return text if len(text) <= MAX_METHOD_CHARS else None
 
 
 def side_rows(ev: Event) -> list[tuple[str, dict[str, Any]]]:

@@ -53,10 +53,20 @@ class ResultRow:
     paper: float | None
     paper_stat: str | None
     run_ids: tuple[str, ...] = ()
+    run_scores: tuple[float | None, ...] = ()  # each run's score, in run_ids' order
+    run_statuses: tuple[str, ...] = ()  # each run's end status, in run_ids' order
+    methods: tuple[dict[str, Any], ...] = ()  # the distinct ways the scored runs were scored
+
+    @property
+    def method(self) -> dict[str, Any] | None:
+        """How every scored run of the row was scored, where they all agree."""
+        return self.methods[0] if len(self.methods) == 1 else None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["run_ids"] = list(self.run_ids)
+        for key in ("run_ids", "run_scores", "run_statuses", "methods"):
+            d[key] = list(d[key])
+        d["method"] = self.method
         return d
 
 
@@ -78,14 +88,58 @@ def paper_figures(path: Path = PAPER_FILE) -> dict[str, dict[str, PaperFigure]]:
 
 
 def paper_figure(task: str, model: str | None, path: Path = PAPER_FILE) -> PaperFigure | None:
+    match = paper_match(task, model, path)
+    return match[1] if match else None
+
+
+def paper_match(task: str, model: str | None,
+                path: Path = PAPER_FILE) -> tuple[str, PaperFigure] | None:
+    """The paper's model name and figure that a run's model id stands for, if any."""
     if not model:
         return None
     m = _norm(model)
     for name, fig in paper_figures(path).get(task, {}).items():
         key = _norm(name)
         if m.startswith(key) and _MODEL_SUFFIX.match(m[len(key):]):
-            return fig
+            return name, fig
     return None
+
+
+def _method(row: dict[str, Any]) -> dict[str, Any] | None:
+    raw = row.get("score_method")
+    if not isinstance(raw, str):
+        return None
+    try:
+        m = json.loads(raw)
+    except ValueError:
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def method_text(m: dict[str, Any]) -> str:
+    """A method in one line: evaluator and version, tasks, aggregate, dtype, batch size."""
+    head = str(m.get("evaluator") or "?")
+    if m.get("lm_eval_version"):
+        head = f"{head} {m['lm_eval_version']}"
+    parts = [head]
+    if m.get("tasks"):
+        parts.append("tasks " + ",".join(str(t) for t in m["tasks"]))
+    for key in ("aggregate",):
+        if m.get(key):
+            parts.append(str(m[key]))
+    left_out = m.get("left_out")
+    if isinstance(left_out, dict):
+        named = [f"{k} ({'/'.join(v)})" if v else k for k, v in left_out.items()
+                 if isinstance(v, list) and v]
+        if named:
+            parts.append("left out: " + ", ".join(named))
+    parts.append(f"dtype {m.get('dtype', '?')}")
+    parts.append(f"batch size {m.get('batch_size', '?')}")
+    if m.get("num_fewshot") is not None:
+        parts.append(f"few-shot {m['num_fewshot']}")
+    if m.get("device"):
+        parts.append(f"on {m['device']}")
+    return "; ".join(parts)
 
 
 @cache
@@ -132,13 +186,25 @@ def results(rows: Iterable[dict[str, Any]], *, campaign: str | None = None,
             time_s=sum(float(r.get("active_s") or 0) for r in group) / n,
             flags=sum(int(r.get("flags") or 0) for r in group),
             paper=fig.value if fig else None, paper_stat=fig.stat if fig else None,
-            run_ids=tuple(str(r["run"]) for r in group)))
+            run_ids=tuple(str(r["run"]) for r in group),
+            run_scores=tuple(float(r["score"]) if isinstance(r.get("score"), (int, float)) else None
+                             for r in group),
+            run_statuses=tuple(str(r.get("status")) for r in group),
+            methods=_distinct(m for r in group if (m := _method(r)) is not None)))
     return out
+
+
+def _distinct(methods: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    out: list[dict[str, Any]] = []
+    for m in methods:
+        if m not in out:
+            out.append(m)
+    return tuple(out)
 
 
 # -- formats -------------------------------------------------------------------------------------
 CSV_FIELDS = ("task", "agent", "model", "scaffold", "metric", "runs", "succeeded", "mean", "std",
-              "best", "cost_usd", "tokens", "time_s", "flags", "paper", "paper_stat")
+              "best", "cost_usd", "tokens", "time_s", "flags", "paper", "paper_stat", "method")
 
 
 def to_json(rows: Sequence[ResultRow]) -> str:
@@ -150,7 +216,9 @@ def to_csv(rows: Sequence[ResultRow]) -> str:
     w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.to_json().items()})
+        d = {k: ("" if v is None else v) for k, v in r.to_json().items()}
+        d["method"] = " | ".join(method_text(m) for m in r.methods)
+        w.writerow(d)
     return buf.getvalue()
 
 
@@ -194,6 +262,11 @@ def to_markdown(rows: Sequence[ResultRow]) -> str:
 def to_text(rows: Sequence[ResultRow]) -> str:
     table = [list(HEADERS), *(cells(r) for r in rows)]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
-    return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w)
+    text = "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
                      for row in table) + "\n"
+    stated = [(r, m) for r in rows for m in r.methods]
+    if stated:  # how each score was computed, below the table it explains
+        text += "\nscored by:\n" + "".join(f"  {r.task} {_agent_label(r)}: {method_text(m)}\n"
+                                           for r, m in stated)
+    return text

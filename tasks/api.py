@@ -100,6 +100,19 @@ class ReferenceModel(BaseModel):
     results: dict[str, Any] = Field(default_factory=dict)
 
 
+class UpstreamComputeModel(BaseModel):
+    """The compute upstream's prompt gives the task, in its words and as figures."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stated: str = Field(min_length=1, description="upstream's `compute` and `time_limit`, verbatim")
+    gpus: int = Field(ge=0, description="GPUs upstream gives")
+    gpu: str = Field(min_length=1, description="which GPU, as upstream names it")
+    ram_gb: float | None = Field(default=None, gt=0, description="host RAM; None: upstream states none")
+    disk_gb: float | None = Field(default=None, gt=0, description="disk; None: upstream states none")
+    time_limit: str = Field(min_length=1)
+    note: str = Field(default="", description="how the full scale here maps onto it, where it differs")
+
+
 class UpstreamModel(BaseModel):
     """Where the task's definition comes from, field by field, and where this project departs."""
 
@@ -109,6 +122,7 @@ class UpstreamModel(BaseModel):
     task: str = Field(min_length=1, description="the task's name upstream")
     fields: dict[str, str] = Field(default_factory=dict, description="our field -> upstream's words for it")
     departures: list[str] = Field(default_factory=list, description="where this project differs, and why")
+    compute: UpstreamComputeModel | None = None
 
 
 COMMIT_RE = r"^[0-9a-f]{40}$"

@@ -187,6 +187,19 @@ def check_float_only(model_dir: Path, summary: dict[str, Any]) -> None:
 
 
 # -- loading and log-likelihoods -----------------------------------------------------------
+LOCAL_DTYPE = "float32"  # what load_model loads every submission in
+LOCAL_BATCH_SIZE = 1  # the local scorers feed one sequence at a time
+
+
+def local_method(evaluator: str, aggregate: str, **extra: Any) -> dict[str, Any]:
+    """How a scorer of this library computed its score (details.method), at either scale."""
+    import torch
+
+    return {"evaluator": evaluator, "aggregate": aggregate, "dtype": LOCAL_DTYPE,
+            "batch_size": LOCAL_BATCH_SIZE, "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch_version": torch.__version__, **extra}
+
+
 def load_model(model_dir: Path) -> tuple[Any, Any, bool]:
     """(model, tokenizer, is_seq2seq), in float32 on CPU (or the GPU when one is there)."""
     import torch
@@ -375,8 +388,13 @@ def lean_compile(text: str, timeout_s: float = 60) -> tuple[bool, str] | None:
 
 
 # -- full scale ----------------------------------------------------------------------------
-def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None) -> dict[str, Any]:
-    """The benchmark's own evaluation at full scale, through EleutherAI's lm-eval harness."""
+LM_EVAL_BATCH_SIZE = 8  # upstream's prompts evaluate with `lm_eval ... --batch_size 8`
+
+
+def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None,
+            details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The benchmark's own evaluation at full scale, through EleutherAI's lm-eval harness;
+    `details` gets the method (lm-eval version, tasks, dtype, batch size) under "method"."""
     try:
         import lm_eval as harness  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -386,8 +404,32 @@ def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None) -
 
     dtype = "float16" if torch.cuda.is_available() else "float32"
     out = harness.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
-                                  tasks=tasks, num_fewshot=num_fewshot, batch_size="auto")
+                                  tasks=tasks, num_fewshot=num_fewshot,
+                                  batch_size=LM_EVAL_BATCH_SIZE)
+    if details is not None:
+        details["method"] = lm_eval_method(out or {}, tasks, dtype, num_fewshot)
     return {k: v for k, v in (out or {}).get("results", {}).items()}
+
+
+def lm_eval_method(out: dict[str, Any], tasks: list[str], dtype: str,
+                   num_fewshot: int | None) -> dict[str, Any]:
+    """The method of an lm-eval evaluation, from what simple_evaluate returned."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        harness_version = version("lm_eval")
+    except PackageNotFoundError:
+        harness_version = "unknown"
+    config = out.get("config") or {}
+    method: dict[str, Any] = {
+        "evaluator": "lm-eval", "lm_eval_version": harness_version, "tasks": list(tasks),
+        "dtype": dtype, "batch_size": config.get("batch_size", LM_EVAL_BATCH_SIZE),
+        "num_fewshot": num_fewshot if num_fewshot is not None else "task default",
+        "device": config.get("device") or "auto"}
+    shots = out.get("n-shot") or {}
+    if shots:
+        method["n_shot"] = {k: shots[k] for k in sorted(shots)}
+    return method
 
 
 def mmlu_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any],
@@ -396,11 +438,15 @@ def mmlu_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any
     questions by log-likelihood at smoke scale (the same code path, smaller)."""
     extra = extra or {}
     if scale == "full":
-        value = lm_eval_metric(lm_eval(model_dir, ["mmlu"]), "mmlu")
+        value = lm_eval_metric(lm_eval(model_dir, ["mmlu"], details=details), "mmlu")
+        details["method"].update(aggregate="lm-eval's mmlu group acc,none", metric="acc,none")
         return result(metric, value, {metric: value, **extra}, details)
     model, tok, _ = load_model(model_dir)
     items = read_jsonl(data_file("mmlu_smoke.jsonl"))
     acc = choice_accuracy(model, tok, items)
+    details["method"] = local_method(
+        "mlrb log-likelihood multiple choice (lm-eval's loglikelihood, acc)",
+        f"accuracy over the {len(items)} held-out four-way MMLU-style items", metric="acc")
     metrics = {metric: acc["acc"], "mmlu_acc_norm": acc["acc_norm"], **extra}
     if by_subject:
         for subject in sorted({it["subject"] for it in items}):
@@ -416,18 +462,32 @@ def superglue_result(metric: str, model_dir: Path, scale: str, details: dict[str
     of its accuracies) at full scale, the held-out choice items by log-likelihood at smoke."""
     extra = extra or {}
     if scale == "full":
-        res = lm_eval(model_dir, ["super-glue-lm-eval-v1"])
+        res = lm_eval(model_dir, ["super-glue-lm-eval-v1"], details=details)
         subs = {k: float(v["acc,none"]) for k, v in res.items() if "acc,none" in v}
         if not subs:
             raise ScoreError("lm-eval returned no SuperGLUE accuracies")
         value = sum(subs.values()) / len(subs)
+        details["method"].update(superglue_aggregate(res, subs))
         return result(metric, value, {metric: value, **subs, **extra}, details)
     model, tok, _ = load_model(model_dir)
     items = read_jsonl(data_file("superglue_smoke.jsonl"))
     acc = choice_accuracy(model, tok, items)
+    details["method"] = local_method(
+        "mlrb log-likelihood multiple choice (lm-eval's loglikelihood, acc)",
+        f"accuracy over the {len(items)} held-out SuperGLUE-style choice items", metric="acc")
     details.update(items=len(items), chance=0.375)  # half two-way items, half four-way recall
     return result(metric, acc["acc"], {metric: acc["acc"], "superglue_acc_norm": acc["acc_norm"],
                                        **extra}, details)
+
+
+def superglue_aggregate(res: dict[str, Any], subs: dict[str, float]) -> dict[str, Any]:
+    """What the SuperGLUE figure is the mean of: which subtasks, which metric, which left out."""
+    left_out = sorted(k for k in res if k not in subs)
+    names = ", ".join(sorted(subs))
+    return {"aggregate": f"unweighted mean of acc,none over {len(subs)} subtasks: {names}",
+            "metric": "acc,none", "subtasks": sorted(subs),
+            "left_out": {k: sorted(m for m in res[k] if "," in m and not m.endswith("_stderr,none"))
+                         for k in left_out}}
 
 
 def lm_eval_metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:

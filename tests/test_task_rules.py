@@ -69,6 +69,27 @@ def test_compute_is_what_upstream_states() -> None:
     for name in ("llm_efficiency", "baby_lm"):  # "One A100 40GB GPU, 128GB of RAM, 500GB of Disk"
         assert specs[name].scale("full").memory_gb == 128
     assert all(s.scale("full").gpus == 1 for s in specs.values())
+    for s in specs.values():  # each task says what upstream's prompt states, in its words and as figures
+        up = s.upstream.compute  # type: ignore[union-attr]
+        assert up is not None, f"{s.name}: [upstream.compute] missing"
+        assert (up.gpus, up.gpu, up.time_limit) == (s.scale("full").gpus, "A100 40GB", "24 hours")
+        assert up.stated.split(";")[0] in s.upstream.fields["compute"]  # type: ignore[union-attr]
+        assert s.scale("full").memory_gb >= (up.ram_gb or 0)
+        assert (up.ram_gb, up.disk_gb) == ((128, 500) if s.name in ("llm_efficiency", "baby_lm") else (None, None))
+
+
+@pytest.mark.parametrize("name", ["llm_efficiency", "mini_pile"])
+def test_tasks_show_gives_upstreams_compute_beside_full_scales(name: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "mlrb_tui.cli", "tasks", "show", name], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    shown = out.split("----- compute -----\n", 1)[1].split("----- prompt", 1)[0].splitlines()
+    full = load_task(name).scale("full")
+    ram = "128 GB" if name == "llm_efficiency" else "states none"
+    disk = "500 GB" if name == "llm_efficiency" else "states none"
+    assert shown[1] == "  GPU          upstream 1x A100 40GB; full scale here 1 GPU (1x A100 40GB)"
+    assert shown[2] == f"  RAM          upstream {ram}; full scale here {full.memory_gb:g} GB"
+    assert shown[3] == f"  disk         upstream {disk}; full scale here {full.disk_gb:g} GB workspace quota"
+    assert shown[4] == "  time         upstream 24 hours; full scale here 24 h on the clock"
 
 
 def test_baby_lm_forbids_what_upstream_forbids_and_no_more() -> None:

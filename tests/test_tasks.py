@@ -141,6 +141,9 @@ def test_baseline_trains_submits_and_scores(name: str, baselines: dict[str, Base
     assert lo <= result["value"] <= hi
     assert set(result["metrics"]) <= set(spec.metrics) | set(result["metrics"])
     assert spec.metric in result["metrics"]
+    method = result["details"]["method"]  # how the score was computed, stated in the record
+    assert (method["dtype"], method["batch_size"]) == ("float32", 1)
+    assert method["evaluator"] and method["aggregate"] and method["metric"]
     RESULTS[name] = {"value": round(result["value"], 3), "baseline_s": round(run.seconds, 1),
                      "score_s": round(time.monotonic() - t0, 1), "metric": spec.metric}
     print(f"\nBASELINE {name}: {RESULTS[name]}")
@@ -289,3 +292,31 @@ def test_edge_training_over_budget_scores_zero(baselines: dict[str, BaselineRun]
     r = score(spec, ws)
     assert r["value"] == 0.0 and "budget" in r["error"]
     assert r["metrics"]["dram_bytes"] > r["metrics"]["dram_budget_bytes"]
+
+
+def test_the_full_scale_method_states_the_lm_eval_version_dtype_batch_and_superglue_mean() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tasks import scorelib as sl
+
+    # the shape lm-eval's simple_evaluate returns for the super-glue-lm-eval-v1 group
+    res = {"boolq": {"alias": "boolq", "acc,none": 0.6, "acc_stderr,none": 0.01},
+           "cb": {"alias": "cb", "acc,none": 0.4, "f1,none": 0.3},
+           "record": {"alias": "record", "f1,none": 0.2, "em,none": 0.19, "f1_stderr,none": 0.01},
+           "super-glue-lm-eval-v1": {"alias": "super-glue-lm-eval-v1"}}
+    out = {"results": res, "config": {"batch_size": 8, "device": "cuda:0"}, "n-shot": {"cb": 0, "boolq": 0}}
+    method = sl.lm_eval_method(out, ["super-glue-lm-eval-v1"], "float16", None)
+    subs = {k: v["acc,none"] for k, v in res.items() if "acc,none" in v}
+    method.update(sl.superglue_aggregate(res, subs))
+    try:
+        expected_version = version("lm_eval")
+    except PackageNotFoundError:
+        expected_version = "unknown"
+    assert method["lm_eval_version"] == expected_version
+    assert (method["dtype"], method["batch_size"], method["device"]) == ("float16", 8, "cuda:0")
+    assert method["num_fewshot"] == "task default" and method["n_shot"] == {"boolq": 0, "cb": 0}
+    assert method["subtasks"] == ["boolq", "cb"] and method["metric"] == "acc,none"
+    assert method["aggregate"] == "unweighted mean of acc,none over 2 subtasks: boolq, cb"
+    # ReCoRD reports F1/EM, no accuracy: it is named as left out, with what it does report
+    assert method["left_out"] == {"record": ["em,none", "f1,none"], "super-glue-lm-eval-v1": []}
+    assert sl.LM_EVAL_BATCH_SIZE == 8  # as upstream's `lm_eval ... --batch_size 8`

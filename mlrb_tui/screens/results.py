@@ -1,7 +1,9 @@
 """The results screen: `mlrb results` live, one row per task × agent, beside the paper's figure.
 
 Rows are derived from the fleet's runs rows by `runner.results` and diffed by key on each
-repaint (at most once a second); Enter on a row asks for its runs on the dashboard.
+repaint (at most once a second); below the table, the highlighted row's task is charted, each
+agent's runs against the paper's figure, with how the row's scores were computed. Enter on a
+row asks for its runs on the dashboard.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from mlrb_tui.frame import Frame
+from mlrb_tui.widgets.results_chart import ResultsChart
 from runner.results import HEADERS, ResultRow, cells, results
 
 REFRESH_S = 1.0
@@ -56,11 +59,25 @@ class ResultsScreen(Screen[None]):
         yield Static(Text(" Results: ended runs per task × agent; mean/std/best of the succeeded "
                           "runs; Enter shows a row's runs", style="bold"), id="results-title")
         yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
+        yield ResultsChart(id="results-chart")
         yield Footer()
 
     @property
     def table(self) -> DataTable[str]:
         return self.query_one("#results", DataTable)
+
+    @property
+    def chart(self) -> ResultsChart:
+        return self.query_one("#results-chart", ResultsChart)
+
+    @property
+    def highlighted(self) -> ResultRow | None:
+        """The row under the table's cursor."""
+        table = self.table
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return self._rows.get(str(key.value))
 
     def on_mount(self) -> None:
         for h in HEADERS:
@@ -92,6 +109,11 @@ class ResultsScreen(Screen[None]):
                         table.update_cell(key, h, new)
             self._drawn[key] = values
         self._rows = rows
+        self.chart.show(self.shown, self.highlighted)
+
+    @on(DataTable.RowHighlighted, "#results")
+    def _highlighted(self) -> None:
+        self.chart.show(self.shown, self.highlighted)  # the chart follows the cursor's task
 
     @property
     def shown(self) -> list[ResultRow]:

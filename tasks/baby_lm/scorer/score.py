@@ -20,8 +20,9 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     summary = sl.weights_summary(model_dir)
     details: dict[str, Any] = {"model": model_dir.name, "params": summary["params"], "scale": args.scale}
     if args.scale == "full":
-        res = sl.lm_eval(model_dir, ["blimp"])
+        res = sl.lm_eval(model_dir, ["blimp"], details=details)
         value = sl.lm_eval_metric(res, "blimp")
+        details["method"].update(aggregate="lm-eval's blimp group acc,none", metric="acc,none")
         return sl.result(METRIC, value, {METRIC: value}, details)
     model, tok, seq2seq = sl.load_model(model_dir)
     if seq2seq:
@@ -30,7 +31,9 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     acc = sl.minimal_pair_accuracy(model, tok, pairs)
     metrics = {METRIC: acc["acc"]}
     metrics.update({f"blimp_{k.removeprefix('acc_')}": v for k, v in acc.items() if k != "acc"})
-    details.update(pairs=len(pairs), chance=0.5)
+    details.update(pairs=len(pairs), chance=0.5, method=sl.local_method(
+        "mlrb minimal-pair log-likelihood (lm-eval's blimp comparison)",
+        f"share of the {len(pairs)} held-out pairs with log P(good) > log P(bad)", metric="acc"))
     return sl.result(METRIC, acc["acc"], metrics, details)
 
 

@@ -54,6 +54,11 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     metrics = {METRIC: value, named: value, "rouge_l": sl.rouge_l(hyps, refs), "bleu": sl.bleu(hyps, refs)}
     details = {"model": model_dir.name, "params": summary["params"], "scale": args.scale,
                "items": len(rows), "checker": checker, "seq2seq": seq2seq,
+               "method": sl.local_method(
+                   "greedy generation (64 new tokens), then the Lean check",
+                   f"share of the {len(rows)} held-out statements whose generation passes {checker}",
+                   metric=named, bleu="corpus BLEU-4, whitespace tokens, add-one smoothing",
+                   rouge_l="mean ROUGE-L F1, whitespace tokens"),
                "examples": [{"reference": r, "generated": h} for r, h in zip(refs[:3], hyps[:3], strict=True)]}
     return sl.result(METRIC, value, metrics, details)
 
