@@ -369,6 +369,15 @@ def write_lock(kind: ImageKind, log: Callable[[str], None] = print) -> Path:
     return kind.lock_path
 
 
+def cuda_version(kind: ImageKind = SANDBOX_GPU) -> tuple[int, int] | None:
+    """The CUDA runtime the GPU lock's torch wheels bundle (the driver must support it)."""
+    for pin in read_lock(kind):
+        if pin.name in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu13"):
+            major, minor = pin.version.split(".")[:2]
+            return int(major), int(minor)
+    return None
+
+
 # ----- wheelhouses
 
 def wheel_cache_dir() -> Path:

@@ -180,6 +180,9 @@ def test_torch_is_the_cpu_wheel_in_the_cpu_locks_and_a_cuda_build_in_the_gpu_loc
         assert any(n.startswith("nvidia-cuda-runtime") for n in cuda), cuda
         assert any(n.startswith("nvidia-cudnn") for n in cuda), cuda
         assert any(n.startswith("nvidia-cublas") for n in cuda), cuda
+    runtime = image.cuda_version()  # what a GPU host's driver must support
+    assert runtime is not None and runtime >= (12, 0)
+    assert image.cuda_version(SANDBOX_CPU) is None
 
 
 def test_the_gpu_dockerfile_and_lock_render_with_a_configurable_base(tmp_path: Path) -> None:
