@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -613,7 +612,7 @@ def broker_user_list(dir_: str | None) -> None:
 
 @cli.group()
 def image() -> None:
-    """Build the sandbox images."""
+    """Build the sandbox and scorer images, and refresh their lock files."""
 
 
 @image.command("base")
@@ -631,24 +630,59 @@ def image_base(name: str | None) -> None:
 
 
 @image.command("build")
-@click.option("--base", default=None, help="Base image (default: MLRB_BASE_IMAGE or mlrb-base:bookworm).")
-@click.option("--tag", default=None, help="Image tag (default: MLRB_SANDBOX_IMAGE or mlrb-sandbox:latest).")
+@click.option("--gpu", is_flag=True,
+              help="The GPU build: torch's CUDA wheels from PyPI (no CUDA base needed).")
+@click.option("--scorer", is_flag=True,
+              help="The scorer image (lm-eval, datasets, sacrebleu, rouge-score), FROM the sandbox image.")
+@click.option("--base", default=None, help="Base image (default: MLRB_BASE_IMAGE, for --gpu "
+              "MLRB_GPU_BASE_IMAGE, else mlrb-base:bookworm).")
+@click.option("--tag", default=None, help="Image tag (default: mlrb-sandbox, mlrb-sandbox-gpu, "
+              "mlrb-scorer or mlrb-scorer-gpu, :latest).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date image exists.")
-def image_build(base: str | None, tag: str | None, force: bool) -> None:
-    """Build the sandbox image from its Dockerfile (reused when up to date)."""
+def image_build(gpu: bool, scorer: bool, base: str | None, tag: str | None, force: bool) -> None:
+    """Build the sandbox or scorer image from its Dockerfile and lock (reused when up to date)."""
     from runner import image as img
 
-    base = base or os.environ.get("MLRB_BASE_IMAGE") or img.DEFAULT_BASE
-    tag = tag or os.environ.get("MLRB_SANDBOX_IMAGE") or img.DEFAULT_IMAGE
+    base = base or img.default_base("gpu" if gpu else "cpu")
+    started = time.monotonic()
+
+    def log(line: str) -> None:
+        if line.strip():
+            click.echo(line.rstrip("\n"))
+
     try:
         if not img.base_exists(base):
+            if base != img.DEFAULT_BASE:
+                raise click.ClickException(f"the base image {base} is missing: pull or build it")
             click.echo(f"base image {base} is missing; building it with debootstrap")
             img.build_base(base)
-        result = img.build_image(tag=tag, base=base, force=force,
-                                 log=lambda s: click.echo(s.rstrip("\n")) if s.strip() else None)
+        if scorer:
+            result = img.build_scorer_image(tag=tag, base=base, force=force, log=log, gpu=gpu)
+        else:
+            result = img.build_image(tag=tag, base=base, force=force, log=log, gpu=gpu)
+    except click.ClickException:
+        raise
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"sandbox image ready: {result}")
+    what = ("scorer" if scorer else "sandbox") + (" GPU" if gpu else "")
+    click.echo(f"{what} image ready: {result} ({time.monotonic() - started:.0f} s)")
+
+
+@image.command("lock")
+@click.option("--cpu", "flavours", flag_value="cpu", help="Only the CPU build's locks.")
+@click.option("--gpu", "flavours", flag_value="gpu", help="Only the GPU build's locks.")
+def image_lock(flavours: str | None) -> None:
+    """Re-resolve the images' lock files with pip (the sandbox's, then the scorer's)."""
+    from runner import image as img
+
+    kinds = [k for k in img.KINDS if flavours in (None, k.flavour)]
+    kinds.sort(key=lambda k: (k.flavour, k.role != "sandbox"))  # a scorer's lock follows its sandbox's
+    try:
+        for kind in kinds:
+            click.echo(f"== locking {kind.key} from {kind.input_path.name}")
+            img.write_lock(kind, log=lambda s: click.echo(s) if s.strip() else None)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @image.command("proxy")

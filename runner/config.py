@@ -13,6 +13,7 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     [sandbox]
     backend = "auto"                     # auto | docker | local
     image = "mlrb-sandbox:latest"
+    scorer_image = "mlrb-scorer:latest"  # scoring's own image (mlrb-scorer-gpu:latest on a GPU host)
     [runner]
     max_runs = 4
     min_free_gb = 5                      # the host's free-space floor under MLRB_HOME
@@ -80,6 +81,7 @@ class BusTable(_Table):
 class SandboxTable(_Table):
     backend: Backend = "auto"
     image: str = "mlrb-sandbox:latest"
+    scorer_image: str = "mlrb-scorer:latest"
 
 
 QuotaMode = Literal["auto", "watch"]
@@ -156,6 +158,7 @@ class Config:
     bus: BusTable = field(default_factory=BusTable)  # credentials and TLS files of bus_url
     backend: str = "auto"
     image: str = "mlrb-sandbox:latest"
+    scorer_image: str = "mlrb-scorer:latest"
     max_runs: int = 4
     min_free_gb: float = 5.0
     workspace_quota: str = "auto"
@@ -254,6 +257,7 @@ def load_config(home: Path | None = None) -> Config:
             "password": os.environ.get("MLRB_BUS_PASSWORD") or file.bus.password}),
         backend=backend,
         image=os.environ.get("MLRB_SANDBOX_IMAGE") or file.sandbox.image,
+        scorer_image=os.environ.get("MLRB_SCORER_IMAGE") or file.sandbox.scorer_image,
         max_runs=file.runner.max_runs,
         min_free_gb=file.runner.min_free_gb,
         workspace_quota=file.runner.workspace_quota,

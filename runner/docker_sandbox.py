@@ -159,7 +159,7 @@ class DockerSandbox:
             )
         except docker.errors.ImageNotFound:
             raise SandboxError(f"sandbox image {spec.image} is missing: run `mlrb image build` "
-                               "first") from None
+                               "first (`mlrb image build --scorer` for the scorer image)") from None
         except docker.errors.APIError as exc:
             raise SandboxError(f"cannot create sandbox {self.name}: {exc.explanation or exc}") from None
         try:

@@ -112,31 +112,60 @@ def check_docker(cfg: Config, scale: str, client: Any, why: str) -> Check:
     return Check("docker", "ok", f"Docker Engine {version} answers")
 
 
-def check_image(cfg: Config, client: Any) -> Check:
-    from runner.image import FINGERPRINT_LABEL, default_base, fingerprint
+def check_image(cfg: Config, client: Any, tag: str | None = None, kind: Any = None,
+                if_missing: Status = "fail") -> Check:
+    """One image: present, and built from the Dockerfile, lock and base the repository holds
+    now. An image the config does not name (a GPU build) is at most a warning when missing."""
+    from runner.image import KIND_LABEL, KINDS, SANDBOX_CPU, SANDBOX_GPU, image_state
 
-    name = f"image {cfg.image}"
+    tag = tag or cfg.image
+    name = f"image {tag}"
     if cfg.backend == "local":
         return Check(name, "ok", "not needed: the sandbox backend is local")
     if client is None:
         return Check(name, "warn", "not checked: no Docker engine", "start Docker, then `mlrb doctor` again")
-    import docker.errors
-
-    try:
-        image = client.images.get(cfg.image)
-    except docker.errors.ImageNotFound:
-        return Check(name, "fail", "missing", "run `mlrb image base` (once), then `mlrb image build`")
+    if kind is None:
+        kind = SANDBOX_GPU if tag == SANDBOX_GPU.default_tag() else SANDBOX_CPU
+    state, image = image_state(kind, tag, client)
+    if image is not None:  # an image says which it is; a renamed one is still checked right
+        labelled = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(KIND_LABEL)
+        kind = next((k for k in KINDS if k.key == labelled), kind)
+        state, image = image_state(kind, tag, client)
+    build = kind.build_command() + ("" if tag == kind.default_tag() else f" --tag {tag}")
+    if state == "missing":
+        first = "run `mlrb image base` (once), then " if kind.role == "sandbox" else "run "
+        if if_missing == "ok":
+            return Check(name, "ok", f"not built; not needed at this scale ({kind.flavour} "
+                         f"{kind.role} image)", f"{first}`{build}`")
+        return Check(name, if_missing, "missing", f"{first}`{build}`")
     size = human(int(image.attrs.get("Size") or 0))
-    have = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(FINGERPRINT_LABEL)
-    try:
-        want = fingerprint(client.images.get(default_base()).id)
-    except docker.errors.ImageNotFound:
-        return Check(name, "warn", f"present ({size}), but its base {default_base()} is gone, so "
-                     "it cannot be checked or rebuilt", "run `mlrb image base`, then `mlrb image build`")
-    if have != want:
-        return Check(name, "warn", f"present ({size}) but out of date: its Dockerfile, requirements "
-                     "or base changed", "run `mlrb image build`")
-    return Check(name, "ok", f"present and current ({size}, fingerprint {want[:12]})")
+    what = f"{kind.flavour} {kind.role} image"
+    if state == "unknown":
+        start = "its base" if kind.role == "sandbox" else f"its sandbox image {kind.sandbox.default_tag()}"
+        return Check(name, "warn", f"present ({what}, {size}), but {start} is gone, so it cannot be "
+                     "checked or rebuilt", "run `mlrb image base`, then `"
+                     + (kind.build_command() if kind.role == "sandbox" else build) + "`")
+    if state == "stale":
+        return Check(name, "warn", f"present ({what}, {size}) but out of date: its Dockerfile, lock "
+                     "or base changed", f"run `{build}`")
+    have = ((image.attrs.get("Config") or {}).get("Labels") or {}).get("mlrb.fingerprint", "")
+    return Check(name, "ok", f"present and current ({what}, {size}, fingerprint {have[:12]})")
+
+
+def check_images(cfg: Config, gpus_needed: int, client: Any) -> list[Check]:
+    """The sandbox and scorer images the config names, and the GPU builds of both."""
+    from runner.image import SANDBOX_CPU, SANDBOX_GPU, SCORER_CPU, SCORER_GPU
+
+    configured = {cfg.image: SANDBOX_GPU if cfg.image == SANDBOX_GPU.default_tag() else SANDBOX_CPU,
+                  cfg.scorer_image: SCORER_GPU if cfg.scorer_image == SCORER_GPU.default_tag()
+                  else SCORER_CPU}
+    checks = [check_image(cfg, client, tag, kind) for tag, kind in configured.items()]
+    for kind in (SANDBOX_GPU, SCORER_GPU):
+        if kind.default_tag() not in configured:
+            # a GPU host runs full scale in these: set [sandbox] image and scorer_image to them
+            checks.append(check_image(cfg, client, kind.default_tag(), kind,
+                                      if_missing="warn" if gpus_needed else "ok"))
+    return checks
 
 
 def check_proxy_image(cfg: Config, scale: str, specs: list[TaskSpec], client: Any) -> Check | None:
@@ -331,7 +360,7 @@ def diagnose(scale: str = "full", *, nvml: Any = None,
     need = _needs(scale, specs)
     client, why = docker_client()
     try:
-        checks += [check_docker(cfg, scale, client, why), check_image(cfg, client),
+        checks += [check_docker(cfg, scale, client, why), *check_images(cfg, need, client),
                    check_gpu_runtime(cfg, scale, need, client), check_gpus(scale, need, nvml),
                    check_broker(cfg)]
         proxy = check_proxy_image(cfg, scale, specs, client)

@@ -87,6 +87,7 @@ class RunSupervisor:
         workspace: Path,
         runner_id: str,
         image: str = "mlrb-sandbox:latest",
+        scorer_image: str | None = None,
         score_sandbox: SandboxFactory | None = None,
         gpu_sampler: GpuSampler | None = None,
         alarms: Thresholds | None = None,
@@ -121,7 +122,9 @@ class RunSupervisor:
         self.pause = Pause(self.budget.clock)
         self.approvals = Approvals(request.approval)
         self.controls = ControlDispatch(self)
-        self.scorer = Scorer(self.run_id, request.task, request.scale, workspace, image,
+        # scoring runs in its own image (the evaluation toolchain); the sandbox's by default
+        self.scorer = Scorer(self.run_id, request.task, request.scale, workspace,
+                             scorer_image or image,
                              score_sandbox or make_sandbox, self.budget.clock, self.emit,
                              asset_home=self.asset_home)
         self.stalls = StallWatch(alarms)

@@ -148,3 +148,14 @@ def test_the_provider_table_knows_every_agent_option() -> None:
     # `client` is an object a caller passes in code; a file cannot hold one
     every = OPTIONS.union(*ONLY.values())  # with the options only one provider takes
     assert set(ProviderTable.model_fields) == (every - {"client"}) | {"model"}
+
+
+def test_the_scorer_image_is_configured_beside_the_sandbox_image(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLRB_SCORER_IMAGE", raising=False)
+    assert load_config(home).scorer_image == "mlrb-scorer:latest"
+    write(home, '[sandbox]\nimage = "mlrb-sandbox-gpu:latest"\nscorer_image = "mlrb-scorer-gpu:latest"\n')
+    cfg = load_config(home)
+    assert (cfg.image, cfg.scorer_image) == ("mlrb-sandbox-gpu:latest", "mlrb-scorer-gpu:latest")
+    monkeypatch.setenv("MLRB_SCORER_IMAGE", "lab/scorer:2")
+    assert load_config(home).scorer_image == "lab/scorer:2"

@@ -77,6 +77,14 @@ def test_docker_and_the_gpu_runtime_are_read_from_the_engine(tmp_path, docker_cl
     assert checks["docker"].status == "ok" and "Docker Engine" in checks["docker"].detail
     image = checks["image mlrb-no-such-image:1"]
     assert image.status == "fail" and image.detail == "missing" and "mlrb image build" in image.fix
+    # the scorer image and the GPU builds are checked too; a missing GPU build only warns
+    assert checks["image mlrb-scorer:latest"].status in ("ok", "warn", "fail")
+    for tag, command in (("mlrb-sandbox-gpu:latest", "mlrb image build --gpu"),
+                         ("mlrb-scorer-gpu:latest", "mlrb image build --scorer --gpu")):
+        gpu_image = checks[f"image {tag}"]
+        assert gpu_image.status in ("ok", "warn"), gpu_image
+        if gpu_image.detail == "missing":
+            assert gpu_image.status == "warn" and f"`{command}`" in gpu_image.fix
     runtimes = docker_client.info().get("Runtimes") or {}
     runtime = checks["gpu runtime"]
     if "nvidia" in runtimes:
@@ -186,3 +194,23 @@ def test_gpus_and_the_drivers_cuda_through_nvml():
     assert old.status == "fail" and "CUDA 11.8" in old.detail and "upgrade the NVIDIA driver" in old.fix
     assert check_gpus("full", 1, FakeNvml(0, 12040)).status == "fail"
     assert check_gpus("smoke", 0, FakeNvml(0, 12040)).status == "warn"
+
+
+@pytest.mark.docker
+def test_a_missing_gpu_image_warns_where_a_gpu_is_needed_and_is_fine_where_not(
+        tmp_path, docker_client, monkeypatch):
+    from runner.config import Config
+
+    monkeypatch.setenv("MLRB_GPU_IMAGE", "mlrb-no-such-gpu:1")
+    monkeypatch.setenv("MLRB_GPU_SCORER_IMAGE", "mlrb-no-such-gpu-scorer:1")
+    cfg = Config(home=tmp_path, image="mlrb-no-such-image:1", scorer_image="mlrb-no-such-scorer:1")
+    full = {c.name: c for c in doctor_mod.check_images(cfg, 1, docker_client)}
+    assert list(full) == ["image mlrb-no-such-image:1", "image mlrb-no-such-scorer:1",
+                          "image mlrb-no-such-gpu:1", "image mlrb-no-such-gpu-scorer:1"]
+    assert full["image mlrb-no-such-scorer:1"].status == "fail"
+    assert "`mlrb image build --scorer --tag mlrb-no-such-scorer:1`" in full["image mlrb-no-such-scorer:1"].fix
+    gpu = full["image mlrb-no-such-gpu:1"]
+    assert (gpu.status, gpu.detail) == ("warn", "missing") and "mlrb image build --gpu" in gpu.fix
+    smoke = {c.name: c for c in doctor_mod.check_images(cfg, 0, docker_client)}
+    assert smoke["image mlrb-no-such-gpu:1"].status == "ok"
+    assert "not needed at this scale" in smoke["image mlrb-no-such-gpu:1"].detail
