@@ -247,14 +247,27 @@ async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str
 @click.option("--scale", type=click.Choice(["smoke", "full"]), default="smoke", show_default=True)
 @click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
 @click.option("--approval", is_flag=True, help="Every tool call waits for an operator's approval.")
+@click.option("--scaffold", type=click.Choice(["mlrb", "mlrb-paper"]), default="mlrb", show_default=True,
+              help="The agent's loop: the project's own, or the paper's planner/worker (LLM agents).")
+@click.option("--thinking-tokens", type=click.IntRange(min=1024), default=None,
+              help="Anthropic extended thinking: this run's budget in tokens (1024 or more).")
+@click.option("--reasoning-effort", type=click.Choice(["minimal", "low", "medium", "high"]), default=None,
+              help="OpenAI reasoning models (o1, o3, o4, gpt-5): this run's effort.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for a runner.")
 def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
-           approval: bool, timeout: float) -> None:
+           approval: bool, scaffold: str, thinking_tokens: int | None, reasoning_effort: str | None,
+           timeout: float) -> None:
     """Queue a run of TASK on the runners."""
     from runner.bus import BusUnavailable
     from runner.control import default_operator
     from tasks.api import TaskSpecError, load_task
 
+    if agent == "scripted" and scaffold != "mlrb":
+        raise click.ClickException(f"the {scaffold} scaffold is for LLM agents (--agent anthropic or openai)")
+    if thinking_tokens is not None and agent != "anthropic":
+        raise click.ClickException("--thinking-tokens is for --agent anthropic (extended thinking)")
+    if reasoning_effort is not None and agent != "openai":
+        raise click.ClickException("--reasoning-effort is for --agent openai (its reasoning models)")
     try:
         load_task(task).scale(scale)
     except TaskSpecError as exc:
@@ -267,7 +280,9 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
                                    "(start one with `mlrb up`)")
     job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
            "limits": _parse_limits(limits) or None, "approval": approval,
-           "submitted_by": bus.username or default_operator()}
+           "submitted_by": bus.username or default_operator(), "scaffold": scaffold,
+           **{k: v for k, v in (("thinking_tokens", thinking_tokens),
+                                ("reasoning_effort", reasoning_effort)) if v is not None}}
     try:
         run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
     except BusUnavailable as exc:
