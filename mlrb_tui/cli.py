@@ -920,12 +920,18 @@ def campaign() -> None:
 @click.option("--max-concurrent", type=int, default=None, help="Live runs at most (default 1).")
 @click.option("--retries", type=int, default=None, help="Retries of a failed or killed slot (default 1).")
 @click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
-@click.option("--scaffold", default=None, help="The agent scaffold (default mlrb, the project's own).")
+@click.option("--scaffold", default=None,
+              help="The agent scaffold: mlrb (default, the project's own) or mlrb-paper (the paper's).")
+@click.option("--thinking-tokens", type=int, default=None,
+              help="Anthropic extended thinking for its agents' runs: the budget in tokens.")
+@click.option("--reasoning-effort", default=None,
+              help="OpenAI reasoning models' effort for their runs: minimal, low, medium or high.")
 @click.option("--update", is_flag=True, help="Change an existing campaign's spec.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
 def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str | None,
                  repeats: int | None, scale: str | None, max_concurrent: int | None,
-                 retries: int | None, limits: tuple[str, ...], scaffold: str | None, update: bool,
+                 retries: int | None, limits: tuple[str, ...], scaffold: str | None,
+                 thinking_tokens: int | None, reasoning_effort: str | None, update: bool,
                  timeout: float) -> None:
     """Queue campaign NAME (one run per task × agent × repeat) and return; again to resume it."""
     from runner.campaign import (
@@ -946,6 +952,7 @@ def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str |
         fields.update(load_file(file) if file is not None else {})
         flags = {"tasks": tasks_, "agents": agents, "repeats": repeats, "scale": scale,
                  "max_concurrent": max_concurrent, "retries": retries, "scaffold": scaffold,
+                 "thinking_tokens": thinking_tokens, "reasoning_effort": reasoning_effort,
                  "limits": _parse_limits(limits) if limits else None}
         fields.update({k: v for k, v in flags.items() if v is not None})
         spec = build_spec(fields, where=str(file) if file is not None else f"campaign {name}")
@@ -986,7 +993,9 @@ def campaign_status_cmd(name: str, as_json: bool) -> None:
     spec = st["spec"]
     why = f" ({st['reason']})" if st.get("reason") else ""
     click.echo(f"campaign {name}: {st['state']}{why}; {spec['scale']} scale, {spec['max_concurrent']} at "
-               f"a time, {spec['retries']} retries, scaffold {spec['scaffold']}")
+               f"a time, {spec['retries']} retries, scaffold {spec['scaffold']}"
+               + (f", thinking {spec['thinking_tokens']} tokens" if spec.get("thinking_tokens") else "")
+               + (f", reasoning effort {spec['reasoning_effort']}" if spec.get("reasoning_effort") else ""))
     click.echo(f"{'TASK':<22} {'SLOTS':>5} {'DONE':>5} {'RUNNING':>7} {'QUEUED':>6} {'FAILED':>6} "
                f"{'RUNS':>5} {'COST':>9}")
     for t in [*st["tasks"], {"task": "total", **st["total"]}]:

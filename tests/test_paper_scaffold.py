@@ -7,6 +7,7 @@ wire for both providers."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,6 +371,22 @@ async def test_the_tools_do_what_upstreams_do_and_return_fn_ends_the_run(provide
     assert score.data["final"] and score.data["value"] is not None
     # what the model was shown of the reading: the scratchpad's file
     assert "loss falls" in worker_prompt(provider, srv.requests[12].body)
+    # a runner that adopts the run rebuilds the scaffold's state from the journal alone
+    from runner.adoption import TURNS_DIR, load_resume
+
+    reader = JournalReader(tmp_path / "j.db")
+    try:
+        records = load_resume(reader, "paper-1", "running", tmp_path / "paper-1" / TURNS_DIR).turn_records()
+    finally:
+        reader.close()
+    again = paper(provider, srv)
+    await again.resume(AgentContext("paper-1", TASK, tool_specs(False), _ignore, 300), records)
+    first = sup.agent
+    assert isinstance(first, PaperScaffold)
+    assert again.plan == first.plan == PLAN and list(again.memory) == list(first.memory)
+    assert again.pending is not None and again.pending.name == "return_fn"
+    assert again.totals == first.totals and again.totals["calls"] == 14
+    await again.close()
 
 
 async def test_run_python_of_a_missing_file_fails_with_why(sandbox: Any) -> None:
@@ -487,3 +504,53 @@ def test_submit_refuses_reasoning_flags_for_the_wrong_agent(tmp_path: Path, monk
     assert res.exit_code != 0 and "the mlrb-paper scaffold is for LLM agents" in res.output
     res = runner.invoke(cli, ["submit", "llm_merging", "--agent", "openai", "--reasoning-effort", "extreme"])
     assert res.exit_code != 0 and "extreme" in res.output
+
+
+# -- campaigns ----------------------------------------------------------------------------------------
+def test_a_campaign_spec_checks_its_scaffold_and_settings_against_its_agents() -> None:
+    from runner.campaign import CampaignError, build_spec
+
+    spec = build_spec({"tasks": ["llm_merging"], "agents": "anthropic:claude-3-5-sonnet-20240620,openai:o3",
+                       "scaffold": "mlrb-paper", "thinking_tokens": 2048, "reasoning_effort": "high"})
+    assert (spec.scaffold, spec.thinking_tokens, spec.reasoning_effort) == ("mlrb-paper", 2048, "high")
+    for fields, why in (({"agents": "scripted", "scaffold": "mlrb-paper"}, "the mlrb-paper scaffold is for LLM agents"),
+                        ({"agents": "openai:o3", "thinking_tokens": 2048}, "for anthropic agents; none is named"),
+                        ({"agents": "openai:gpt-4o", "reasoning_effort": "low"}, "the openai agents named: gpt-4o"),
+                        ({"scaffold": "nope"}, "unknown scaffold 'nope' (use mlrb, mlrb-paper)"),
+                        ({"agents": "anthropic:m", "thinking_tokens": 10}, "thinking_tokens: Input should be greater")):
+        with pytest.raises(CampaignError, match=re.escape(why)):
+            build_spec({"tasks": ["llm_merging"], **fields}, where="c.toml")
+
+
+async def test_a_campaign_runs_its_scaffold_and_gives_each_provider_its_setting(tmp_path: Path, srv: LLMServer,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.campaign import build_spec, request
+
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
+    for _ in range(2):  # the same shape for either provider: the order of the slots does not matter
+        srv.script(Reply.call("plan_generator", {"plan": PLAN}),
+                   Reply.call("return_fn", {"submission": "n/a", "model_path": "model"}))
+    spec = build_spec({"tasks": ["tiny_train"], "agents": "anthropic:claude-3-5-sonnet-20240620,openai:o3",
+                       "scaffold": "mlrb-paper", "thinking_tokens": 2048, "reasoning_effort": "low",
+                       "retries": 0})
+    engine = engine_for(tmp_path, srv)
+    await engine.start()
+    try:
+        assert await engine.campaigns.handle(request("run", "paper", spec=spec.model_dump(mode="json"),
+                                                     update=False)) == "accepted"
+        assert engine.reader is not None
+        reader = engine.reader
+        await until(lambda: (row := reader.get_campaign("paper")) and row["state"] != "active",
+                    "the campaign to settle", timeout=240, interval=0.2)
+        runs = {r["agent"]: r for r in reader.campaign_runs("paper")}
+        assert {r["scaffold"] for r in runs.values()} == {"mlrb-paper"} and set(runs) == {"anthropic", "openai"}
+        created = {a: next(e.data for e in reader.events(r["run"], 0, 5) if e.kind == "run.created")
+                   for a, r in runs.items()}
+    finally:
+        await engine.stop()
+    assert created["anthropic"]["thinking_tokens"] == 2048 and "reasoning_effort" not in created["anthropic"]
+    assert created["openai"]["reasoning_effort"] == "low" and "thinking_tokens" not in created["openai"]
+    wire = [(r.path, r.body) for r in srv.requests]
+    assert all(b["thinking"] == {"type": "enabled", "budget_tokens": 2048} for p, b in wire if p == "/v1/messages")
+    assert all(b["reasoning_effort"] == "low" for p, b in wire if p == "/v1/chat/completions")
+    assert len(wire) == 4 and srv.refusals == []
