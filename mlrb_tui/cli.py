@@ -249,14 +249,27 @@ async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str
 @click.option("--scale", type=click.Choice(["smoke", "full"]), default="smoke", show_default=True)
 @click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
 @click.option("--approval", is_flag=True, help="Every tool call waits for an operator's approval.")
+@click.option("--scaffold", type=click.Choice(["mlrb", "mlrb-paper"]), default="mlrb", show_default=True,
+              help="The agent's loop: the project's own, or the paper's planner/worker (LLM agents).")
+@click.option("--thinking-tokens", type=click.IntRange(min=1024), default=None,
+              help="Anthropic extended thinking: this run's budget in tokens (1024 or more).")
+@click.option("--reasoning-effort", type=click.Choice(["minimal", "low", "medium", "high"]), default=None,
+              help="OpenAI reasoning models (o1, o3, o4, gpt-5): this run's effort.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for a runner.")
 def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
-           approval: bool, timeout: float) -> None:
+           approval: bool, scaffold: str, thinking_tokens: int | None, reasoning_effort: str | None,
+           timeout: float) -> None:
     """Queue a run of TASK on the runners."""
     from runner.bus import BusUnavailable
     from runner.control import default_operator
     from tasks.api import TaskSpecError, load_task
 
+    if agent == "scripted" and scaffold != "mlrb":
+        raise click.ClickException(f"the {scaffold} scaffold is for LLM agents (--agent anthropic or openai)")
+    if thinking_tokens is not None and agent != "anthropic":
+        raise click.ClickException("--thinking-tokens is for --agent anthropic (extended thinking)")
+    if reasoning_effort is not None and agent != "openai":
+        raise click.ClickException("--reasoning-effort is for --agent openai (its reasoning models)")
     try:
         load_task(task).scale(scale)
     except TaskSpecError as exc:
@@ -269,7 +282,9 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
                                    "(start one with `mlrb up`)")
     job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
            "limits": _parse_limits(limits) or None, "approval": approval,
-           "submitted_by": bus.username or default_operator()}
+           "submitted_by": bus.username or default_operator(), "scaffold": scaffold,
+           **{k: v for k, v in (("thinking_tokens", thinking_tokens),
+                                ("reasoning_effort", reasoning_effort)) if v is not None}}
     try:
         run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
     except BusUnavailable as exc:
@@ -992,12 +1007,18 @@ def campaign() -> None:
 @click.option("--max-concurrent", type=int, default=None, help="Live runs at most (default 1).")
 @click.option("--retries", type=int, default=None, help="Retries of a failed or killed slot (default 1).")
 @click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
-@click.option("--scaffold", default=None, help="The agent scaffold (default mlrb, the project's own).")
+@click.option("--scaffold", default=None,
+              help="The agent scaffold: mlrb (default, the project's own) or mlrb-paper (the paper's).")
+@click.option("--thinking-tokens", type=int, default=None,
+              help="Anthropic extended thinking for its agents' runs: the budget in tokens.")
+@click.option("--reasoning-effort", default=None,
+              help="OpenAI reasoning models' effort for their runs: minimal, low, medium or high.")
 @click.option("--update", is_flag=True, help="Change an existing campaign's spec.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
 def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str | None,
                  repeats: int | None, scale: str | None, max_concurrent: int | None,
-                 retries: int | None, limits: tuple[str, ...], scaffold: str | None, update: bool,
+                 retries: int | None, limits: tuple[str, ...], scaffold: str | None,
+                 thinking_tokens: int | None, reasoning_effort: str | None, update: bool,
                  timeout: float) -> None:
     """Queue campaign NAME (one run per task × agent × repeat) and return; again to resume it."""
     from runner.campaign import (
@@ -1018,6 +1039,7 @@ def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str |
         fields.update(load_file(file) if file is not None else {})
         flags = {"tasks": tasks_, "agents": agents, "repeats": repeats, "scale": scale,
                  "max_concurrent": max_concurrent, "retries": retries, "scaffold": scaffold,
+                 "thinking_tokens": thinking_tokens, "reasoning_effort": reasoning_effort,
                  "limits": _parse_limits(limits) if limits else None}
         fields.update({k: v for k, v in flags.items() if v is not None})
         spec = build_spec(fields, where=str(file) if file is not None else f"campaign {name}")
@@ -1058,7 +1080,9 @@ def campaign_status_cmd(name: str, as_json: bool) -> None:
     spec = st["spec"]
     why = f" ({st['reason']})" if st.get("reason") else ""
     click.echo(f"campaign {name}: {st['state']}{why}; {spec['scale']} scale, {spec['max_concurrent']} at "
-               f"a time, {spec['retries']} retries, scaffold {spec['scaffold']}")
+               f"a time, {spec['retries']} retries, scaffold {spec['scaffold']}"
+               + (f", thinking {spec['thinking_tokens']} tokens" if spec.get("thinking_tokens") else "")
+               + (f", reasoning effort {spec['reasoning_effort']}" if spec.get("reasoning_effort") else ""))
     click.echo(f"{'TASK':<22} {'SLOTS':>5} {'DONE':>5} {'RUNNING':>7} {'QUEUED':>6} {'FAILED':>6} "
                f"{'RUNS':>5} {'COST':>9}")
     for t in [*st["tasks"], {"task": "total", **st["total"]}]:

@@ -42,6 +42,7 @@ from runner.event_data import (
 )
 from runner.events import Event
 from runner.journal import JournalReader
+from runner.tools import submission_of
 
 PAGE = 5000
 TURNS_DIR = "turns"  # beside the workspace: agent.turn payloads too large for an event
@@ -228,7 +229,7 @@ def load_resume(reader: JournalReader, run: str, status: str, turns_dir: Path) -
             if b.name == "scratchpad" and b.ok and cs is not None:
                 res.notes.append(str(cs.call.args.get("note", "")))
             if b.submitted and cs is not None:
-                res.submitted = (str(cs.call.args.get("path", "")), str(cs.call.args.get("summary", "")))
+                res.submitted = submission_of(cs.call)
         elif type(b) is UsageData:
             res.tokens += b.input_tokens + b.output_tokens
             res.cost += b.cost_usd or 0.0

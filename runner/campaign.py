@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.control import LIMIT_NAMES, ControlCommand
 from runner.events import TERMINAL_STATUSES
@@ -60,6 +60,30 @@ class CampaignSpec(BaseModel):
     retries: int = Field(default=1, ge=0, le=100)
     limits: dict[str, float] = Field(default_factory=dict)
     scaffold: str = Field(default="mlrb", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    # per-run reasoning settings, each for the slots of its provider's agents
+    thinking_tokens: int | None = Field(default=None, ge=1024, le=200_000)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_agents(self) -> CampaignSpec:
+        from runner.agents import SCAFFOLDS
+
+        if self.scaffold not in SCAFFOLDS:
+            raise ValueError(f"unknown scaffold {self.scaffold!r} (use {', '.join(SCAFFOLDS)})")
+        kinds = {a.partition(":")[0] for a in self.agents}
+        if self.scaffold != "mlrb" and "scripted" in kinds:
+            raise ValueError(f"the scripted baseline plays the mlrb scaffold's tools; the {self.scaffold} "
+                             "scaffold is for LLM agents")
+        if self.thinking_tokens is not None and "anthropic" not in kinds:
+            raise ValueError("thinking_tokens (extended thinking) is for anthropic agents; none is named")
+        if self.reasoning_effort is not None:
+            from runner.agents.openai_agent import is_reasoning_model
+
+            openai = [a.partition(":")[2] for a in self.agents if a.startswith("openai:")]
+            if not openai or not all(is_reasoning_model(m) for m in openai):
+                raise ValueError("reasoning_effort is for openai reasoning models (o1, o3, o4, gpt-5); "
+                                 f"the openai agents named: {', '.join(openai) or 'none'}")
+        return self
 
     @field_validator("agents")
     @classmethod
@@ -150,8 +174,9 @@ def build_spec(fields: dict[str, Any], *, where: str = "campaign",
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(top)"
-        raise CampaignError(f"{where}: {key}: {err['msg']}") from None
+        key = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise CampaignError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}") from None
     check_tasks(spec, where)
     return spec
 
@@ -412,7 +437,9 @@ class CampaignDriver:
         job = Job(task=slot.task, scale=spec.scale, agent=slot.agent_kind, model=slot.model,
                   limits=dict(spec.limits) or None, id=f"campaign:{name}:{slot.id}"[:80],
                   submitted_by=f"campaign {name}"[:120], campaign=name, slot=slot.id,
-                  scaffold=spec.scaffold)
+                  scaffold=spec.scaffold,
+                  thinking_tokens=spec.thinking_tokens if slot.agent_kind == "anthropic" else None,
+                  reasoning_effort=spec.reasoning_effort if slot.agent_kind == "openai" else None)
         run = await self.engine.submit(job)
         log.info("campaign %s: slot %s started as run %s", name, slot.id, run)
         return run

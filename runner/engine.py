@@ -39,7 +39,8 @@ from tasks.api import TaskSpecError, load_task, scripted_plan
 log = logging.getLogger(__name__)
 
 AGENT_KINDS = ("scripted", "anthropic", "openai")
-SCAFFOLDS = ("mlrb",)  # the agent scaffolds a run can name; mlrb is the project's own
+# the agent scaffolds a run can name: mlrb is the project's own, mlrb-paper the paper's
+SCAFFOLDS = ("mlrb", "mlrb-paper")
 DEFAULT_SCAFFOLD = "mlrb"
 KEEP_ENDED = 200
 
@@ -61,6 +62,8 @@ class Job:
     campaign: str | None = None
     slot: str | None = None
     scaffold: str = DEFAULT_SCAFFOLD
+    thinking_tokens: int | None = None  # this run's Anthropic extended-thinking budget
+    reasoning_effort: str | None = None  # this run's OpenAI reasoning effort
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Job:
@@ -71,11 +74,18 @@ class Job:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                 for v in limits.values())):
             raise SubmitError("job limits must map names to positive numbers")
+        thinking = d.get("thinking_tokens")
+        if thinking is not None and (isinstance(thinking, bool) or not isinstance(thinking, int)):
+            raise SubmitError("job thinking_tokens must be a whole number of tokens")
+        effort = d.get("reasoning_effort")
+        if effort is not None and not isinstance(effort, str):
+            raise SubmitError("job reasoning_effort must be a word (low, medium, high)")
         return Job(task=d["task"], scale=str(d.get("scale", "smoke")), agent=str(d.get("agent", "scripted")),
                    model=d.get("model") if isinstance(d.get("model"), str) else None,
                    limits=limits, approval=bool(d.get("approval", False)), id=str(d.get("id", ""))[:80],
                    submitted_by=str(d.get("submitted_by", ""))[:120],
-                   scaffold=str(d.get("scaffold") or DEFAULT_SCAFFOLD)[:40])
+                   scaffold=str(d.get("scaffold") or DEFAULT_SCAFFOLD)[:40],
+                   thinking_tokens=thinking, reasoning_effort=effort[:20] if effort else None)
 
 
 class Engine:
@@ -243,7 +253,8 @@ class Engine:
         job = Job(task=c.task or "", scale=c.scale or "smoke", agent=c.agent or "scripted",
                   model=c.model if c.agent != "scripted" else None, approval=r.approval,
                   id=c.job or "", submitted_by=c.submitted_by or "", campaign=c.campaign,
-                  slot=c.slot, scaffold=c.scaffold or DEFAULT_SCAFFOLD)
+                  slot=c.slot, scaffold=c.scaffold or DEFAULT_SCAFFOLD,
+                  thinking_tokens=c.thinking_tokens, reasoning_effort=c.reasoning_effort)
         task = load_task(job.task)
         plan = scripted_plan(task, job.scale) if job.agent == "scripted" else None
         agent = self._make_agent(job, plan)
@@ -295,7 +306,15 @@ class Engine:
             return ScriptedAgent(plan)
         from runner.agents import make_agent
 
-        return make_agent(job.agent, job.model, self.cfg.providers.get(job.agent))
+        opts = dict(self.cfg.providers.get(job.agent) or {})
+        # this run's reasoning settings win over the config file's
+        if job.thinking_tokens is not None:
+            opts["thinking_budget"] = job.thinking_tokens
+            if job.scaffold == DEFAULT_SCAFFOLD:  # the reply keeps its room: thinking comes on top
+                opts["max_tokens"] = int(opts.get("max_tokens", 4096)) + job.thinking_tokens
+        if job.reasoning_effort is not None:
+            opts["reasoning_effort"] = job.reasoning_effort
+        return make_agent(job.agent, job.model, opts, scaffold=job.scaffold)
 
     def _make_sandbox(self, spec: SandboxSpec, backend: str | None = None) -> Sandbox:
         from runner.sandbox_factory import create_sandbox
@@ -314,6 +333,13 @@ class Engine:
             raise SubmitError(f"unknown agent {job.agent!r} (use {', '.join(AGENT_KINDS)})")
         if job.scaffold not in SCAFFOLDS:
             raise SubmitError(f"unknown scaffold {job.scaffold!r} (use {', '.join(SCAFFOLDS)})")
+        if job.agent == "scripted" and job.scaffold != DEFAULT_SCAFFOLD:
+            raise SubmitError(f"the scripted baseline plays the {DEFAULT_SCAFFOLD} scaffold's tools; "
+                              f"the {job.scaffold} scaffold is for LLM agents")
+        if job.thinking_tokens is not None and job.agent != "anthropic":
+            raise SubmitError("thinking_tokens (extended thinking) is for the anthropic agent")
+        if job.reasoning_effort is not None and job.agent != "openai":
+            raise SubmitError("reasoning_effort is for the openai agent (its reasoning models)")
         plan = None
         try:
             if job.agent == "scripted":
@@ -351,7 +377,8 @@ class Engine:
             RunRequest(run=run_id, task=task, scale=job.scale, agent_kind=job.agent, model=job.model,
                        limits=limits, approval=job.approval, job=job.id or None,
                        submitted_by=job.submitted_by, campaign=job.campaign, slot=job.slot,
-                       scaffold=job.scaffold),
+                       scaffold=job.scaffold, thinking_tokens=job.thinking_tokens,
+                       reasoning_effort=job.reasoning_effort),
             journal=self.journal, publish=self._publish,
             make_sandbox=lambda spec: self._make_sandbox(spec, backend),
             agent=agent, workspace=self.cfg.runs_dir / run_id / "workspace",

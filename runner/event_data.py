@@ -61,6 +61,8 @@ class RunCreatedData(EventData):
     campaign: str | None = None  # the campaign this run is a slot of
     slot: str | None = None  # that slot: task/agent/repeat
     scaffold: str | None = None  # the agent scaffold's name (mlrb, the project's own, by default)
+    thinking_tokens: int | None = None  # the run's Anthropic extended-thinking budget
+    reasoning_effort: str | None = None  # the run's OpenAI reasoning effort
 
 
 class RunStartedData(Clocked):

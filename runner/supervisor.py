@@ -37,13 +37,15 @@ from runner.events import Event, EventFactory
 from runner.gpu import GpuSample, GpuSampler, watch_for_sandbox
 from runner.integrity_check import integrity_flags
 from runner.journal import Journal, JournalFullError
+from runner.paper_tools import SCAFFOLD as PAPER_SCAFFOLD
+from runner.paper_tools import PaperToolBox
 from runner.pause import Level, Pause
 from runner.sandbox import WORKSPACE, Sandbox, SandboxError, SandboxLimits, SandboxSpec
 from runner.sandbox_output import SandboxOutput
 from runner.scoring import Scorer
 from runner.stall_watch import StallWatch, Thresholds
 from runner.telemetry import TelemetryWindow
-from runner.tools import TOOL_SPECS, SubmitArgs, ToolBox, job_id_for
+from runner.tools import SubmitArgs, ToolBox, job_id_for
 from tasks.api import TaskSpec, prepare_workspace
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class RunRequest:
     campaign: str | None = None
     slot: str | None = None
     scaffold: str | None = None
+    thinking_tokens: int | None = None  # Anthropic extended thinking, this run's budget
+    reasoning_effort: str | None = None  # OpenAI reasoning models, this run's effort
 
 
 class RunSupervisor:
@@ -291,7 +295,7 @@ class RunSupervisor:
                 "message": "local sandbox: no Docker engine answered, so the agent's commands "
                            "run on this host without isolation"})
         await self._watch_gpus(scale.gpus)
-        self.toolbox = ToolBox(sb, on_output=self.output.add, on_offset=self.output.job_offset)
+        self.toolbox = self._toolbox(sb)
         self.clock.start()
         self.status = "running"
         await self.emit("run.started", {"elapsed_s": 0.0})
@@ -313,6 +317,20 @@ class RunSupervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
 
+    def _toolbox(self, sb: Sandbox, notes: list[str] | None = None) -> ToolBox:
+        """The tools of the run's scaffold, in its sandbox."""
+        kw: dict[str, Any] = {"on_output": self.output.add, "on_offset": self.output.job_offset,
+                              "notes": notes or []}
+        if self.req.scaffold == PAPER_SCAFFOLD:
+            return PaperToolBox(sb, internet=self.network_policy != "none", **kw)
+        return ToolBox(sb, **kw)
+
+    @property
+    def network_policy(self) -> str:
+        """The task's network policy at the run's scale ("none" unless its spec says otherwise)."""
+        scale = self.req.task.scale(self.req.scale)
+        return str(getattr(scale, "network", None) or getattr(self.req.task, "network", None) or "none")
+
     async def _emit_created(self) -> None:
         task = self.req.task
         await self.emit("run.created", {
@@ -321,7 +339,9 @@ class RunSupervisor:
             "job": self.req.job, "approval": self.approvals.on, "submitted_by": self.req.submitted_by,
             "metric": task.metric,
             **{k: v for k, v in (("campaign", self.req.campaign), ("slot", self.req.slot),
-                                 ("scaffold", self.req.scaffold)) if v is not None},
+                                 ("scaffold", self.req.scaffold),
+                                 ("thinking_tokens", self.req.thinking_tokens),
+                                 ("reasoning_effort", self.req.reasoning_effort)) if v is not None},
         })
 
     # -- adoption: going on with a run an earlier runner left ------------------------------
@@ -381,8 +401,7 @@ class RunSupervisor:
         self.clock.used = elapsed
         self.output.resume(r.metric_step, r.metrics_offset)
         self._job_offsets = dict(r.job_offsets)
-        self.toolbox = ToolBox(sb, on_output=self.output.add, on_offset=self.output.job_offset,
-                               notes=list(r.notes))
+        self.toolbox = self._toolbox(sb, notes=list(r.notes))
         if r.submitted is not None:
             self.toolbox.submission = SubmitArgs(path=r.submitted[0] or ".", summary=r.submitted[1])
         last = r.last
@@ -439,7 +458,8 @@ class RunSupervisor:
     async def _agent_loop(self, resume: RunResume | None = None) -> None:
         assert self.toolbox is not None
         ctx = AgentContext(run=self.run_id, task_prompt=self.req.task.prompt(self.req.scale),
-                           tools=TOOL_SPECS, emit=self._agent_emit, time_limit_s=self.limits.time_s)
+                           tools=self.toolbox.specs(), emit=self._agent_emit,
+                           time_limit_s=self.limits.time_s)
         results: list[ToolResult] = []
         failures = 0
         pending: tuple[AgentTurn, list[CallState]] | None = None

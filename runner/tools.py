@@ -14,9 +14,9 @@ import hashlib
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -121,10 +121,23 @@ def job_id_for(call_id: str) -> str:
     return "j" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
 
 
-def validate(call: ToolCall) -> _Args:
-    model = ARGS.get(call.name)
+# The tools whose accepted call ends the run with a submission: (its path field, its summary field).
+SUBMITTING = {"submit": ("path", "summary"), "return_fn": ("model_path", "submission")}
+
+
+def submission_of(call: ToolCall) -> tuple[str, str] | None:
+    """(path, summary) that a submitting tool's call hands in; None for any other tool."""
+    fields = SUBMITTING.get(call.name)
+    if fields is None:
+        return None
+    return str(call.args.get(fields[0], "")), str(call.args.get(fields[1], ""))
+
+
+def validate(call: ToolCall, table: Mapping[str, type[_Args]] = ARGS) -> _Args:
+    """The call's arguments as the model of its tool in `table` (the scaffold's tools)."""
+    model = table.get(call.name)
     if model is None:
-        raise ToolArgsError(f"unknown tool {call.name!r}; available tools: {', '.join(ARGS)}")
+        raise ToolArgsError(f"unknown tool {call.name!r}; available tools: {', '.join(table)}")
     if "__error__" in call.args:  # arguments that did not decode; the agent says why
         raise ToolArgsError(f"invalid arguments for {call.name}: {call.args['__error__']}")
     try:
@@ -139,7 +152,10 @@ def validate(call: ToolCall) -> _Args:
 
 @dataclass
 class ToolBox:
-    """Runs validated tool calls in one sandbox."""
+    """Runs validated tool calls in one sandbox: the project's own scaffold's tools (a subclass
+    runs another scaffold's: its `arg_models`, `specs` and `job_tools` agree)."""
+
+    job_tools: ClassVar[tuple[str, ...]] = JOB_TOOLS
 
     sandbox: Sandbox
     on_output: OutputCallback | None = None
@@ -150,10 +166,18 @@ class ToolBox:
     output_cap: int = OUTPUT_CAP
     clock: Callable[[], float] = time.monotonic
 
+    def specs(self) -> list[dict[str, Any]]:
+        """The JSON-schema specs of the tools this box runs, as the agent is offered them."""
+        return TOOL_SPECS
+
+    def arg_models(self) -> Mapping[str, type[_Args]]:
+        """Each tool's argument model, by name: a call to any other tool is refused."""
+        return ARGS
+
     async def execute(self, call: ToolCall) -> ToolResult:
         start = self.clock()
         try:
-            args = validate(call)
+            args = validate(call, self.arg_models())
         except ToolArgsError as exc:
             return ToolResult(call.id, call.name, ok=False, output=str(exc),
                               meta={"error": "invalid_call"})
@@ -177,13 +201,13 @@ class ToolBox:
         """Whether this call's command was started (by this runner or an earlier one)."""
         from runner.jobs import JobFiles
 
-        return call.name in JOB_TOOLS and JobFiles(self.sandbox.workspace_host, job_id_for(call.id)).exists()
+        return call.name in self.job_tools and JobFiles(self.sandbox.workspace_host, job_id_for(call.id)).exists()
 
     async def resume(self, call: ToolCall, skip: int) -> ToolResult:
         """Follow a call's command that an earlier runner started, to its end; the output
         before byte `skip` was already handed on."""
         start = self.clock()
-        args = validate(call)
+        args = validate(call, self.arg_models())
         timeout_s = float(getattr(args, "timeout_s", 600))
         job = job_id_for(call.id)
         res = await follow_job(self.sandbox, job, timeout_s=timeout_s, output_cap=self.output_cap,
@@ -236,10 +260,11 @@ class ToolBox:
             timeout_s=60, output_cap=max_bytes * 2 + 4096)
         if res.exit_code != 0:
             return False, res.output.strip()[-500:] or f"cannot read {path}"
-        lines = res.output.strip().split("\n")
+        # the first line is the base64 (empty for an empty file), the last the size
+        encoded, _, rest = res.output.partition("\n")
         try:
-            text = base64.b64decode(lines[0]).decode("utf-8", errors="replace")
-            size = int(lines[-1].strip())
+            text = base64.b64decode(encoded.strip()).decode("utf-8", errors="replace")
+            size = int(rest.strip().split("\n")[-1])
         except (ValueError, IndexError):
             return False, f"cannot read {path}: unexpected output"
         if size > max_bytes:

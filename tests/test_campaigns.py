@@ -364,6 +364,6 @@ def test_the_daemon_drives_a_campaign_on_across_a_restart(cli_env, tmp_path):
     f.write_text('tasks = ["tiny_count"]\nrepeat = 2\n')
     typo = mlrb(cli_env, "campaign", "run", "other", "--file", str(f), check=False)
     assert typo.returncode == 1 and typo.stderr.strip().splitlines() == [
-        f"Error: {f}: repeat: unknown field (use {', '.join(('tasks', 'agents', 'repeats', 'scale', 'max_concurrent', 'retries', 'limits', 'scaffold'))})"]
+        f"Error: {f}: repeat: unknown field (use {', '.join(('tasks', 'agents', 'repeats', 'scale', 'max_concurrent', 'retries', 'limits', 'scaffold', 'thinking_tokens', 'reasoning_effort'))})"]
     gone = mlrb(cli_env, "campaign", "cancel", "nothing", "--reason", "x", check=False)
     assert gone.returncode == 1 and "no campaign 'nothing'" in gone.stderr

@@ -6,7 +6,10 @@ OPENAI_BASE_URL), which win, else from `config` (the `[providers.<kind>]` table 
 config file, which may also name a default `model`); they are read on the host only. The
 same table carries the run's model options: `stream` and `cache` (both on by default),
 `thinking_budget` (Anthropic extended thinking, in tokens) and `reasoning_effort` (OpenAI
-reasoning models). The scripted baseline lives in `runner.agents.base`.
+reasoning models). `scaffold` picks the loop around the model: "mlrb", the project's own
+(one growing conversation), or "mlrb-paper", the paper's planner/worker loop
+(`runner.agents.paper_agent`), which fixes its own max_tokens. The scripted baseline lives
+in `runner.agents.base`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ OPTIONS = frozenset({"api_key", "base_url", "max_tokens", "context_window", "max
 ONLY = {"anthropic": frozenset({"thinking_budget"}), "openai": frozenset({"reasoning_effort"})}
 
 
-def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | None = None) -> Agent:
-    """An LLM agent of `kind` ("anthropic" | "openai"); `model` defaults to the benchmark's."""
+SCAFFOLDS = ("mlrb", "mlrb-paper")
+
+
+def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | None = None,
+               scaffold: str = "mlrb") -> Agent:
+    """An LLM agent of `kind` ("anthropic" | "openai") in `scaffold`; `model` defaults to the
+    benchmark's."""
     if kind not in DEFAULT_MODELS:
         raise ValueError(f"unknown agent kind {kind!r}; LLM agents are: {', '.join(DEFAULT_MODELS)}"
                          " (the scripted baseline is built by the runner)")
@@ -42,7 +50,13 @@ def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | Non
     if unknown:
         raise AgentConfigError(f"unknown option(s) for the {kind} agent: {', '.join(sorted(unknown))};"
                                f" known: {', '.join(sorted(known))}")
+    if scaffold not in SCAFFOLDS:
+        raise AgentConfigError(f"unknown scaffold {scaffold!r}; scaffolds are: {', '.join(SCAFFOLDS)}")
     name = model or default_model or DEFAULT_MODELS[kind]
+    if scaffold == "mlrb-paper":
+        from runner.agents.paper_agent import PaperAnthropicAgent, PaperOpenAIAgent
+
+        return (PaperAnthropicAgent if kind == "anthropic" else PaperOpenAIAgent)(name, **opts)
     if kind == "anthropic":
         from runner.agents.anthropic_agent import AnthropicAgent
 
@@ -52,4 +66,4 @@ def make_agent(kind: str, model: str | None = None, config: dict[str, Any] | Non
     return OpenAIAgent(name, **opts)
 
 
-__all__ = ["DEFAULT_MODELS", "AgentConfigError", "make_agent"]
+__all__ = ["DEFAULT_MODELS", "SCAFFOLDS", "AgentConfigError", "make_agent"]

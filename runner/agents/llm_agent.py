@@ -481,7 +481,7 @@ class LLMAgent:
             call = ToolCall(id=cid, name=name, args=args)
             if not problem:
                 try:
-                    validate(call)
+                    self._validate(call)
                 except ToolArgsError as exc:
                     kind, problem = "invalid_tool_arguments", str(exc)
             if problem:
@@ -491,6 +491,10 @@ class LLMAgent:
             calls.append(call)
             records.append(CallRecord(id=cid, name=name, wire_args=rc.wire_args))
         return calls, records
+
+    def _validate(self, call: ToolCall) -> None:
+        """Raise ToolArgsError when the call's arguments do not fit its tool."""
+        validate(call)
 
     def _scrub(self, text: str) -> str:
         """Provider and model text bound for events: no key, no terminal escapes."""
