@@ -90,8 +90,9 @@ class Host:
                              timeout=30).stdout
         return [int(p) for p in out.split() if p.isdigit()]
 
-    def shutdown(self) -> None:
-        """End every process on this host (they were all started here by the test)."""
+    def shutdown(self, grace: float = 20.0) -> None:
+        """End every process on this host (they were all started here by the test): SIGTERM,
+        then SIGKILL for what is left after `grace` seconds."""
         if self._thread is not None:
             self._thread.shutdown(wait=False, cancel_futures=True)
             self._thread = None
@@ -103,7 +104,7 @@ class Host:
             if not pids:
                 return
             with contextlib.suppress(TimeoutError):
-                _wait_gone(self, timeout=5 if sig == signal.SIGTERM else 10)
+                _wait_gone(self, timeout=grace if sig == signal.SIGTERM else 10)
 
 
 def _wait_gone(host: Host, timeout: float) -> None:
@@ -167,7 +168,7 @@ class Network:
         self._made.append(ns)
 
     def close(self) -> None:
-        for host in self.hosts.values():
+        for host in reversed(self.hosts.values()):  # clients before the servers they use
             if host.ns in self._made:
                 host.shutdown()
         for ns in reversed(self._made):

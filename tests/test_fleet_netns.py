@@ -69,6 +69,7 @@ class Fleet:
     passwords: dict[str, str]
     homes: dict[str, Path] = field(default_factory=dict)  # one MLRB_HOME per account
     recorder: subprocess.Popen[str] | None = None
+    runners: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     broker_log: Path | None = None
 
     @property
@@ -174,23 +175,22 @@ def _start_recorder(fleet: Fleet) -> None:
 
 
 def _start_runners(fleet: Fleet, **env: str) -> None:
-    starts = {}
+    """The runner daemon on each runner host (what `mlrb up` detaches), held as a child."""
     for runner, slots in SLOTS.items():
-        fleet.home(runner, max_runs=slots)
-        starts[runner] = fleet.net[runner].popen(
-            [sys.executable, "-m", "mlrb_tui.cli", "up"], env=fleet.env(runner, **env),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    for runner, proc in starts.items():
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and f"runner {runner} up" in out, out
+        home = fleet.home(runner, max_runs=slots)
+        with open(fleet.dir / f"{runner}.log", "wb") as log:
+            fleet.runners[runner] = fleet.net[runner].popen(
+                [sys.executable, "-m", "runner.daemon", "--home", str(home)],
+                env=fleet.env(runner, **env), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     alice = fleet.bus("alice")
 
     async def online() -> None:
-        async def both() -> bool:
+        async def all_up() -> bool:
             states = await read_runner_states(alice)
             return all(isinstance(s, dict) and s.get("state") == "online"
-                       for s in (states.get(r) for r in SLOTS))
-        await until(both, "both runners online on the broker", timeout=60)
+                       and s.get("pid") == fleet.runners[r].pid
+                       for r, s in ((r, states.get(r)) for r in SLOTS))
+        await until(all_up, "both runners online on the broker", timeout=90, interval=0.2)
     fleet.on("console", online)
 
 
@@ -213,9 +213,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         _start_recorder(f)
         yield f
     finally:
-        for runner in SLOTS:
-            if runner in f.homes:
-                f.mlrb(runner, runner, "down", timeout=120)
         if f.recorder is not None and f.recorder.poll() is None:
             f.recorder.kill()
             f.recorder.communicate(timeout=30)
