@@ -134,6 +134,7 @@ class RunSupervisor:
         self.detached = False
         self._ending = False
         self._ended = asyncio.Event()
+        self.created = asyncio.Event()  # run.created is journaled: the job that asked for it is taken
         self.end_status: str | None = None
         self.end_reason = ""
 
@@ -280,6 +281,7 @@ class RunSupervisor:
             **{k: v for k, v in (("campaign", self.req.campaign), ("slot", self.req.slot),
                                  ("scaffold", self.req.scaffold)) if v is not None},
         })
+        self.created.set()
 
     # -- adoption: going on with a run an earlier runner left ------------------------------
     async def adopt(self, resume: RunResume) -> str:
