@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,19 @@ from click.testing import CliRunner
 from mlrb_tui.app import MLRBApp
 from mlrb_tui.cli import cli
 from mlrb_tui.screens.confirm_kill import KillConfirm
-from runner.bus import BusConfig, BusRefused, Topics, open_client, read_runner_states
+from runner.bus import (
+    BusConfig,
+    BusRefused,
+    Topics,
+    open_client,
+    read_runner_states,
+    send_control,
+    submit_job,
+)
 from runner.control import ControlCommand
 from runner.embedded_broker import find_mosquitto
 from runner.events import EventFactory, encode_batch
+from runner.job_queue import latest_by_job, read_job_states
 from runner.journal import JournalReader
 from tests.conftest import raw_client, require, until
 from tests.netns import Host, NetnsUnavailable, Network, namespaces_named, tcp_open
@@ -174,14 +184,17 @@ def _start_recorder(fleet: Fleet) -> None:
     fleet.on("console", connected)
 
 
-def _start_runners(fleet: Fleet, **env: str) -> None:
-    """The runner daemon on each runner host (what `mlrb up` detaches), held as a child."""
+def _start_runners(fleet: Fleet, env: dict[str, str],
+                   only: dict[str, dict[str, str]] | None = None) -> None:
+    """The runner daemon on each runner host (what `mlrb up` detaches), held as a child;
+    `env` for both, `only[runner]` for one."""
     for runner, slots in SLOTS.items():
         home = fleet.home(runner, max_runs=slots)
         with open(fleet.dir / f"{runner}.log", "wb") as log:
             fleet.runners[runner] = fleet.net[runner].popen(
                 [sys.executable, "-m", "runner.daemon", "--home", str(home)],
-                env=fleet.env(runner, **env), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                env=fleet.env(runner, **env, **(only or {}).get(runner, {})),
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     alice = fleet.bus("alice")
 
     async def online() -> None:
@@ -245,6 +258,11 @@ def interventions(db: Path, run: str) -> list[tuple[str, str, str]]:
                             "ORDER BY seq", (run,)).fetchall()
 
 
+def console_app(fleet: Fleet) -> MLRBApp:
+    """The console on the console host, as the operator alice, with a journal of its own."""
+    return MLRBApp(fleet.dir / "console" / "mlrb.db", fleet.bus("alice"), repaint_hz=4)
+
+
 def rejected(summary: str, reason: str) -> int:
     """How many payloads `mlrb record`'s closing line says it rejected for `reason`."""
     m = re.search(rf"\b{reason} (\d+)", summary)
@@ -253,7 +271,7 @@ def rejected(summary: str, reason: str) -> int:
 
 # -- refusals and forgery ------------------------------------------------------------------
 def test_the_broker_and_the_recorder_refuse_what_each_role_may_not_do(fleet: Fleet) -> None:
-    _start_runners(fleet, TINY_COUNT_DELAY="600")  # the run stays live until it is killed
+    _start_runners(fleet, {"TINY_COUNT_DELAY": "600"})  # the run stays live until it is killed
     t = Topics("mlrb/v1")
     alice = fleet.bus("alice")
     found: dict[str, str] = {}
@@ -264,7 +282,7 @@ def test_the_broker_and_the_recorder_refuse_what_each_role_may_not_do(fleet: Fle
             with pytest.raises(aiomqtt.MqttError, match="Not authorized"):
                 async with raw_client(who):
                     pass
-        app = MLRBApp(fleet.dir / "console" / "mlrb.db", alice, repaint_hz=4)
+        app = console_app(fleet)
         async with app.run_test(size=SIZE) as pilot:
             await until(lambda: app.source.bus_state == "online", "the console online",
                         pause=pilot.pause)
@@ -336,3 +354,78 @@ def test_the_broker_and_the_recorder_refuse_what_each_role_may_not_do(fleet: Fle
     assert interventions(fleet.central, run) == [("kill", "alice", "done watching")]
     summary = fleet.stop_recorder()
     assert rejected(summary, "not_owner") == 1, summary
+
+
+# -- jobs pulled by capacity ---------------------------------------------------------------
+def new_job(task: str) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "task": task, "scale": "smoke", "agent": "scripted"}
+
+
+def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fleet: Fleet) -> None:
+    gate = fleet.dir / "gate"  # never opened: runner-a holds whatever tiny_gate job it takes
+    _start_runners(fleet, {"TINY_COUNT_DELAY": "600"}, {"runner-a": {"TINY_GATE": str(gate)}})
+    alice = fleet.bus("alice")
+
+    async def console() -> None:
+        app = console_app(fleet)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(lambda: app.source.bus_state == "online", "the console online",
+                        pause=pilot.pause)
+            rows = app.fleet.rows
+
+            def running() -> dict[str, list[str]]:
+                live: dict[str, list[str]] = {r: [] for r in SLOTS}
+                for run, row in rows.items():
+                    if row["status"] == "running":
+                        live[str(row["runner"])].append(run)
+                return live
+
+            def kill(run: str, why: str) -> Awaitable[None]:
+                return send_control(alice, ControlCommand(run=run, action="kill", operator="alice",
+                                                          reason=why))
+
+            # three jobs at once: runner-a (1 slot) runs one, runner-b (2 slots) two, and none
+            # waits behind a full runner while another has room
+            jobs = [new_job("tiny_count") for _ in range(3)]
+            await asyncio.gather(*(submit_job(alice, j) for j in jobs))
+            await until(lambda: sum(map(len, running().values())) == 3, "three runs running",
+                        timeout=60, pause=pilot.pause)
+            first = running()
+            assert {r: len(runs) for r, runs in first.items()} == SLOTS
+            states = latest_by_job(await read_job_states(alice))
+            assert [states[j["id"]].status for j in jobs] == ["started"] * 3
+            assert {states[j["id"]].run: states[j["id"]].runner for j in jobs} == {
+                run: r for r, runs in first.items() for run in runs}
+
+            # room on runner-a only; the next job lands there and waits at the gate, unstarted
+            (a_run,), (b_run, _) = first["runner-a"], first["runner-b"]
+            await kill(a_run, "make room")
+            await until(lambda: rows[a_run]["status"] == "killed", "runner-a's run killed",
+                        timeout=30, pause=pilot.pause)
+            held = new_job("tiny_gate")
+            await submit_job(alice, held)
+            waiting = Path(f"{gate}.waiting")
+            await until(waiting.exists, "runner-a to take the job", timeout=60, pause=pilot.pause)
+            assert int(waiting.read_text()) == fleet.runners["runner-a"].pid
+            # runner-b gets room, then runner-a dies holding the job it never started
+            await kill(b_run, "make room")
+            await until(lambda: rows[b_run]["status"] == "killed", "runner-b's run killed",
+                        timeout=30, pause=pilot.pause)
+            dead = fleet.runners["runner-a"]
+            dead.kill()
+            await asyncio.to_thread(dead.wait, 30)
+            run = await until(lambda: next((r for r, row in rows.items() if row["task"] == "tiny_gate"
+                                            and row["status"] == "running"), None),
+                              "the held job running elsewhere", timeout=60, pause=pilot.pause)
+            assert rows[run]["runner"] == "runner-b"
+            state = latest_by_job(await read_job_states(alice, held["id"]))[held["id"]]
+            assert (state.status, state.runner, state.run) == ("started", "runner-b", run)
+            assert len(running()["runner-b"]) == 2
+
+    fleet.on("console", console)
+    # the runner that died never journaled a run for the job it held
+    reader = JournalReader(fleet.journal("runner-a"))
+    try:
+        assert [r["task"] for r in reader.list_runs()] == ["tiny_count"]
+    finally:
+        reader.close()
