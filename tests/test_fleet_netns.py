@@ -75,12 +75,10 @@ def _toml(value: object) -> str:
 class Fleet:
     net: Network
     dir: Path
-    ca: Path
     passwords: dict[str, str]
     homes: dict[str, Path] = field(default_factory=dict)  # one MLRB_HOME per account
-    recorder: subprocess.Popen[str] | None = None
+    recorder: subprocess.Popen[bytes] | None = None
     runners: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    broker_log: Path | None = None
 
     @property
     def broker(self) -> Host:
@@ -89,6 +87,18 @@ class Fleet:
     @property
     def url(self) -> str:
         return f"mqtts://{self.broker.addr}:{PORT}"
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "broker" / "ca.crt"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.dir / "broker.log"
+
+    @property
+    def recorder_log(self) -> Path:
+        return self.dir / "recorder.log"
 
     @property
     def central(self) -> Path:
@@ -131,19 +141,25 @@ class Fleet:
         """Run `coro()` on `host`'s network; its exception is the test's."""
         return self.net[host].run(coro).result(timeout=timeout)
 
+    def print_logs(self, tail: int = 4000) -> None:
+        for log in (self.broker_log, self.recorder_log, *(self.dir / f"{r}.log" for r in SLOTS)):
+            if log.exists():
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}")
+
     def stop_recorder(self) -> str:
         """End `mlrb record` as ctrl+c would; what it printed."""
         assert self.recorder is not None
         self.recorder.send_signal(signal.SIGINT)
-        out, _ = self.recorder.communicate(timeout=30)
-        return out
+        self.recorder.wait(timeout=30)
+        return self.recorder_log.read_text(errors="replace")
 
 
 def _make_broker(fleet: Fleet) -> None:
     d = fleet.dir / "broker"
     d.mkdir()
-    TestCA(d).server([fleet.broker.addr, "broker.fleet"])
-    fleet.ca = d / "ca.crt"
+    ca = TestCA(d)
+    ca.server([fleet.broker.addr, "broker.fleet"])
+    assert ca.path == fleet.ca
     cli_runner = CliRunner(env={"MLRB_HOME": str(fleet.dir / "homes" / "admin")})
     out = cli_runner.invoke(cli, ["broker", "config", "--dir", str(d), "--port", str(PORT),
                                   "--bind", fleet.broker.addr])
@@ -153,7 +169,6 @@ def _make_broker(fleet: Fleet) -> None:
                                         "--password-stdin", "--dir", str(d)],
                                   input=fleet.passwords[name] + "\n")
         assert added.exit_code == 0, added.output
-    fleet.broker_log = fleet.dir / "broker.log"
     exe = find_mosquitto()
     assert exe is not None
     with open(fleet.broker_log, "wb") as log:
@@ -168,12 +183,12 @@ def _make_broker(fleet: Fleet) -> None:
 def _start_recorder(fleet: Fleet) -> None:
     fleet.home("rec")
     fleet.central.parent.mkdir(parents=True)
-    fleet.recorder = fleet.net["recorder"].popen(
-        [sys.executable, "-m", "mlrb_tui.cli", "record", "--db", str(fleet.central),
-         "--client-id", f"mlrb-rec-{fleet.net.tag}"],
-        env=fleet.env("rec"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(fleet.recorder_log, "wb") as out:  # a file, not a pipe: it never fills up
+        fleet.recorder = fleet.net["recorder"].popen(
+            [sys.executable, "-m", "mlrb_tui.cli", "record", "--db", str(fleet.central),
+             "--client-id", f"mlrb-rec-{fleet.net.tag}"],
+            env=fleet.env("rec"), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     log = fleet.broker_log
-    assert log is not None
 
     async def connected() -> None:
         # the broker's own word that the recorder got in, with its account, from its host
@@ -216,8 +231,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     except NetnsUnavailable as exc:
         net.close()
         require(False, f"network namespaces ({exc})")
-    f = Fleet(net, tmp_path, tmp_path / "broker" / "ca.crt",
-              {name: secrets.token_urlsafe(18) for name in ACCOUNTS})
+    f = Fleet(net, tmp_path, {name: secrets.token_urlsafe(18) for name in ACCOUNTS})
     try:
         f.home("alice")
         f.home("bob")
@@ -228,8 +242,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     finally:
         if f.recorder is not None and f.recorder.poll() is None:
             f.recorder.kill()
-            f.recorder.communicate(timeout=30)
+            f.recorder.wait(timeout=30)
         net.close()
+        f.print_logs()  # pytest shows them when the test failed
         assert namespaces_named(net.tag) == []
 
 
