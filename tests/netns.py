@@ -19,7 +19,8 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -73,15 +74,15 @@ class Host:
         kw.setdefault("timeout", 120)
         return subprocess.run(self.argv(*argv), text=True, stdin=subprocess.DEVNULL, **kw)
 
-    def run(self, coro: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+    def run(self, coro: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
         """Run `coro()` to its end on an event loop of this host; the future has its result."""
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(
                 max_workers=4, thread_name_prefix=f"netns-{self.name}",
                 initializer=_enter, initargs=(self.ns,))
-        return self._thread.submit(asyncio.run, coro())  # type: ignore[arg-type]
+        return self._thread.submit(asyncio.run, coro())
 
-    async def within(self, coro: Callable[[], Awaitable[T]]) -> T:
+    async def within(self, coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """`run`, awaited from another event loop."""
         return await asyncio.wrap_future(self.run(coro))
 
@@ -108,8 +109,6 @@ class Host:
 
 
 def _wait_gone(host: Host, timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while host.pids():
         if time.monotonic() > deadline:

@@ -23,7 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +79,7 @@ class Fleet:
     homes: dict[str, Path] = field(default_factory=dict)  # one MLRB_HOME per account
     recorder: subprocess.Popen[bytes] | None = None
     runners: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # reaped at the end
 
     @property
     def broker(self) -> Host:
@@ -137,7 +138,7 @@ class Fleet:
     def journal(self, runner: str) -> Path:
         return self.homes[runner] / "mlrb.db"
 
-    def on(self, host: str, coro: Callable[[], Awaitable[T]], timeout: float = 150) -> T:
+    def on(self, host: str, coro: Callable[[], Coroutine[Any, Any, T]], timeout: float = 150) -> T:
         """Run `coro()` on `host`'s network; its exception is the test's."""
         return self.net[host].run(coro).result(timeout=timeout)
 
@@ -172,7 +173,8 @@ def _make_broker(fleet: Fleet) -> None:
     exe = find_mosquitto()
     assert exe is not None
     with open(fleet.broker_log, "wb") as log:
-        fleet.broker.popen([exe, "-c", str(d / "mosquitto.conf")], stdout=log, stderr=log)
+        fleet.servers.append(fleet.broker.popen([exe, "-c", str(d / "mosquitto.conf")],
+                                                stdout=log, stderr=log))
 
     async def listening() -> None:
         await until(lambda: tcp_open(fleet.broker.addr, PORT), "the broker's TLS listener",
@@ -240,10 +242,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         _start_recorder(f)
         yield f
     finally:
-        if f.recorder is not None and f.recorder.poll() is None:
-            f.recorder.kill()
-            f.recorder.wait(timeout=30)
         net.close()
+        for proc in (*f.servers, *f.runners.values(), *([f.recorder] if f.recorder else [])):
+            proc.wait(timeout=30)  # each ended with its host; reaped here
         f.print_logs()  # pytest shows them when the test failed
         assert namespaces_named(net.tag) == []
 
