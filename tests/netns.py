@@ -135,17 +135,19 @@ class Network:
         return self.hosts[name]
 
     def __enter__(self) -> Network:
-        try:
-            self.create()
-        except BaseException:
-            self.close()
-            raise
+        if not self._made:  # made already when the caller checked it could be
+            try:
+                self.create()
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def create(self) -> None:
+        """Make the switch and the hosts; NetnsUnavailable says why this machine cannot."""
         if shutil.which("ip") is None:
             raise NetnsUnavailable("the ip command (iproute2) is not installed")
         self._add_ns(self.switch)

@@ -23,7 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +50,7 @@ from runner.events import EventFactory, encode_batch
 from runner.job_queue import latest_by_job, read_job_states
 from runner.journal import JournalReader
 from tests.conftest import raw_client, require, until
-from tests.netns import Host, NetnsUnavailable, Network, namespaces_named, tcp_open
+from tests.netns import SUBNET, Host, NetnsUnavailable, Network, namespaces_named, tcp_open
 from tests.pki import TestCA
 
 pytestmark = pytest.mark.mosquitto
@@ -224,15 +224,21 @@ def _start_runners(fleet: Fleet, env: dict[str, str],
     fleet.on("console", online)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    require(find_mosquitto() is not None, "mosquitto")
-    net = Network(HOSTS)
+def network(names: Sequence[str]) -> Network:
+    """The hosts made, or the test skipped (failed under CI) saying why they cannot be."""
+    net = Network(names)
     try:
         net.create()
     except NetnsUnavailable as exc:
         net.close()
         require(False, f"network namespaces ({exc})")
+    return net
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    require(find_mosquitto() is not None, "mosquitto")
+    net = network(HOSTS)
     f = Fleet(net, tmp_path, {name: secrets.token_urlsafe(18) for name in ACCOUNTS})
     try:
         f.home("alice")
@@ -247,6 +253,31 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             proc.wait(timeout=30)  # each ended with its host; reaped here
         f.print_logs()  # pytest shows them when the test failed
         assert namespaces_named(net.tag) == []
+
+
+def test_the_hosts_reach_each_other_only_and_are_gone_after_a_failure() -> None:
+    net = network(["a", "b"])
+    a, b = net["a"], net["b"]
+    with pytest.raises(RuntimeError, match="the body failed"):
+        with net:
+            sleeper = a.popen(["sleep", "600"])
+            # each host knows its own subnet and nothing else: no route leaves the switch
+            routes = a.call(["ip", "-4", "route"]).stdout.split("\n")
+            assert [r.split()[0] for r in routes if r] == [f"{SUBNET}.0/24"]
+
+            async def serve() -> bool:
+                server = await asyncio.start_server(lambda r, w: w.close(), a.addr, 7000)
+                try:
+                    return await b.within(reach)
+                finally:
+                    server.close()
+
+            async def reach() -> bool:
+                return await asyncio.to_thread(tcp_open, a.addr, 7000)
+            assert a.run(serve).result(timeout=30)
+            raise RuntimeError("the body failed")
+    assert namespaces_named(net.tag) == []
+    assert sleeper.wait(timeout=30) == -signal.SIGTERM
 
 
 # -- helpers the scenarios share -----------------------------------------------------------
