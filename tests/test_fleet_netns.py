@@ -1,15 +1,17 @@
 """A fleet over a real network: five hosts in network namespaces the test makes.
 
     broker    10.213.7.1  Mosquitto as `mlrb broker config` writes it: TLS, passwords, the ACL
-    runner-a  10.213.7.2  `mlrb up` with its runner account (local sandbox)
-    runner-b  10.213.7.3  the same, with another account
+    runner-a  10.213.7.2  the runner daemon (what `mlrb up` starts), 1 slot, local sandbox
+    runner-b  10.213.7.3  the same with another runner account, 2 slots
     recorder  10.213.7.4  `mlrb record` as a viewer
     console   10.213.7.5  the CLI and the console (headless) as an operator and a viewer
 
 Every client reaches the broker over `mqtts://10.213.7.1:8883` and verifies its certificate
 against the test's own CA. The checks are what the broker and the subscribers must refuse
 when the hosts are really apart: anonymous and wrong-password clients, a viewer's kill, an
-operator's event, a control under another's name, and a runner forging another's run.
+operator's event, a control under another's name, and a runner forging another's run; and
+what the jobs queue must do: spread jobs by free slots, and give a job held by a runner that
+dies before starting it to the other runner.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from runner.bus import (
 from runner.control import ControlCommand
 from runner.embedded_broker import find_mosquitto
 from runner.events import EventFactory, encode_batch
-from runner.job_queue import latest_by_job, read_job_states
+from runner.job_queue import JobState, latest_by_job, read_job_states
 from runner.journal import JournalReader
 from tests.conftest import raw_client, require, until
 from tests.netns import SUBNET, Host, NetnsUnavailable, Network, namespaces_named, tcp_open
@@ -325,9 +327,9 @@ def test_the_broker_and_the_recorder_refuse_what_each_role_may_not_do(fleet: Fle
 
     async def console() -> None:
         # nobody gets in without an account, nor with a wrong password
-        for who in (alice.as_user(None, None), alice.as_user("alice", "not-her-password")):
+        for stranger in (alice.as_user(None, None), alice.as_user("alice", "not-her-password")):
             with pytest.raises(aiomqtt.MqttError, match="Not authorized"):
-                async with raw_client(who):
+                async with raw_client(stranger):
                     pass
         app = console_app(fleet)
         async with app.run_test(size=SIZE) as pilot:
@@ -338,7 +340,7 @@ def test_the_broker_and_the_recorder_refuse_what_each_role_may_not_do(fleet: Fle
             assert submitted.returncode == 0, submitted.stdout + submitted.stderr
             rows = app.fleet.rows
             run = await until(lambda: next((r for r, row in rows.items()
-                                            if row["status"] == "running"), None),
+                                            if row["status"] == "running"), ""),
                               "the run running in the console", timeout=60, pause=pilot.pause)
             owner = str(rows[run]["runner"])
             other = next(r for r in SLOTS if r != owner)
@@ -427,6 +429,12 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
                         live[str(row["runner"])].append(run)
                 return live
 
+            async def started(jobs: list[dict[str, Any]]) -> dict[str, JobState] | None:
+                """The runners' word on each job, once each says it started."""
+                states = latest_by_job(await read_job_states(alice))
+                done = all(j["id"] in states and states[j["id"]].status == "started" for j in jobs)
+                return states if done else None
+
             def kill(run: str, why: str) -> Awaitable[None]:
                 return send_control(alice, ControlCommand(run=run, action="kill", operator="alice",
                                                           reason=why))
@@ -439,8 +447,7 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
                         timeout=60, pause=pilot.pause)
             first = running()
             assert {r: len(runs) for r, runs in first.items()} == SLOTS
-            states = latest_by_job(await read_job_states(alice))
-            assert [states[j["id"]].status for j in jobs] == ["started"] * 3
+            states = await until(lambda: started(jobs), "each job's state to say started")
             assert {states[j["id"]].run: states[j["id"]].runner for j in jobs} == {
                 run: r for r, runs in first.items() for run in runs}
 
@@ -462,10 +469,10 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
             dead.kill()
             await asyncio.to_thread(dead.wait, 30)
             run = await until(lambda: next((r for r, row in rows.items() if row["task"] == "tiny_gate"
-                                            and row["status"] == "running"), None),
+                                            and row["status"] == "running"), ""),
                               "the held job running elsewhere", timeout=60, pause=pilot.pause)
             assert rows[run]["runner"] == "runner-b"
-            state = latest_by_job(await read_job_states(alice, held["id"]))[held["id"]]
+            state = (await until(lambda: started([held]), "the held job's state"))[held["id"]]
             assert (state.status, state.runner, state.run) == ("started", "runner-b", run)
             assert len(running()["runner-b"]) == 2
 
