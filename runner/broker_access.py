@@ -2,10 +2,12 @@
 
 Three roles, enforced by the broker's ACL, never by the clients:
 
-- `runner` publishes events and state under its own runner id (the account name), and
-  reads controls, jobs and repair requests;
-- `operator` reads events and state, and publishes controls (under its own name) and jobs;
-- `viewer` reads events and state; it may ask a runner to re-publish what it missed.
+- `runner` publishes events, state and job states under its own runner id (the account
+  name), and reads controls, jobs, repair requests and the other runners' states;
+- `operator` reads events, state and job states, and publishes controls and jobs (both
+  under its own name);
+- `viewer` reads events, state and job states; it may ask a runner to re-publish what it
+  missed.
 
 Mosquitto applies `pattern` lines (with `%u`) to every user whatever its role, so each
 account gets its own `user` block, with its name written where `%u` would stand. The
@@ -121,16 +123,24 @@ def acl_lines(name: str, role: Role, prefixes: Sequence[str]) -> list[str]:
 def _role_topics(name: str, role: Role, p: str) -> list[str]:
     lines: list[str] = []
     if role == "runner":
-        lines += [f"topic readwrite {p}/runner/{name}/#",  # its events and its state
+        # its events, its state, its jobs' states and the jobs it puts back on the queue
+        lines += [f"topic readwrite {p}/runner/{name}/#",
                   f"topic read {p}/run/+/control/+",
                   f"topic read {p}/run/+/repair",
-                  f"topic read {p}/jobs"]
+                  f"topic read {p}/jobs/+",
+                  # the other runners: who is offline, which jobs they held or started,
+                  # and the jobs they put back on the queue
+                  f"topic read {p}/runner/+/state",
+                  f"topic read {p}/runner/+/job/+",
+                  f"topic read {p}/runner/+/requeue"]
     else:
         lines += [f"topic read {p}/runner/+/run/+/event",
                   f"topic read {p}/runner/+/state",
+                  f"topic read {p}/runner/+/job/+",  # where each job went
                   f"topic write {p}/run/+/repair"]  # "re-send what I missed" changes nothing
         if role == "operator":
-            lines += [f"topic write {p}/run/+/control/{name}", f"topic write {p}/jobs"]
+            # a job is submitted under the operator's own name, as a control is
+            lines += [f"topic write {p}/run/+/control/{name}", f"topic write {p}/jobs/{name}"]
     return lines
 
 

@@ -174,8 +174,12 @@ class Topics:
         if not prefix or any(c in prefix for c in "+#\0"):
             raise ValueError(f"bad topic prefix {prefix!r}")
         self.prefix = prefix
-        self.jobs = f"{prefix}/jobs"
-        self.shared_jobs = f"$share/mlrb-runners/{prefix}/jobs"
+        self.jobs = f"{prefix}/jobs"  # a job is published under its submitter: jobs/{user}
+        self.all_jobs = f"{prefix}/jobs/+"
+        self.shared_jobs = f"$share/mlrb-runners/{prefix}/jobs/+"
+        # a job a runner could not take (or took over from a runner that died) goes on here
+        self.shared_requeue = f"$share/mlrb-runners/{prefix}/runner/+/requeue"
+        self.all_job_states = f"{prefix}/runner/+/job/+"
         self.all_events = f"{prefix}/runner/+/run/+/event"
         self.all_controls = f"{prefix}/run/+/control/+"
         self.all_repairs = f"{prefix}/run/+/repair"
@@ -196,6 +200,36 @@ class Topics:
 
     def runner_state(self, runner_id: str) -> str:
         return f"{self.prefix}/runner/{runner_id}/state"
+
+    def jobs_of(self, submitter: str) -> str:
+        return f"{self.jobs}/{submitter}"
+
+    def requeue(self, runner: str) -> str:
+        return f"{self.prefix}/runner/{runner}/requeue"
+
+    def job_state(self, runner: str, job: str) -> str:
+        """Where a runner keeps (retained) what became of one job it was handed."""
+        return f"{self.prefix}/runner/{runner}/job/{job}"
+
+    def job_states_of(self, job: str) -> str:
+        return f"{self.prefix}/runner/+/job/{job}"
+
+    def submitter_of(self, topic: str) -> str | None:
+        """The account a job was published under (its topic `jobs/{user}`), else None."""
+        parts = self._levels(topic, "jobs")
+        return parts[0] if parts is not None and len(parts) == 1 and parts[0] else None
+
+    def requeued_by(self, topic: str) -> str | None:
+        """The runner that put a job back on the queue (`runner/{runner}/requeue`), else None."""
+        parts = self._levels(topic, "runner")
+        return parts[0] if parts is not None and len(parts) == 2 and parts[1] == "requeue" else None
+
+    def job_state_source(self, topic: str) -> tuple[str, str] | None:
+        """(runner, job) of a job-state topic, else None."""
+        parts = self._levels(topic, "runner")
+        if parts is None or len(parts) != 3 or parts[1] != "job" or not parts[0] or not parts[2]:
+            return None
+        return parts[0], parts[2]
 
     def event_source(self, topic: str) -> tuple[str, str] | None:
         """(runner, run) of an event topic, else None."""
@@ -396,11 +430,9 @@ class RunnerEndpoint:
         self._idle.set()
         self._state: dict[str, Any] | None = None
         self._control_handler: tuple[Callable[[ControlCommand], Awaitable[None]], RejectCounter] | None = None
-        self._job_handler: tuple[Callable[[dict[str, Any]], Awaitable[None]], RejectCounter] | None = None
-        # controls and jobs wait in separate queues, so a job that waits for a free slot
-        # never holds up a kill
+        # jobs come on a connection of their own (runner.job_queue), so none holds up a kill
         self._inboxes: dict[str, asyncio.Queue[aiomqtt.Message]] = {
-            "control": asyncio.Queue(maxsize=1000), "job": asyncio.Queue(maxsize=1000)}
+            "control": asyncio.Queue(maxsize=1000)}
         self._workers: list[asyncio.Task[None]] = []
         self.connected = False
         self.subscribed: set[str] = set()  # topics the broker confirmed on this connection
@@ -408,6 +440,7 @@ class RunnerEndpoint:
         self.resent = 0
         self.repaired = 0  # events re-published because a subscriber asked for them
         self.repair_rejects = RejectCounter()
+        self.extra_rejects: list[RejectCounter] = []  # counted in counts() too
         self.skipped = 0  # events that could not be encoded (should never happen)
         self.connects = 0
 
@@ -417,11 +450,11 @@ class RunnerEndpoint:
 
     def counts(self) -> BusCounts:
         """Events published, resent and repaired, reconnects, and rejected input by reason
-        (controls, jobs and repair requests)."""
+        (controls, repair requests, and `extra` counters such as the jobs')."""
         rejects: Counter[str] = Counter()
         seen: set[int] = set()
-        handlers = [h[1] for h in (self._control_handler, self._job_handler) if h is not None]
-        for counter in (*handlers, self.repair_rejects):
+        handlers = [self._control_handler[1]] if self._control_handler is not None else []
+        for counter in (*handlers, self.repair_rejects, *self.extra_rejects):
             if id(counter) not in seen:  # the engine shares one for controls and jobs
                 seen.add(id(counter))
                 rejects.update(counter.counts)
@@ -647,7 +680,9 @@ class RunnerEndpoint:
             if repair_run is not None:
                 self._on_repair(repair_run, _payload_bytes(message.payload))
                 continue
-            inbox = self._inboxes["control" if self.topics.run_of(message.topic.value) else "job"]
+            if not self.topics.run_of(message.topic.value):
+                continue
+            inbox = self._inboxes["control"]
             try:
                 inbox.put_nowait(message)
             except asyncio.QueueFull:
@@ -675,9 +710,6 @@ class RunnerEndpoint:
         if self._control_handler is not None:
             await client.subscribe(self.topics.all_controls, qos=1)
             self.subscribed.add(self.topics.all_controls)
-        if self._job_handler is not None:
-            await client.subscribe(self.topics.shared_jobs, qos=1)
-            self.subscribed.add(self.topics.shared_jobs)
 
     # -- what arrives ---------------------------------------------------------------
     async def listen_controls(self, handler: Callable[[ControlCommand], Awaitable[None]],
@@ -688,12 +720,6 @@ class RunnerEndpoint:
         """
         self._control_handler = (handler, rejects)
         await self._subscribe(self.topics.all_controls)
-
-    async def listen_jobs(self, handler: Callable[[dict[str, Any]], Awaitable[None]],
-                          rejects: RejectCounter) -> None:
-        """Take jobs from the shared queue: each job goes to exactly one runner."""
-        self._job_handler = (handler, rejects)
-        await self._subscribe(self.topics.shared_jobs)
 
     async def _subscribe(self, topic: str) -> None:
         client = self._client
@@ -706,9 +732,8 @@ class RunnerEndpoint:
 
     def _reject_message(self, message: aiomqtt.Message, reason: str, detail: str = "") -> None:
         topic = message.topic.value
-        target = self._control_handler if self.topics.run_of(topic) else self._job_handler
-        if target is not None:
-            target[1].add(reason, detail or topic)
+        if self._control_handler is not None:
+            self._control_handler[1].add(reason, detail or topic)
 
     async def _handle_inbox(self, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
         while True:
@@ -739,21 +764,6 @@ class RunnerEndpoint:
             # who sent it is the name in the topic, which the broker's ACL ties to the
             # account it authenticated; the payload's own claim is not believed
             await handler(command.model_copy(update={"operator": operator}))
-        elif topic == self.topics.jobs and self._job_handler:
-            handler_j, rejects = self._job_handler
-            if len(payload) > MAX_JOB_BYTES:
-                rejects.add("oversized", f"job {len(payload)} bytes")
-                return
-            try:
-                job = json.loads(payload)
-            except (UnicodeDecodeError, ValueError) as exc:
-                rejects.add("bad_json", str(exc)[:80])
-                return
-            if not isinstance(job, dict) or not (isinstance(job.get("task"), str)
-                                                 or job.get("kind") == "campaign"):
-                rejects.add("bad_job", "a job is a JSON object with a string 'task', or a campaign request")
-                return
-            await handler_j(job)
 
 
 class RunOwners:
@@ -999,9 +1009,18 @@ async def send_control(config: BusConfig, command: ControlCommand, timeout: floa
                         command.to_json(), timeout)
 
 
+def submitter(config: BusConfig) -> str:
+    """The name a job is published under: the account, else (no broker checks it) the user's."""
+    from runner.control import default_operator
+
+    return config.username or topic_name(default_operator())
+
+
 async def submit_job(config: BusConfig, job: dict[str, Any], timeout: float = 5.0) -> None:
-    """Queue one job for whichever runner takes it (QoS 1)."""
-    await _publish_once(config, Topics(config.prefix).jobs, json.dumps(job).encode(), timeout)
+    """Queue one job (QoS 1) under the account's name, for whichever runner has room for it;
+    the broker keeps it while no runner is online."""
+    await _publish_once(config, Topics(config.prefix).jobs_of(submitter(config)),
+                        json.dumps(job).encode(), timeout)
 
 
 async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[str, dict[str, Any] | str]:
@@ -1043,5 +1062,5 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 __all__ = [
     "BusClient", "BusConfig", "BusCounts", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners",
     "RepairRequest", "RunnerEndpoint", "RunnerSeqs", "EventSubscriber", "Topics",
-    "open_client", "read_runner_states", "send_control", "submit_job",
+    "open_client", "read_runner_states", "send_control", "submit_job", "submitter",
 ]

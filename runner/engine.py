@@ -1,7 +1,8 @@
 """The engine: a journal, a bus connection and the runs one runner owns.
 
 It takes work from two doors: `submit()` in-process (`mlrb demo --headless`, tests) and
-the bus's shared jobs queue (`mlrb submit`, other hosts). It routes operator commands to
+the bus's jobs queue (`mlrb submit`, other hosts), from which it takes a job only when it
+has a free slot and the GPUs the job needs (`runner.job_queue`). It routes operator commands to
 the run they name, and publishes its own state (retained, with a last will of
 `offline`). `runner.daemon` wraps it in a detached process.
 """
@@ -100,6 +101,7 @@ class Engine:
         self.journal: Journal | None = None
         self.reader: JournalReader | None = None
         self.publisher: Any = None
+        self.job_taker: Any = None
         self.broker: Any = None
         self.bus_url: str | None = None
         self.broker_kind = "none"
@@ -160,8 +162,12 @@ class Engine:
                                             resend_from=lambda run, after, limit: reader.events(run, after, limit))
             await self.publisher.start()
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
-            self._bg.append(asyncio.create_task(self.publisher.listen_jobs(self._on_job, self.rejects)))
             self._bg.append(asyncio.create_task(self._state_loop()))
+            from runner.job_queue import JobTaker
+
+            self.job_taker = JobTaker(bus, self.runner_id, self._on_job, self.rejects,
+                                      on_state=self._record_job)
+            await self.job_taker.start()
         # once the bus is up, so an adopted run's first events reach the subscribers
         await self._adopt_or_settle()
         await self.campaigns.start()
@@ -265,6 +271,8 @@ class Engine:
         """Stop the engine. Its live runs are killed with `reason`, or with `keep_runs` left
         going in their sandboxes for the next runner of this home to adopt."""
         await self.campaigns.stop()  # first: no campaign starts a run while the others end
+        if self.job_taker is not None:  # nor a job: those not taken wait at the broker
+            await self.job_taker.stop()
         live = [sup for sup in self.supervisors.values() if not sup.ended]
         if keep_runs:
             await asyncio.gather(*(asyncio.wait_for(sup.detach(reason), timeout=60) for sup in live),
@@ -410,6 +418,8 @@ class Engine:
         finally:
             self.gpus.release(sup.run_id)
             self._forget_ended()
+            if self.job_taker is not None:
+                self.job_taker.notify_room()
 
     def _forget_ended(self) -> None:
         """A daemon runs for weeks: keep only the latest ended runs in memory (the journal
@@ -445,28 +455,56 @@ class Engine:
         await self.journal.write([ev])
         self._publish([ev])
 
-    async def _on_job(self, payload: dict[str, Any]) -> None:
-        if payload.get("kind") == "campaign":
-            await self.campaigns.handle(payload)
-            return
+    def room_for(self, job: Job) -> str | None:
+        """Why this runner cannot start `job` now (no free slot, too few free GPUs), or None.
+        Raises SubmitError for a job it could never start."""
+        live = sum(1 for s in self.supervisors.values() if not s.ended)
+        if live >= self.cfg.max_runs:
+            return f"all {self.cfg.max_runs} slots are taken"
         try:
-            job = Job.from_dict(payload)
-            await self.submit(job)
-        except SubmitError as exc:
-            log.warning("job %s refused: %s", payload.get("id"), exc)
-            await self._record_refused_job(payload, str(exc))
+            need = load_task(job.task).scale(job.scale).gpus
+        except TaskSpecError as exc:
+            raise SubmitError(str(exc)) from None
+        try:
+            self.gpus.check(need)
+        except GpuRequestError as exc:
+            raise SubmitError(str(exc)) from None
+        if need and self.gpus.total and (len(self.gpus.free) < need or self.gpus.waiting):
+            return f"{len(self.gpus.free)} of the {need} GPUs it needs are free"
+        return None
 
-    async def _record_refused_job(self, payload: dict[str, Any], why: str) -> None:
-        """A refused job still leaves a trace: a run that ends at once, saying why."""
+    async def _on_job(self, offer: Any) -> Any:
+        """A job from the bus: started (once its run is journaled), refused, or busy."""
+        from runner.job_queue import Verdict
+
+        payload = offer.job
+        if payload.get("kind") == "campaign":
+            return Verdict("done", reason=await self.campaigns.handle(payload))
+        try:
+            # who submitted it is the account the broker authenticated, not the payload's claim
+            job = Job.from_dict({**payload, "submitted_by": offer.submitter})
+            busy = self.room_for(job)
+            if busy is not None:
+                return Verdict("busy", reason=busy)
+            run = await self.submit(job)
+        except SubmitError as exc:
+            return Verdict("refused", reason=str(exc))
+        sup, task = self.supervisors[run], self.tasks[run]
+        created = asyncio.ensure_future(sup.created.wait())
+        try:
+            await asyncio.wait([created, task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            created.cancel()
+        return Verdict("started", run=run)
+
+    async def _record_job(self, state: Any) -> None:
+        """What became of a job, in the journal's `jobs` table (never in `runs`)."""
         assert self.journal is not None
-        run_id = f"job-{secrets.token_hex(3)}"
-        f = EventFactory(run_id)
-        evs = [f.make("run.created", {"task": str(payload.get("task"))[:60], "agent": str(payload.get("agent"))[:20],
-                                      "job": str(payload.get("id", ""))[:80], "runner": self.runner_id,
-                                      "scale": str(payload.get("scale", ""))[:10], "limits": {}}),
-               f.make("run.ended", {"status": "failed", "reason": f"job refused: {why}"[:500]})]
-        await self.journal.write(evs)
-        self._publish(evs)
+        now = time.time()
+        await self.journal.put_job({"id": state.job, "submitter": state.submitter, "task": state.task,
+                                    "scale": state.scale, "agent": state.agent, "status": state.status,
+                                    "reason": state.reason or None, "runner": self.runner_id,
+                                    "run": state.run, "created_ts": now, "updated_ts": now})
 
     def state(self) -> dict[str, Any]:
         live = [r for r, s in self.supervisors.items() if not s.ended]
@@ -477,7 +515,8 @@ class Engine:
                 "gpus_waiting": self.gpus.waiting, "adoption": self.adoption,
                 # ended runs still in memory too: a tail lost in an outage often holds run.ended
                 "seqs": {r: n for r in self.supervisors if self.journal and (n := self.journal.last_seq(r))},
-                "bus": self.publisher.counts().model_dump() if self.publisher is not None else None}
+                "bus": self.publisher.counts().model_dump() if self.publisher is not None else None,
+                "rescued": self.job_taker.rescued[-20:] if self.job_taker is not None else []}
 
     async def _state_loop(self) -> None:
         while True:

@@ -77,6 +77,16 @@ CREATE TABLE IF NOT EXISTS campaigns (
     answer TEXT,                           -- what that request got: accepted, or why not
     runner TEXT
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    submitter TEXT,                        -- the account the broker authenticated
+    task TEXT, scale TEXT, agent TEXT,     -- what the job asked for, in short
+    status TEXT NOT NULL,                  -- started | refused | requeued
+    reason TEXT,                           -- why it was refused or put back
+    runner TEXT, run TEXT,
+    created_ts REAL, updated_ts REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_ts);
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
     data TEXT NOT NULL,
@@ -134,6 +144,9 @@ log = logging.getLogger(__name__)
 _ADDED_RUN_COLUMNS = ("campaign", "slot", "scaffold", "score_method")
 _CAMPAIGN_COLUMNS = ("name", "spec", "state", "reason", "created_ts", "updated_ts", "request",
                      "answer", "runner")
+JOB_COLUMNS = ("id", "submitter", "task", "scale", "agent", "status", "reason", "runner", "run",
+               "created_ts", "updated_ts")
+MAX_JOB_ROWS = 10_000  # a flood of bad jobs keeps the newest rows, not all of them
 
 _SENTINEL = object()
 MAX_DEFERRED = 100_000  # events a full disk refused that are kept in memory for the next write
@@ -334,7 +347,15 @@ class Journal:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._closed:
             raise RuntimeError("journal is closed")
-        self._queue.put(([], fut, ({c: row.get(c) for c in _CAMPAIGN_COLUMNS},)))
+        self._queue.put(([], fut, (("campaigns", {c: row.get(c) for c in _CAMPAIGN_COLUMNS}),)))
+        await asyncio.wrap_future(fut)
+
+    async def put_job(self, row: dict[str, Any]) -> None:
+        """Insert or update one `jobs` row (by id), through the writer like events."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._closed:
+            raise RuntimeError("journal is closed")
+        self._queue.put(([], fut, (("jobs", {c: row.get(c) for c in JOB_COLUMNS}),)))
         await asyncio.wrap_future(fut)
 
     async def write(self, events: Sequence[Event]) -> None:
@@ -377,9 +398,9 @@ class Journal:
                 batch.append(more)
                 n += len(more[0])
             events = [e for events, _, _ in batch for e in events]
-            campaigns = [c for _, _, rows in batch for c in rows]
+            records = [c for _, _, rows in batch for c in rows]
             try:
-                self._write_batch(self._deferred + events, campaigns)
+                self._write_batch(self._deferred + events, records)
             except Exception as exc:  # report to every waiter; the writer lives on
                 if disk_full(exc):
                     exc = self._defer(events, exc)
@@ -407,8 +428,9 @@ class Journal:
         """Events waiting in memory for space on the journal's disk."""
         return len(self._deferred)
 
-    def _write_batch(self, events: list[Event], campaigns: Sequence[dict[str, Any]] = ()) -> None:
-        if not events and not campaigns:
+    def _write_batch(self, events: list[Event],
+                     records: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        if not events and not records:
             return
         dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
         rows = [(e.run, e.seq, e.ts, e.kind, dumps(e.data)) for e in events]
@@ -435,11 +457,17 @@ class Journal:
                     [tuple(r[c] for c in cols) for r in trs])
             if changed:
                 self._db.table("runs").upsert_all(list(changed.values()), pk="run", batch_size=500)
-            for c in campaigns:
+            jobs = 0
+            for table, c in records:
+                names = _CAMPAIGN_COLUMNS if table == "campaigns" else JOB_COLUMNS
+                jobs += table == "jobs"
                 self._conn.execute(
-                    f"INSERT OR REPLACE INTO campaigns ({', '.join(_CAMPAIGN_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_CAMPAIGN_COLUMNS))})",
-                    [c[k] for k in _CAMPAIGN_COLUMNS])
+                    f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) "
+                    f"VALUES ({', '.join('?' * len(names))})", [c[k] for k in names])
+            if jobs:
+                self._conn.execute(
+                    "DELETE FROM jobs WHERE updated_ts < (SELECT updated_ts FROM jobs "
+                    "ORDER BY updated_ts DESC LIMIT 1 OFFSET ?)", [MAX_JOB_ROWS - 1])
             self._conn.execute("COMMIT")
         except BaseException:
             # SQLite has already rolled back after some errors (a full disk among them)
@@ -670,6 +698,26 @@ class JournalReader:
             return []  # a journal from before campaigns, not opened by a writer since
         rows = self._all("SELECT * FROM runs WHERE campaign = ? ORDER BY created_ts", [name])
         return [dict(r) for r in rows]
+
+    def jobs(self, limit: int = 200, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest `jobs` rows first: what became of each job this runner was handed."""
+        if not self._has_table("jobs"):
+            return []
+        if status:
+            rows = self._all("SELECT * FROM jobs WHERE status = ? ORDER BY updated_ts DESC LIMIT ?",
+                             [status, limit])
+        else:
+            rows = self._all("SELECT * FROM jobs ORDER BY updated_ts DESC LIMIT ?", [limit])
+        return [dict(r) for r in rows]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        if not self._has_table("jobs"):
+            return None
+        rows = self._all("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return dict(rows[0]) if rows else None
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]))
 
     def _has_campaigns(self) -> bool:
         # a reader opened on a journal a writer has not migrated yet (read-only) sees none

@@ -144,6 +144,7 @@ class RunSupervisor:
         self.detached = False
         self._ending = False
         self._ended = asyncio.Event()
+        self.created = asyncio.Event()  # run.created is journaled: the job that asked for it is taken
         self.end_status: str | None = None
         self.end_reason = ""
 
@@ -343,6 +344,7 @@ class RunSupervisor:
                                  ("thinking_tokens", self.req.thinking_tokens),
                                  ("reasoning_effort", self.req.reasoning_effort)) if v is not None},
         })
+        self.created.set()
 
     # -- adoption: going on with a run an earlier runner left ------------------------------
     async def adopt(self, resume: RunResume) -> str:

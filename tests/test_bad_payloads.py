@@ -80,7 +80,7 @@ def flood_plan(run: str, runner: str, operator: str,
                topics: Topics) -> list[tuple[str, str, bytes, str]]:
     """TOTAL payloads as (topic kind, topic, payload, reason), the topics taken in turn."""
     where = {"event": topics.event(runner, run), "state": topics.runner_state(runner),
-             "control": topics.control(run, operator), "job": topics.jobs,
+             "control": topics.control(run, operator), "job": topics.jobs_of(operator),
              "repair": topics.repair(run)}
     fams = families(run)
     plan = []
@@ -126,7 +126,7 @@ async def test_ten_thousand_bad_payloads_on_every_topic_during_a_live_run(
         sub = console.subscriber
         assert sub is not None
         await asyncio.wait_for(asyncio.gather(rec.ready.wait(), sub.ready.wait()), 10)
-        await until(lambda: topics.shared_jobs in engine.publisher.subscribed, "the jobs subscription")
+        await until(lambda: topics.shared_jobs in engine.job_taker.subscribed, "the jobs subscription")
         run = await engine.submit(Job(task="tiny_train"))
         await until(lambda: (console.fleet.rows.get(run) or {}).get("metric_name"),
                     "the training's first metrics on the console", timeout=120)

@@ -26,6 +26,7 @@ from runner.bus import (
 from runner.control import ControlCommand
 from runner.embedded_broker import EmbeddedBroker, find_mosquitto
 from runner.events import Event, EventFactory, RejectCounter, encode_batch
+from runner.job_queue import JobTaker, Offer, Verdict
 from runner.journal import Journal, JournalReader
 from tests.conftest import Mosquitto, free_port, raw_client, require, until
 
@@ -81,7 +82,11 @@ def test_config_and_topics() -> None:
     t = Topics("lab/x")
     assert t.event("h1", "r1") == "lab/x/runner/h1/run/r1/event"
     assert t.control("r1", "ana") == "lab/x/run/r1/control/ana"
-    assert t.shared_jobs == "$share/mlrb-runners/lab/x/jobs" and t.jobs == "lab/x/jobs"
+    assert t.shared_jobs == "$share/mlrb-runners/lab/x/jobs/+" and t.jobs == "lab/x/jobs"
+    assert t.jobs_of("ana") == "lab/x/jobs/ana" and t.submitter_of("lab/x/jobs/ana") == "ana"
+    assert t.shared_requeue == "$share/mlrb-runners/lab/x/runner/+/requeue"
+    assert t.requeued_by(t.requeue("h1")) == "h1" and t.job_state_source(t.job_state("h1", "j1")) == ("h1", "j1")
+    assert t.submitter_of("lab/x/jobs") is None and t.submitter_of("lab/x/jobs/a/b") is None
     assert t.all_events == "lab/x/runner/+/run/+/event" and t.runner_state("h1") == "lab/x/runner/h1/state"
     assert t.run_of("lab/x/runner/h1/run/r1/event") == "r1" and t.run_of("lab/x/run/r1/control/ana") == "r1"
     assert t.event_source("lab/x/runner/h1/run/r1/event") == ("h1", "r1")
@@ -220,14 +225,18 @@ async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) 
     jobs: dict[str, list[dict[str, object]]] = {"host-0": [], "host-1": []}
     commands: list[ControlCommand] = []
     rejects = RejectCounter()
+    takers = []
     for r in runners:
         await r.start()
+        async def take(offer: Offer, rid: str = r.runner_id) -> Verdict:
+            jobs[rid].append(offer.job)
+            return Verdict("started", run=f"run-{len(jobs[rid])}")
+        takers.append(JobTaker(broker.bus_config(r.runner_id), r.runner_id, take, rejects))
+    for taker in takers:
+        await taker.start()
     try:
-        await until(lambda: all(r.connected for r in runners))
-        for r in runners:
-            async def take(job: dict[str, object], rid: str = r.runner_id) -> None:
-                jobs[rid].append(job)
-            await r.listen_jobs(take, rejects)
+        await until(lambda: all(r.connected for r in runners)
+                    and all(t.topics.shared_jobs in t.subscribed for t in takers))
 
         async def on_command(cmd: ControlCommand) -> None:
             commands.append(cmd)
@@ -244,7 +253,7 @@ async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) 
         me = config.username
         assert me is not None
         async with raw_client(config) as c:
-            await c.publish(t.jobs, b"[1, 2]", qos=1)
+            await c.publish(t.jobs_of(me), b"[1, 2]", qos=1)
             await c.publish(t.control("run-a", me), b'{"run": "run-a", "action": "explode"}', qos=1)
             spoof = ControlCommand(run="run-b", action="kill", operator="eve")
             await c.publish(t.control("run-a", me), spoof.to_json(), qos=1)
@@ -255,6 +264,8 @@ async def test_controls_and_shared_jobs(broker: EmbeddedBroker, tmp_path: Path) 
         assert commands[0] == cmd.model_copy(update={"operator": me})
         assert dict(rejects.counts) == {"bad_job": 2, "bad_control": 1, "run_mismatch": 1}
     finally:
+        for taker in takers:
+            await taker.stop()
         for r in runners:
             await r.stop()
 

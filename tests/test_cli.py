@@ -196,7 +196,8 @@ def test_status_shows_each_runners_bus_counts_and_rejects_by_reason(env, tmp_pat
     # an operator account may publish controls and jobs: its bad ones reach the runner
     operator = local_bus(Config(home=tmp_path / "home"), info["bus_url"], info["prefix"], "operator")
     publish(operator, [(t.control("run-x", str(operator.username)), b"{not json")] * 3
-            + [(t.jobs, b'{"task": 7}')] * 2 + [(t.jobs, b"\xff")])
+            + [(t.jobs_of(str(operator.username)), b'{"task": 7}')] * 2
+            + [(t.jobs_of(str(operator.username)), b"\xff")])
 
     def counted():
         runner = json.loads(mlrb(env, "status", "--json").stdout)["runners"].get(info["runner_id"])

@@ -49,19 +49,23 @@ async def test_runs_left_live_by_a_dead_runner_are_ended_at_start(tmp_path):
     assert row["status"] == "failed" and "stopped before the run ended" in row["reason"]
 
 
-async def test_a_bad_job_leaves_a_failed_run_that_says_why(tmp_path, monkeypatch):
+async def test_a_bad_job_is_refused_with_why_and_leaves_no_run(tmp_path, monkeypatch):
+    from runner.job_queue import Offer
+
     monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
     engine = Engine(Config(home=tmp_path / "h", backend="local"), use_bus=False)
     await engine.start()
     try:
-        await engine._on_job({"id": "j1", "task": "no_such_task", "agent": "scripted"})
-        await engine._on_job({"id": "j2", "task": "tiny_train", "agent": "gpt-9"})
-        await engine._on_job({"id": "j3", "task": "tiny_train", "limits": {"steps": -1}})
+        verdicts = [await engine._on_job(Offer(job, "ana")) for job in (
+            {"id": "j1", "task": "no_such_task", "agent": "scripted"},
+            {"id": "j2", "task": "tiny_train", "agent": "gpt-9"},
+            {"id": "j3", "task": "tiny_train", "limits": {"steps": -1}})]
     finally:
         await engine.stop()
-    rows = JournalReader(tmp_path / "h" / "mlrb.db").list_runs()
-    reasons = sorted(r["reason"] for r in rows)
-    assert all(r["status"] == "failed" for r in rows) and len(rows) == 3
+    # a refused job is not a run: it goes to the jobs table, with its reason (see test_jobs_queue)
+    assert JournalReader(tmp_path / "h" / "mlrb.db").list_runs() == []
+    reasons = sorted(v.reason for v in verdicts)
+    assert all(v.status == "refused" for v in verdicts) and len(verdicts) == 3
     assert any("unknown task 'no_such_task'" in x for x in reasons)
     assert any("unknown agent 'gpt-9'" in x for x in reasons)
     assert any("limits must map names to positive numbers" in x for x in reasons)

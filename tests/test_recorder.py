@@ -45,7 +45,7 @@ async def test_two_runners_share_the_jobs_and_the_recorder_keeps_every_event(tmp
     try:
         await asyncio.wait_for(asyncio.gather(rec.ready.wait(), watcher.ready.wait()), 10)
         jobs = Topics(BusConfig(mosquitto.url).prefix).shared_jobs
-        await until(lambda: all(jobs in e.publisher.subscribed for e in engines),
+        await until(lambda: all(jobs in e.job_taker.subscribed for e in engines),
                     "both runners' shared subscriptions to the jobs queue")
         for i in range(4):
             await submit_job(mosquitto.config(), {"id": f"job{i}", "task": "tiny_train",
