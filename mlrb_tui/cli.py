@@ -219,26 +219,37 @@ def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str:
-    """Queue a job on the bus and wait until a runner creates its run."""
-    from runner.bus import EventSubscriber, submit_job
-    from runner.event_data import RunCreatedData
+async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> Any:
+    """Queue a job on the bus; its state once a runner started or refused it within
+    `timeout` seconds, else None (it stays queued)."""
+    import aiomqtt
 
-    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    from runner.bus import BusUnavailable, Topics, open_client, submitter
+    from runner.job_queue import JobState
 
-    def on_events(events: list[Any]) -> None:
-        for ev in events:
-            if isinstance(ev.body, RunCreatedData) and ev.body.job == job["id"] and not found.done():
-                found.set_result(ev.run)
-
-    sub = EventSubscriber(bus, on_events)
-    task = asyncio.create_task(sub.run())
+    topics = Topics(bus.prefix)
     try:
-        await asyncio.wait_for(sub.ready.wait(), timeout=10)
-        await submit_job(bus, job)
-        return await asyncio.wait_for(found, timeout=timeout)
-    finally:
-        task.cancel()
+        async with open_client(bus) as client:
+            # watch first: a runner may take the job the moment it is published
+            await client.subscribe_checked(topics.job_states_of(job["id"]), qos=1)
+            await client.publish_checked(topics.jobs_of(submitter(bus)), json.dumps(job).encode())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            it = client.messages.__aiter__()
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    message = await asyncio.wait_for(it.__anext__(), left)
+                except TimeoutError:
+                    break
+                try:
+                    state = JobState.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
+                except ValueError:
+                    continue
+                if state.status in ("started", "refused"):
+                    return state
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"cannot reach the MQTT broker at {bus.url}: {exc}") from None
+    return None
 
 
 @cli.command()
@@ -255,13 +266,13 @@ async def _submit_and_wait(bus: Any, job: dict[str, Any], timeout: float) -> str
               help="Anthropic extended thinking: this run's budget in tokens (1024 or more).")
 @click.option("--reasoning-effort", type=click.Choice(["minimal", "low", "medium", "high"]), default=None,
               help="OpenAI reasoning models (o1, o3, o4, gpt-5): this run's effort.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for a runner.")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for a runner to take the job; it stays queued after.")
 def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
            approval: bool, scaffold: str, thinking_tokens: int | None, reasoning_effort: str | None,
            timeout: float) -> None:
-    """Queue a run of TASK on the runners."""
+    """Queue a run of TASK on the runners; prints its run id once a runner with room takes it."""
     from runner.bus import BusUnavailable
-    from runner.control import default_operator
     from tasks.api import TaskSpecError, load_task
 
     if agent == "scripted" and scaffold != "mlrb":
@@ -280,18 +291,62 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
     if bus is None:
         raise click.ClickException("no runner daemon is running and no broker is configured "
                                    "(start one with `mlrb up`)")
+    # the submitter recorded is the account the broker authenticates, not a payload field
     job = {"id": uuid.uuid4().hex, "task": task, "scale": scale, "agent": agent, "model": model,
-           "limits": _parse_limits(limits) or None, "approval": approval,
-           "submitted_by": bus.username or default_operator(), "scaffold": scaffold,
+           "limits": _parse_limits(limits) or None, "approval": approval, "scaffold": scaffold,
            **{k: v for k, v in (("thinking_tokens", thinking_tokens),
                                 ("reasoning_effort", reasoning_effort)) if v is not None}}
     try:
-        run_id = asyncio.run(_submit_and_wait(bus, job, timeout))
+        state = asyncio.run(_submit_and_watch(bus, job, timeout))
     except BusUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    except TimeoutError:
-        raise click.ClickException(f"no runner took the job in {timeout:g} s (is `mlrb up` running?)") from None
-    click.echo(run_id)
+    if state is None:
+        click.echo(f"job {job['id']} queued: no runner has taken it yet; it waits at the broker "
+                   "until one has room (`mlrb queue` shows where it goes)")
+    elif state.status == "refused":
+        raise click.ClickException(f"job {job['id']} refused by runner {state.runner}: {state.reason}")
+    else:
+        click.echo(f"job {job['id']} taken by runner {state.runner}", err=True)
+        click.echo(state.run)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job, in a list.")
+@click.option("--limit", default=50, show_default=True, help="Jobs to show, newest first.")
+def queue(as_json: bool, limit: int) -> None:
+    """Jobs on the queue: which wait for room, and where each went (runner, run, or why refused)."""
+    import aiomqtt
+
+    from runner.bus import BusUnavailable
+    from runner.job_queue import JobState, latest_by_job, read_job_states
+
+    cfg = _cfg()
+    info = read_daemon_info(cfg)
+    bus = _bus(info, cfg, "viewer" if info is not None and info.broker == "mosquitto" else "operator")
+    states: list[JobState] = []
+    if bus is not None:
+        try:
+            states = asyncio.run(read_job_states(bus, timeout=1.0))
+        except (aiomqtt.MqttError, BusUnavailable, OSError, TimeoutError) as exc:
+            click.echo(f"the broker did not answer ({exc}); showing this host's journal only", err=True)
+    # this host's journal holds its runner's jobs even where the broker forgot them
+    for row in _journal_read(lambda r: r.jobs(limit=limit)) or []:
+        states.append(JobState(job=row["id"], status=row["status"], runner=row["runner"] or "",
+                               submitter=row["submitter"] or "", task=row["task"] or "",
+                               scale=row["scale"] or "", agent=row["agent"] or "", run=row["run"],
+                               reason=row["reason"] or "", ts=row["updated_ts"] or 0.0))
+    jobs = sorted(latest_by_job(states).values(), key=lambda s: s.ts, reverse=True)[:limit]
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json") for s in jobs], indent=2))
+        return
+    if not jobs:
+        click.echo("no jobs seen yet (`mlrb submit TASK` queues one)")
+        return
+    click.echo(f"{'JOB':<34} {'SUBMITTER':<14} {'TASK':<20} {'STATE':<9} {'RUNNER':<16} {'RUN':<24} REASON")
+    for s in jobs:
+        shown = "waiting" if s.status == "requeued" else s.status
+        click.echo(f"{s.job[:34]:<34} {s.submitter[:14]:<14} {s.task[:20]:<20} {shown:<9} "
+                   f"{s.runner[:16]:<16} {(s.run or '-')[:24]:<24} {s.reason[:80]}")
 
 
 @cli.command()
@@ -1225,9 +1280,8 @@ def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
         raise click.ClickException(str(exc)) from None
     bus = _bus(info, cfg)
     for name in names:
-        job = {"id": uuid.uuid4().hex, "task": name, "scale": "smoke", "agent": "scripted",
-               "submitted_by": "demo"}
-        asyncio.run(_submit_and_wait(bus, job, 60))
+        job = {"id": uuid.uuid4().hex, "task": name, "scale": "smoke", "agent": "scripted"}
+        asyncio.run(_submit_and_watch(bus, job, 60))
     _open_console(cfg)
     click.echo("The runner daemon keeps running (and so do its runs): `mlrb down` stops it.")
 

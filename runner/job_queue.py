@@ -63,6 +63,7 @@ MAX_KEPT_STATES = 500  # retained job states one runner keeps at the broker; old
 MAX_KNOWN = 10_000  # jobs whose state a runner remembers (to drop a job started elsewhere)
 MAX_RUNNERS = 1000
 REFUSAL_LOG_EVERY_S = 10.0
+STOP_WAIT_S = 5.0
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,80}$")  # one topic level
 
 JobStatus = Literal["started", "refused", "requeued"]
@@ -206,6 +207,7 @@ class JobTaker:
         self._client: BusClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
+        self._ready = asyncio.Event()  # connected and subscribed
         self._kept: OrderedDict[str, None] = OrderedDict()  # job states retained, oldest first
         self._known: OrderedDict[str, JobState] = OrderedDict()  # the latest state of each job
         self._online: OrderedDict[str, bool] = OrderedDict()
@@ -227,10 +229,14 @@ class JobTaker:
     async def stop(self) -> None:
         """Disconnect; the session stays, so jobs wait at the broker for this runner or a rescuer."""
         self.link.stopping = True
+        if self._task is not None and not self.connected and self.link.last_error == "":
+            # a connection half made (subscribing) does not end cleanly when cancelled
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), STOP_WAIT_S)
         for t in [*self._rescues.values(), *([self._task] if self._task else [])]:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                await asyncio.wait_for(t, STOP_WAIT_S)
         self._task = None
         self._rescues.clear()
         self.refusals.flush()
@@ -260,6 +266,7 @@ class JobTaker:
 
     async def _down(self) -> None:
         self.connected = False
+        self._ready.clear()
         self.subscribed.clear()
         self._client = None
 
@@ -274,6 +281,7 @@ class JobTaker:
             self.subscribed.add(topic)
         self._client = client
         self.connected = True
+        self._ready.set()
         self.link.up()
         async for message in client.messages:
             topic = message.topic.value

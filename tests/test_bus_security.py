@@ -29,6 +29,7 @@ from runner.bus import (
     Topics,
     open_client,
     send_control,
+    submit_job,
 )
 from runner.bus_options import bus_options
 from runner.config import Config, DaemonInfo, write_daemon_info
@@ -102,14 +103,27 @@ async def test_the_broker_refuses_what_a_role_may_not_publish(mosquitto: Mosquit
             # an operator's control under another user's name
             with pytest.raises(BusRefused, match="Not authorized"):
                 await c.publish_checked(t.control("run-a", "watcher"), kill.to_json())
+            # an operator's job under another user's name, and one outside any name
+            for topic in (t.jobs_of("watcher"), t.jobs):
+                with pytest.raises(BusRefused, match="Not authorized"):
+                    await c.publish_checked(topic, b'{"id": "j1", "task": "tiny_train"}')
+            # an operator's requeue or job state: only runners say where a job went
+            for topic in (t.requeue("host-a"), t.job_state("host-a", "j1")):
+                with pytest.raises(BusRefused, match="Not authorized"):
+                    await c.publish_checked(topic, b"{}")
             # an operator's event, under its own name or a runner's
             forged = encode_batch(outputs(EventFactory("run-a"), 1, "forged"))
             for who in ("tester", "host-a"):
                 with pytest.raises(BusRefused, match="Not authorized"):
                     await c.publish_checked(t.event(who, "run-a"), forged)
+        with pytest.raises(BusRefused, match="Not authorized"):  # a viewer submits nothing
+            await submit_job(viewer, {"id": "j2", "task": "tiny_train"})
         async with open_client(mosquitto.config("host-b")) as c:  # a runner, under another's id
             with pytest.raises(BusRefused, match="Not authorized"):
                 await c.publish_checked(t.event("host-a", "run-a"), forged)
+            for topic in (t.requeue("host-a"), t.job_state("host-a", "j1"), t.jobs_of("host-b")):
+                with pytest.raises(BusRefused, match="Not authorized"):
+                    await c.publish_checked(topic, b"{}")
         # what the broker did let through, after all of that, arrives alone
         hold = ControlCommand(run="run-a", action="hold", operator="claims-to-be-root", reason="look")
         await send_control(operator, hold)

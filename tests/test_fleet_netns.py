@@ -17,6 +17,7 @@ dies before starting it to the other runner.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -414,6 +415,8 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
     gate = fleet.dir / "gate"  # never opened: runner-a holds whatever tiny_gate job it takes
     _start_runners(fleet, {"TINY_COUNT_DELAY": "600"}, {"runner-a": {"TINY_GATE": str(gate)}})
     alice = fleet.bus("alice")
+    jobs = [new_job("tiny_count") for _ in range(3)]
+    held = new_job("tiny_gate")
 
     async def console() -> None:
         app = console_app(fleet)
@@ -441,7 +444,6 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
 
             # three jobs at once: runner-a (1 slot) runs one, runner-b (2 slots) two, and none
             # waits behind a full runner while another has room
-            jobs = [new_job("tiny_count") for _ in range(3)]
             await asyncio.gather(*(submit_job(alice, j) for j in jobs))
             await until(lambda: sum(map(len, running().values())) == 3, "three runs running",
                         timeout=60, pause=pilot.pause)
@@ -456,7 +458,6 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
             await kill(a_run, "make room")
             await until(lambda: rows[a_run]["status"] == "killed", "runner-a's run killed",
                         timeout=30, pause=pilot.pause)
-            held = new_job("tiny_gate")
             await submit_job(alice, held)
             waiting = Path(f"{gate}.waiting")
             await until(waiting.exists, "runner-a to take the job", timeout=60, pause=pilot.pause)
@@ -477,6 +478,14 @@ def test_jobs_go_where_there_is_room_and_a_dead_runners_job_runs_on_the_other(fl
             assert len(running()["runner-b"]) == 2
 
     fleet.on("console", console)
+    # `mlrb queue` on the console host, as a viewer: where each job went, and who submitted it
+    # (the account the broker authenticated)
+    queue = fleet.mlrb("console", "bob", "queue", "--json")
+    assert queue.returncode == 0, queue.stdout + queue.stderr
+    went = {j["job"]: (j["status"], j["runner"], j["submitter"]) for j in json.loads(queue.stdout)}
+    assert went[held["id"]] == ("started", "runner-b", "alice")
+    assert sorted(went[j["id"]] for j in jobs) == [
+        ("started", "runner-a", "alice"), *[("started", "runner-b", "alice")] * 2]
     # the runner that died never journaled a run for the job it held
     reader = JournalReader(fleet.journal("runner-a"))
     try:

@@ -1,0 +1,245 @@
+"""The jobs queue on a real Mosquitto (authentication and the ACL on): runners take jobs by
+capacity, a job held by a runner that dies runs elsewhere, jobs wait for a runner to come, and
+refused jobs are recorded as jobs, never as runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.bus import Topics, submit_job
+from runner.config import BusTable, Config
+from runner.engine import Engine, Job
+from runner.job_queue import JobTaker, RefusalLog, latest_by_job, read_job_states
+from runner.journal import JournalReader
+from tests.conftest import Mosquitto, until
+
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.mosquitto
+
+
+@pytest.fixture(autouse=True)
+def tiny_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
+
+
+def engine_on(mosquitto: Mosquitto, home: Path, name: str, slots: int) -> Engine:
+    cred = mosquitto.accounts[name]
+    cfg = Config(home=home / name, bus_url=mosquitto.url, backend="local", max_runs=slots,
+                 bus=BusTable(username=cred.username, password=cred.password))
+    return Engine(cfg, runner_id=name)
+
+
+async def taking(*engines: Engine) -> None:
+    await until(lambda: all(e.job_taker.connected for e in engines),
+                "every runner's subscriptions to the jobs queue")
+
+
+def live(engine: Engine) -> list[str]:
+    return [r for r, s in engine.supervisors.items() if not s.ended]
+
+
+def job(i: int | str, **more: object) -> dict[str, object]:
+    return {"id": f"job-{i}", "task": "tiny_train", "agent": "scripted", **more}
+
+
+async def test_runners_with_one_and_two_slots_take_three_jobs_at_once(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINY_STEPS", "100000")  # the runs last: they end when killed
+    monkeypatch.setenv("TINY_DELAY", "0.05")
+    a, b = engine_on(mosquitto, tmp_path, "host-a", 1), engine_on(mosquitto, tmp_path, "host-b", 2)
+    for e in (a, b):
+        await e.start()
+    try:
+        await taking(a, b)
+        await asyncio.gather(*(submit_job(mosquitto.config(), job(i)) for i in range(3)))
+        # all three start together: none waits behind the full runner while the other has room
+        await until(lambda: len(live(a)) == 1 and len(live(b)) == 2, "A with 1 run, B with 2", timeout=30)
+        assert all(not e.supervisors[r].ended for e in (a, b) for r in live(e))
+        jobs = {e.supervisors[r].req.job for e in (a, b) for r in live(e)}
+        assert jobs == {"job-0", "job-1", "job-2"}
+        # a fourth job while both are full waits on the queue, and starts once a slot frees
+        await submit_job(mosquitto.config(), job(3))
+        states = await until(lambda: _requeued(mosquitto, "job-3"), "job-3 put back for want of room",
+                             timeout=20)
+        assert {s.runner for s in states} <= {"host-a", "host-b"}
+        assert len(live(a)) == 1 and len(live(b)) == 2
+        await b.supervisors[live(b)[0]].kill("make room")
+        await until(lambda: any(s.req.job == "job-3" for e in (a, b) for s in e.supervisors.values()),
+                    "job-3 started once a slot freed", timeout=30)
+    finally:
+        for e in (a, b):
+            await e.stop()
+    rows = {r["id"]: r for e in (a, b) for r in JournalReader(e.cfg.db_path).jobs()
+            if r["status"] == "started"}
+    assert sorted(rows) == ["job-0", "job-1", "job-2", "job-3"]
+    assert all(r["submitter"] == "tester" and r["run"] for r in rows.values())
+
+
+async def _requeued(mosquitto: Mosquitto, job_id: str) -> list:
+    states = await read_job_states(mosquitto.config(), job_id, timeout=0.3)
+    return [s for s in states if s.status == "requeued"]
+
+
+HOLDER = """
+import asyncio, sys
+from runner.bus import BusConfig, RunnerEndpoint
+from runner.events import RejectCounter
+from runner.job_queue import JobTaker
+async def main():
+    config = BusConfig(sys.argv[1], username="host-a", password=sys.argv[2])
+    state = RunnerEndpoint(config, "host-a", lambda run, after, limit: [])
+    await state.start()
+    while not state.connected:
+        await asyncio.sleep(0.01)
+    await state.set_state({"state": "online", "runs": []})
+    async def hold(offer):  # a runner stuck before it starts the run (e.g. waiting for a GPU)
+        print("holding", offer.id, flush=True)
+        await asyncio.Event().wait()
+    taker = JobTaker(config, "host-a", hold, RejectCounter())
+    await taker.start()
+    while not taker.connected:
+        await asyncio.sleep(0.01)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_a_job_held_by_a_runner_killed_before_it_started_runs_on_another(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINY_STEPS", "2")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, mosquitto.url, mosquitto.accounts["host-a"].password,
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    b = engine_on(mosquitto, tmp_path, "host-b", 2)
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
+        # host-a is the only runner: the job goes to it, and it holds the job unstarted
+        await submit_job(mosquitto.config(), job("held"))
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"holding job-held"
+        # a second job queues behind it in host-a's session, also unstarted
+        await submit_job(mosquitto.config(), job("behind"))
+        await b.start()
+        await taking(b)
+        os.kill(proc.pid, signal.SIGKILL)  # no DISCONNECT: the broker sends host-a's last will
+        await proc.wait()
+
+        def started_on_b() -> set[str]:
+            return {s.req.job or "" for s in b.supervisors.values()}
+        await until(lambda: {"job-held", "job-behind"} <= started_on_b(),
+                    "both of host-a's jobs started on host-b", timeout=60)
+        runs = {s.req.job: r for r, s in b.supervisors.items()}
+        assert (await b.wait([runs["job-held"], runs["job-behind"]])) == {
+            runs["job-held"]: "succeeded", runs["job-behind"]: "succeeded"}
+        assert b.job_taker.rescued == ["host-a"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await b.stop()
+    rows = JournalReader(b.cfg.db_path).list_runs()
+    assert sorted(r["run"] for r in rows) == sorted(runs.values())  # each job ran once
+    assert all(r["runner"] == "host-b" for r in rows)
+
+
+async def test_jobs_submitted_while_no_runner_is_online_run_once_one_comes(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINY_STEPS", "2")
+    a = engine_on(mosquitto, tmp_path, "host-a", 2)
+    await a.start()  # once: the broker keeps its jobs session from then on
+    await taking(a)
+    await a.stop()
+    for i in range(2):  # nobody is online: the broker keeps them
+        await submit_job(mosquitto.config(), job(f"waiting-{i}"))
+    again = engine_on(mosquitto, tmp_path, "host-a", 2)
+    await again.start()
+    try:
+        await until(lambda: len(again.supervisors) == 2, "the two waiting jobs started", timeout=60)
+        results = await again.wait()
+        assert sorted(results.values()) == ["succeeded", "succeeded"]
+        assert sorted(s.req.job or "" for s in again.supervisors.values()) == ["job-waiting-0", "job-waiting-1"]
+    finally:
+        await again.stop()
+
+
+async def test_a_refused_job_is_a_jobs_row_with_its_reason_never_a_run(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    a = engine_on(mosquitto, tmp_path, "host-a", 1)
+    await a.start()
+    reader = JournalReader(a.cfg.db_path)
+    try:
+        await taking(a)
+        # the payload claims a submitter; the record names the account the broker authenticated
+        await submit_job(mosquitto.config(), job("bad", task="no_such_task", submitted_by="mallory"))
+        row = await until(lambda: reader.get_job("job-bad"), "the refused job's row", timeout=20)
+        assert row["status"] == "refused" and "unknown task 'no_such_task'" in row["reason"]
+        assert row["submitter"] == "tester" and row["runner"] == "host-a" and row["run"] is None
+        assert row["task"] == "no_such_task"
+        states = await read_job_states(mosquitto.config("viewer"), "job-bad")
+        assert [(s.status, s.runner, s.submitter) for s in states] == [("refused", "host-a", "tester")]
+        assert "unknown task" in states[0].reason
+        assert reader.list_runs() == []
+    finally:
+        await a.stop()
+        reader.close()
+
+
+async def test_a_thousand_bad_jobs_leave_no_runs_and_few_log_lines(
+        mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a = engine_on(mosquitto, tmp_path, "host-a", 1)
+    await a.start()
+    reader = JournalReader(a.cfg.db_path)
+    caplog.set_level(logging.WARNING, logger="runner.job_queue")
+    try:
+        await taking(a)
+        bad = [job(f"flood-{i}", task="no_such_task") for i in range(1000)]
+        for i in range(0, len(bad), 100):
+            await asyncio.gather(*(submit_job(mosquitto.config(), j) for j in bad[i:i + 100]))
+        await until(lambda: len(reader.jobs(limit=2000, status="refused")) == 1000,
+                    "the thousand refusals recorded", timeout=240, interval=0.5)
+        assert reader.list_runs() == []
+        lines = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(lines) <= 30, len(lines)  # one line per 10 s with a count, not one per job
+        assert a.job_taker.refusals.lines == len(lines)
+        # a good job after the flood still runs
+        run = await a.submit(Job(task="tiny_train"))
+        assert run in a.supervisors
+    finally:
+        await a.stop()
+        reader.close()
+
+
+def test_refusals_are_logged_once_per_window_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    refusals = RefusalLog(every=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="runner.job_queue")
+    for i in range(500):
+        now[0] = i * 0.05  # 500 refusals in 25 s
+        refusals.note(f"j{i}", "unknown task")
+    refusals.flush()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "job j0 refused: unknown task"
+    assert "199 more jobs refused in the last 10 s (the last: unknown task)" in messages
+    assert len(messages) == refusals.lines == 6
+
+
+def test_the_latest_state_wins_but_a_start_stays() -> None:
+    from runner.job_queue import JobState
+
+    def s(status: str, runner: str, ts: float) -> JobState:
+        return JobState(job="j", status=status, runner=runner, ts=ts)  # type: ignore[arg-type]
+    assert latest_by_job([s("requeued", "a", 1), s("started", "b", 2)])["j"].runner == "b"
+    assert latest_by_job([s("started", "b", 2), s("requeued", "a", 3)])["j"].status == "started"
+    assert JobTaker.client_id("host-a") == "mlrb-jobs-host-a"
+    assert Topics("mlrb/v1").job_states_of("j") == "mlrb/v1/runner/+/job/j"
