@@ -5,6 +5,7 @@ refused jobs are recorded as jobs, never as runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from runner.config import BusTable, Config
 from runner.engine import Engine, Job
 from runner.job_queue import JobTaker, RefusalLog, latest_by_job, read_job_states
 from runner.journal import JournalReader
-from tests.conftest import Mosquitto, until
+from tests.conftest import Mosquitto, raw_client, until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 REPO = Path(__file__).resolve().parent.parent
@@ -203,9 +204,12 @@ async def test_a_thousand_bad_jobs_leave_no_runs_and_few_log_lines(
     caplog.set_level(logging.WARNING, logger="runner.job_queue")
     try:
         await taking(a)
-        bad = [job(f"flood-{i}", task="no_such_task") for i in range(1000)]
-        for i in range(0, len(bad), 100):
-            await asyncio.gather(*(submit_job(mosquitto.config(), j) for j in bad[i:i + 100]))
+        operator = mosquitto.config()
+        topic = Topics(operator.prefix).jobs_of(str(operator.username))
+        async with raw_client(operator) as c:  # one operator's flood, on its own jobs topic
+            for i in range(0, 1000, 100):
+                await asyncio.gather(*(c.publish(topic, json.dumps(job(f"flood-{n}", task="no_such_task")),
+                                                 qos=1) for n in range(i, i + 100)))
         await until(lambda: len(reader.jobs(limit=2000, status="refused")) == 1000,
                     "the thousand refusals recorded", timeout=240, interval=0.5)
         assert reader.list_runs() == []
