@@ -258,7 +258,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
 @click.option("--scale", type=click.Choice(["smoke", "full"]), default="smoke", show_default=True)
 @click.option("--limit", "limits", multiple=True, help="time_s=N, steps=N, tokens=N or cost_usd=N")
 @click.option("--approval", is_flag=True, help="Every tool call waits for an operator's approval.")
-@click.option("--timeout", default=10.0, show_default=True,
+@click.option("--timeout", default=30.0, show_default=True,
               help="Seconds to wait for a runner to take the job; it stays queued after.")
 def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
            approval: bool, timeout: float) -> None:
