@@ -266,7 +266,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
               help="Anthropic extended thinking: this run's budget in tokens (1024 or more).")
 @click.option("--reasoning-effort", type=click.Choice(["minimal", "low", "medium", "high"]), default=None,
               help="OpenAI reasoning models (o1, o3, o4, gpt-5): this run's effort.")
-@click.option("--timeout", default=10.0, show_default=True,
+@click.option("--timeout", default=30.0, show_default=True,
               help="Seconds to wait for a runner to take the job; it stays queued after.")
 def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[str, ...],
            approval: bool, scaffold: str, thinking_tokens: int | None, reasoning_effort: str | None,

@@ -458,9 +458,7 @@ class Engine:
     def room_for(self, job: Job) -> str | None:
         """Why this runner cannot start `job` now (no free slot, too few free GPUs), or None.
         Raises SubmitError for a job it could never start."""
-        live = sum(1 for s in self.supervisors.values() if not s.ended)
-        if live >= self.cfg.max_runs:
-            return f"all {self.cfg.max_runs} slots are taken"
+        # a job no runner of this kind could start is refused at once, full or not
         try:
             need = load_task(job.task).scale(job.scale).gpus
         except TaskSpecError as exc:
@@ -469,6 +467,11 @@ class Engine:
             self.gpus.check(need)
         except GpuRequestError as exc:
             raise SubmitError(str(exc)) from None
+        if job.agent not in AGENT_KINDS:
+            raise SubmitError(f"unknown agent {job.agent!r} (use {', '.join(AGENT_KINDS)})")
+        live = sum(1 for s in self.supervisors.values() if not s.ended)
+        if live >= self.cfg.max_runs:
+            return f"all {self.cfg.max_runs} slots are taken"
         if need and self.gpus.total and (len(self.gpus.free) < need or self.gpus.waiting):
             return f"{len(self.gpus.free)} of the {need} GPUs it needs are free"
         return None

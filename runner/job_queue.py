@@ -233,10 +233,13 @@ class JobTaker:
             # a connection half made (subscribing) does not end cleanly when cancelled
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), STOP_WAIT_S)
-        for t in [*self._rescues.values(), *([self._task] if self._task else [])]:
+        tasks = [*self._rescues.values(), *([self._task] if self._task else [])]
+        for t in tasks:
             t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, STOP_WAIT_S)
+        if tasks:  # bounded: a connection that does not close must not hold up the runner's stop
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            for t in stuck:
+                log.warning("jobs: %s did not stop within %.0f s", t.get_name(), STOP_WAIT_S)
         self._task = None
         self._rescues.clear()
         self.refusals.flush()

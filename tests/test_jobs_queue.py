@@ -5,6 +5,7 @@ refused jobs are recorded as jobs, never as runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from runner.config import BusTable, Config
 from runner.engine import Engine, Job
 from runner.job_queue import JobTaker, RefusalLog, latest_by_job, read_job_states
 from runner.journal import JournalReader
-from tests.conftest import Mosquitto, until
+from tests.conftest import Mosquitto, raw_client, until
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 REPO = Path(__file__).resolve().parent.parent
@@ -203,9 +204,12 @@ async def test_a_thousand_bad_jobs_leave_no_runs_and_few_log_lines(
     caplog.set_level(logging.WARNING, logger="runner.job_queue")
     try:
         await taking(a)
-        bad = [job(f"flood-{i}", task="no_such_task") for i in range(1000)]
-        for i in range(0, len(bad), 100):
-            await asyncio.gather(*(submit_job(mosquitto.config(), j) for j in bad[i:i + 100]))
+        operator = mosquitto.config()
+        topic = Topics(operator.prefix).jobs_of(str(operator.username))
+        async with raw_client(operator) as c:  # one operator's flood, on its own jobs topic
+            for i in range(0, 1000, 100):
+                await asyncio.gather(*(c.publish(topic, json.dumps(job(f"flood-{n}", task="no_such_task")),
+                                                 qos=1) for n in range(i, i + 100)))
         await until(lambda: len(reader.jobs(limit=2000, status="refused")) == 1000,
                     "the thousand refusals recorded", timeout=240, interval=0.5)
         assert reader.list_runs() == []
@@ -243,3 +247,87 @@ def test_the_latest_state_wins_but_a_start_stays() -> None:
     assert latest_by_job([s("started", "b", 2), s("requeued", "a", 3)])["j"].status == "started"
     assert JobTaker.client_id("host-a") == "mlrb-jobs-host-a"
     assert Topics("mlrb/v1").job_states_of("j") == "mlrb/v1/runner/+/job/j"
+
+
+class EngineThread:
+    """An engine on its own event loop in a thread, so the CLI (which runs its own loop) can
+    be driven beside it."""
+
+    def __init__(self, engine: Engine) -> None:
+        import threading
+
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: object, timeout: float = 60) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.call(self.engine.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
+def test_mlrb_submit_says_queued_and_mlrb_queue_shows_where_each_job_went(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from mlrb_tui.cli import cli
+    from tests.conftest import until_blocking
+
+    monkeypatch.setenv("TINY_STEPS", "2")
+    operator = mosquitto.config()
+    monkeypatch.setenv("MLRB_HOME", str(tmp_path / "operator-home"))
+    monkeypatch.setenv("MLRB_BUS_URL", mosquitto.url)
+    monkeypatch.setenv("MLRB_BUS_USERNAME", str(operator.username))
+    monkeypatch.setenv("MLRB_BUS_PASSWORD", str(operator.password))
+    runner = CliRunner()
+    # no runner has ever been online: nothing holds the job yet, and submit says so
+    first = runner.invoke(cli, ["submit", "tiny_train", "--timeout", "1"])
+    assert first.exit_code == 0, first.output
+    assert "queued: no runner has taken it yet" in first.stdout
+    # a runner's session exists from its first start: from then on, jobs wait for it
+    host = EngineThread(engine_on(mosquitto, tmp_path, "host-a", 1))
+    try:
+        host.call(host.engine.start())
+        until_blocking(lambda: host.engine.job_taker.connected, "host-a's jobs connection", timeout=30)
+        second = runner.invoke(cli, ["submit", "tiny_train", "--timeout", "60"])
+        assert second.exit_code == 0, second.output
+        run = second.stdout.strip()
+        assert run in host.engine.supervisors and "taken by runner host-a" in second.stderr
+        host.call(submit_job(operator, job("refused-one", task="no_such_task")))
+        until_blocking(lambda: JournalReader(host.engine.cfg.db_path).jobs(status="refused"),
+                       "the refusal recorded", timeout=30)
+        shown = runner.invoke(cli, ["queue", "--json"])
+        assert shown.exit_code == 0, shown.output
+        states = {s["job"]: s for s in json.loads(shown.stdout)}
+        assert states["job-refused-one"]["status"] == "refused"
+        assert "unknown task" in states["job-refused-one"]["reason"]
+        taken = [s for s in states.values() if s["status"] == "started"]
+        assert [s["run"] for s in taken] == [run] and taken[0]["runner"] == "host-a"
+        assert all(s["submitter"] == "tester" for s in states.values())
+        table = runner.invoke(cli, ["queue"]).stdout
+        assert "STATE" in table and "refused" in table and run in table
+    finally:
+        host.close()
+
+
+async def test_room_is_a_free_slot_and_the_gpus_the_task_and_scale_need(tmp_path: Path) -> None:
+    from runner.engine import SubmitError
+
+    engine = Engine(Config(home=tmp_path / "h", backend="local", max_runs=1), use_bus=False)
+    await engine.start()
+    try:
+        engine.gpus.set_devices([0])
+        full, smoke = Job(task="tiny_train", scale="full"), Job(task="tiny_train")
+        assert engine.room_for(full) is None and engine.room_for(smoke) is None
+        engine.gpus.claim("another-run", [0])
+        assert engine.room_for(full) == "0 of the 1 GPUs it needs are free"
+        assert engine.room_for(smoke) is None  # the smoke scale needs no GPU
+        engine.gpus.set_devices([])
+        with pytest.raises(SubmitError, match="unknown task"):  # never startable: refused, full or not
+            engine.room_for(Job(task="no_such_task"))
+    finally:
+        await engine.stop()
