@@ -25,6 +25,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.types import LogConfig
 
 from runner.image import FINGERPRINT_LABEL, ImageError, default_base
 from runner.sandbox import SandboxError
@@ -233,7 +234,9 @@ class EgressProxy:
             container = client.containers.create(
                 self.image, name=self.name, network=self.network, labels=dict(self.labels),
                 cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=256,
-                mem_limit=512 * 1024**2, hostname="mlrb-proxy", detach=True)
+                mem_limit=512 * 1024**2, hostname="mlrb-proxy", detach=True,
+                # a day of requests stays bounded on the host; lines are journaled as they come
+                log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "2"}))
         except docker.errors.ImageNotFound:
             self._remove_leftovers(client)
             raise ProxyError(f"the proxy image {self.image} is missing: run `mlrb image proxy` "
