@@ -48,7 +48,7 @@ def chart_text(task: str | None, rows: Sequence[ResultRow], selected: ResultRow 
     out.append(f" · {metric}   ")
     out.append(f"{RUN} a run's score", style="green")
     out.append(f"  {PAPER} the paper's figure", style="yellow")
-    out.append("  ✗ runs with no score\n", style="dim")
+    out.append("  ✗ runs with no score\n" if width >= 100 else "  ✗ no score\n", style="dim")
     scores = [s for r in mine for s in r.run_scores if s is not None]
     papers = [r.paper for r in mine if r.paper is not None]
     if not scores and not papers:
