@@ -284,7 +284,7 @@ async def test_scoring_runs_in_the_scorer_image_with_the_submission_read_only(
     from runner.scoring import Scorer
     from tasks.api import load_spec_file
 
-    bundle = tmp_path / "probe_task"
+    bundle = tmp_path / "tiny_count"
     shutil.copytree(Path(__file__).parent / "fixtures" / "tasks" / "tiny_count", bundle)
     (bundle / "scorer" / "score.py").write_text(PROBE_SCORER)
     workspace = tmp_path / "workspace"
