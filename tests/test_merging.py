@@ -88,9 +88,33 @@ def test_adapters_this_code_cannot_fold_are_refused_by_name(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def smoke_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke workspace's layout without its pretraining: the starter, a tiny random Llama
+    base, two random rank-4 LoRA experts of it, and small validation sets."""
+    from tasks import base_models, toy_corpus
+
     ws = tmp_path_factory.mktemp("merging") / "ws"
-    prepare_workspace(SPEC, "smoke", ws)
+    prepare_workspace(load_task("llm_merging", root=_starter_only(tmp_path_factory)), "smoke", ws)
+    tok = base_models.tokenizer()
+    base = base_models.tiny("llama", tok, seed=0)
+    base_models.save(base, tok, ws / "models" / "base")
+    modules = [k.removesuffix(".weight") for k in base.state_dict() if k.endswith(("q_proj.weight", "v_proj.weight"))]
+    for seed, name in ((1, "expert_a"), (2, "expert_b")):
+        g = torch.Generator().manual_seed(seed)
+        pairs = {m: (torch.randn(4, 64, generator=g) * 0.1, torch.randn(64, 4, generator=g) * 0.1) for m in modules}
+        lora.write_adapter(ws / "models" / name, {"r": 4, "lora_alpha": 8, "base_model_name_or_path": "models/base"}, pairs)
+    val = ws / "data" / "validation"
+    val.mkdir(parents=True)
+    (val / "cosmosqa.jsonl").write_text("".join(json.dumps({"input": r["context"], "answer_choices": r["choices"], "label": r["label"]}) + "\n"
+                                                for r in toy_corpus.choice_items(5, 3)))
+    (val / "xsum.jsonl").write_text("".join(json.dumps({"input": t, "target": t}) + "\n" for t in toy_corpus.sentences(5, 4)))
     return ws
+
+
+def _starter_only(factory: pytest.TempPathFactory) -> Path:
+    """The llm_merging bundle without its smoke prepare script (the fixture makes the models)."""
+    root = factory.mktemp("bundle")
+    shutil.copytree(SPEC.dir, root / "llm_merging", ignore=shutil.ignore_patterns("prepare.py", "__pycache__"))
+    return root
 
 
 def _method(ws: Path, name: str, source: str) -> None:
