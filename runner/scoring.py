@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shlex
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,13 @@ SCORER_OUTPUT_CAP = 256 * 1024
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 SandboxFactory = Callable[[SandboxSpec], Sandbox]
+
+
+def assets_metadata(task: TaskSpec, scale: str) -> str:
+    """The task's declared assets at this scale as JSON, for a scorer that checks its rules
+    against them (llm_merging: only declared models at their pinned commits)."""
+    return json.dumps([{"name": a.name, "kind": a.kind, "repo": a.repo, "revision": a.revision,
+                        "pinned": a.pinned, "for": a.audience} for a in task.assets_for(scale)])
 
 
 class Scorer:
@@ -71,7 +79,7 @@ class Scorer:
                                  gpu_ids=tuple(str(i) for i in gpu_ids)),
             readonly_mounts=((self._workspace, "/submission"), (task.scorer_dir, "/scorer"),
                              (SCORELIB, "/scorer_lib/scorelib.py"), *mounts),
-            env=asset_env(mounts),
+            env=(*asset_env(mounts), ("MLRB_ASSETS", assets_metadata(task, self._scale))),
         )
         sb = self._make_sandbox(spec)
         model = submission

@@ -286,31 +286,70 @@ def minimal_pair_accuracy(model: Any, tok: Any, pairs: list[dict[str, str]]) -> 
 
 
 # -- text metrics --------------------------------------------------------------------------
+# sacrebleu's corpus BLEU and rouge-score's ROUGE-L, through those packages when the scorer
+# image has them, else the same computations here (checked against hand-worked values).
+_13A = [
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period and comma unless after a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period and comma unless before a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # a dash after a digit
+]
+
+
+def tokenize_13a(line: str) -> list[str]:
+    """sacrebleu's default tokenizer (mteval-v13a)."""
+    line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    if "&" in line:
+        line = (line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                .replace("&gt;", ">"))
+    line = f" {line} "
+    for pattern, repl in _13A:
+        line = pattern.sub(repl, line)
+    return line.split()
+
+
 def _ngrams(toks: list[str], n: int) -> Counter[tuple[str, ...]]:
     return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 
-def bleu(hyps: list[str], refs: list[str], max_n: int = 4) -> float:
-    """Corpus BLEU-4 on whitespace tokens with add-one smoothing of n>1 precisions (0..1)."""
-    match = [0] * max_n
+def bleu_exact(hyps: list[str], refs: list[str], max_n: int = 4) -> float:
+    """Corpus BLEU as sacrebleu computes it by default (one reference each, 13a tokens,
+    exponential smoothing of zero counts), on its 0..100 scale."""
+    correct = [0] * max_n
     total = [0] * max_n
-    hyp_len = ref_len = 0
+    sys_len = ref_len = 0
     for h, r in zip(hyps, refs, strict=True):
-        ht, rt = h.split(), r.split()
-        hyp_len += len(ht)
+        ht, rt = tokenize_13a(h), tokenize_13a(r)
+        sys_len += len(ht)
         ref_len += len(rt)
         for n in range(1, max_n + 1):
             hc, rc = _ngrams(ht, n), _ngrams(rt, n)
-            match[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            correct[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
             total[n - 1] += max(0, len(ht) - n + 1)
-    if hyp_len == 0 or match[0] == 0:
+    if sys_len == 0:
         return 0.0
-    logp = 0.0
+    precisions = [0.0] * max_n
+    smooth = 1.0
     for n in range(max_n):
-        m, t = (match[n], total[n]) if n == 0 else (match[n] + 1, total[n] + 1)
-        logp += math.log(m / t) / max_n
-    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return bp * math.exp(logp)
+        if total[n] == 0:
+            break
+        if correct[n] == 0:
+            smooth *= 2
+            precisions[n] = 100.0 / (smooth * total[n])
+        else:
+            precisions[n] = 100.0 * correct[n] / total[n]
+    logs = [math.log(p) if p > 0 else -9999999999.0 for p in precisions]
+    bp = 1.0 if sys_len >= ref_len else math.exp(1 - ref_len / sys_len)
+    return bp * math.exp(sum(logs) / max_n)
+
+
+def bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
+    """(corpus BLEU 0..100, which implementation ran)."""
+    try:
+        import sacrebleu  # type: ignore[import-not-found]
+    except ImportError:
+        return bleu_exact(hyps, refs), "scorelib (sacrebleu's computation)"
+    return float(sacrebleu.corpus_bleu(hyps, [refs]).score), f"sacrebleu {sacrebleu.__version__}"
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -323,18 +362,34 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
-def rouge_l(hyps: list[str], refs: list[str]) -> float:
-    """Mean ROUGE-L F1 on whitespace tokens (0..1)."""
+def rouge_tokens(text: str) -> list[str]:
+    """rouge-score's default tokenizer: lowercase, runs of [a-z0-9] only, no stemming."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def rouge_l_exact(hyps: list[str], refs: list[str]) -> float:
+    """Mean ROUGE-L F1 (0..1) as rouge-score's `rougeL` computes it, pair by pair."""
     scores = []
     for h, r in zip(hyps, refs, strict=True):
-        ht, rt = h.split(), r.split()
-        lcs = _lcs(ht, rt)
-        if not ht or not rt or lcs == 0:
+        ht, rt = rouge_tokens(h), rouge_tokens(r)
+        lcs = _lcs(ht, rt) if ht and rt else 0
+        if lcs == 0:
             scores.append(0.0)
             continue
         p, rc = lcs / len(ht), lcs / len(rt)
         scores.append(2 * p * rc / (p + rc))
     return sum(scores) / max(1, len(scores))
+
+
+def rouge_l(hyps: list[str], refs: list[str]) -> tuple[float, str]:
+    """(mean ROUGE-L F1 0..1, which implementation ran)."""
+    try:
+        from rouge_score import rouge_scorer  # type: ignore[import-not-found]
+    except ImportError:
+        return rouge_l_exact(hyps, refs), "scorelib (rouge-score's computation)"
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    f = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs, strict=True)]
+    return sum(f) / max(1, len(f)), "rouge-score"
 
 
 # -- Lean 3 --------------------------------------------------------------------------------
@@ -344,6 +399,7 @@ _LEAN3_DECL = re.compile(
     r":\s*(?P<stmt>.+?)\s*:=\s*(?P<proof>\S.*)$", re.S)
 _LEAN4_ONLY = re.compile(r"=>|\bimport\s+Mathlib|\bNat\.|\bReal\.|\bfun\s+\w+\s*=>|\bby\s*\n\s+\w")
 _PAIRS = {")": "(", "]": "[", "}": "{", "⟩": "⟨", "⦄": "⦃"}
+LEAN3_PROJECT = "/opt/lean3-mathlib"  # where the scorer image keeps a leanpkg project with mathlib
 
 
 def lean3_syntax_ok(text: str) -> tuple[bool, str]:
@@ -371,20 +427,74 @@ def lean3_syntax_ok(text: str) -> tuple[bool, str]:
     return True, ""
 
 
-def lean_compile(text: str, timeout_s: float = 60) -> tuple[bool, str] | None:
-    """Compile with a real `lean` (Lean 3) when one is on PATH; None when there is none."""
+class Lean3:
+    """A Lean 3 toolchain with mathlib: the `lean` executable and the LEAN_PATH of a leanpkg
+    project whose dependencies include mathlib."""
+
+    def __init__(self, exe: str, version: str, lean_path: str, project: Path) -> None:
+        self.exe, self.version, self.lean_path, self.project = exe, version, lean_path, project
+
+    def compile(self, text: str, header: str = "", timeout_s: float = 120) -> tuple[bool, str]:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "Submission.lean"
+            src.write_text((header.rstrip() + "\n\n" if header else "") + text + "\n")
+            try:
+                proc = subprocess.run([self.exe, str(src)], capture_output=True, text=True,
+                                      timeout=timeout_s, cwd=self.project,
+                                      env={**os.environ, "LEAN_PATH": self.lean_path})
+            except subprocess.TimeoutExpired:
+                return False, "lean timed out"
+        return proc.returncode == 0, (proc.stdout + proc.stderr)[-300:]
+
+
+def lean3_toolchain() -> tuple[Lean3 | None, str]:
+    """The scorer's Lean 3 toolchain with mathlib, or None and why there is none. The project is
+    $MLRB_LEAN3_PROJECT, else /opt/lean3-mathlib: a leanpkg project depending on mathlib,
+    built (`leanproject get-mathlib-cache` or `leanpkg build`), with `lean` 3.x on PATH."""
     exe = shutil.which("lean")
     if exe is None:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "Submission.lean"
-        src.write_text(text + "\n")
-        try:
-            proc = subprocess.run([exe, str(src)], capture_output=True, text=True,
-                                  timeout=timeout_s, cwd=d, env={**os.environ})
-        except subprocess.TimeoutExpired:
-            return False, "lean timed out"
-    return proc.returncode == 0, (proc.stdout + proc.stderr)[-300:]
+        return None, "no `lean` on the scorer's PATH"
+    try:
+        ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"`lean --version` failed: {exc}"
+    m = re.search(r"version (\d+)\.(\d+)\.(\d+)", ver)
+    if not m or m.group(1) != "3":
+        return None, f"`lean` is not Lean 3 ({ver.strip()[:60] or 'no version'})"
+    project = Path(os.environ.get("MLRB_LEAN3_PROJECT", LEAN3_PROJECT))
+    if not (project / "leanpkg.toml").is_file():
+        return None, f"no leanpkg project at {project} (set MLRB_LEAN3_PROJECT)"
+    try:
+        raw = subprocess.run([exe, "--path"], capture_output=True, text=True, timeout=60, cwd=project).stdout
+        paths = [str(x) for x in json.loads(raw)["path"]]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as exc:
+        return None, f"`lean --path` in {project} gave no search path ({type(exc).__name__})"
+    if not any("mathlib" in x for x in paths):
+        return None, f"the project at {project} does not depend on mathlib"
+    return Lean3(exe, ".".join(m.groups()), os.pathsep.join(paths), project), ""
+
+
+def lean_compile(text: str, timeout_s: float = 60) -> tuple[bool, str] | None:
+    """Compile with the scorer's Lean 3 toolchain with mathlib; None when it has none."""
+    lean, _why = lean3_toolchain()
+    return None if lean is None else lean.compile(text, timeout_s=timeout_s)
+
+
+def staged_file(repo: str, path: str, kind: str = "dataset", revision: str = "main") -> Path:
+    """A file of a staged hub repository, read from the mounted cache (HF_HUB_CACHE) the way the
+    client would offline: refs/<revision> names the commit, snapshots/<commit>/ holds the file."""
+    cache = os.environ.get("HF_HUB_CACHE")
+    if not cache:
+        raise ScoreError(f"no hub cache is mounted for the scorer (HF_HUB_CACHE); stage {repo} "
+                         "with `mlrb assets fetch`")
+    folder = Path(cache) / f"{kind}s--{repo.replace('/', '--')}"
+    ref = folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    found = folder / "snapshots" / commit / path
+    if not found.is_file():
+        raise ScoreError(f"{repo}: {path} is not staged at {revision} in the scorer's hub cache; "
+                         "run `mlrb assets fetch` for the task")
+    return found
 
 
 # -- full scale ----------------------------------------------------------------------------

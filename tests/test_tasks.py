@@ -7,6 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,11 +176,20 @@ def test_every_listed_integrity_check_exists_and_scaffold_hash_is_current() -> N
 
     for spec in list_tasks():
         assert set(spec.integrity) <= set(integrity.CHECKS), spec.name
-    import hashlib
-
     merging = load_task("llm_merging")
-    pristine = hashlib.sha256((merging.dir / "starter" / "merge.py").read_bytes()).hexdigest()
+    pristine = _scaffold_manifest(merging.dir / "starter").scaffold_sha256(merging.dir / "starter")
     assert (merging.scorer_dir / "data" / "scaffold.sha256").read_text().strip() == pristine
+
+
+def _scaffold_manifest(starter: Path) -> Any:
+    """The starter's own manifest module, loaded from its file (it is not a package of ours)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merging_manifest", starter / "llm_merging" / "manifest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("name", sorted(SEVEN))
@@ -269,7 +279,7 @@ def test_integrity_catches_each_gaming_case(baselines: dict[str, BaselineRun],
     assert "scaffold" in score(mspec, ws)["error"]
     ws = _copy(merge, tmp_path / "tampered")
     shutil.rmtree(ws / "model")
-    shutil.copytree(ws / "models" / "expert_b", ws / "model")
+    shutil.copytree(ws / "models" / "base", ws / "model")  # the unmerged base, under the merge's manifest
     shutil.copy(merge.workspace / "model" / "merge_manifest.json", ws / "model")
     assert "merge_scaffold" in _checks(integrity.check_run(mspec, "smoke", ws, merge.events))
     assert score(mspec, ws)["value"] == 0.0

@@ -1,0 +1,1 @@
+"""Merge methods: one `Merges` subclass per file; register each in pyproject.toml."""
