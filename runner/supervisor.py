@@ -328,9 +328,8 @@ class RunSupervisor:
 
     @property
     def network_policy(self) -> str:
-        """The task's network policy at the run's scale ("none" unless its spec says otherwise)."""
-        scale = self.req.task.scale(self.req.scale)
-        return str(getattr(scale, "network", None) or getattr(self.req.task, "network", None) or "none")
+        """The task's network policy at the run's scale: "none" (the default) or "allowlist"."""
+        return str(self.req.task.scale(self.req.scale).network)
 
     async def _emit_created(self) -> None:
         task = self.req.task
