@@ -27,6 +27,7 @@ from runner.egress_proxy import (
     network_name,
     parse_access_line,
     proxy_name,
+    remove_network,
     squid_conf,
 )
 from runner.events import Event
@@ -181,7 +182,7 @@ def upstream(docker_client: Any) -> Iterator[Upstream]:
     finally:
         if container is not None:
             container.remove(force=True)
-        net.remove()
+        remove_network(docker_client, net.name)  # unplugs a proxy a failed test left on it
 
 
 @pytest.fixture
@@ -295,6 +296,12 @@ def _supervisor(tmp: Path, spec_path: Path, run: str, plan: list[dict[str, Any]]
         image=image)
 
 
+def _remove_run(client: Any, run: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": f"mlrb.run={run}"}):
+        c.remove(force=True)
+    remove_network(client, network_name(run))
+
+
 def _events(path: Path, run: str) -> list[Event]:
     reader = JournalReader(path)
     try:
@@ -323,6 +330,8 @@ async def test_an_allowlist_run_records_each_request(
         await sup.run()
     finally:
         journal.close()
+    left = docker_client.containers.list(all=True, filters={"label": f"mlrb.run={run}"})
+    _remove_run(docker_client, run)
     evs = _events(tmp_path / "j.db", run)
     results = [e.data["output"] for e in evs if e.kind == "tool.result"]
     assert BODY in results[1] and "403" in results[2], results
@@ -331,7 +340,7 @@ async def test_an_allowlist_run_records_each_request(
         ("GET", "allowed.test", True), ("CONNECT", "other.test", False)]
     assert net[0]["received_bytes"] > len(BODY) and net[1]["status"] == 403
     # the proxy, the sandbox and the run's network are gone with the run
-    assert docker_client.containers.list(all=True, filters={"label": f"mlrb.run={run}"}) == []
+    assert left == []
     assert docker_client.networks.list(names=[network_name(run)]) == []
 
 
@@ -408,11 +417,12 @@ async def test_an_adopted_run_follows_its_proxy_on_without_repeats(
         first = _supervisor(tmp_path, spec_path, run, plan, "docker", journal, sandbox_image)
         running = asyncio.create_task(first.run())
         calls = lambda: [e.data["id"] for e in _events(db, run) if e.kind == "tool.call"]  # noqa: E731
-        await until(lambda: len(calls()) == 3, "the third call to start", timeout=120)
+        workspace = tmp_path / run / "workspace"
+        await until(lambda: len(calls()) == 3, "the third call", timeout=120)
+        job = JobFiles(workspace, job_id_for(calls()[2]))
+        await until(job.exists, "its command to start", timeout=60)
         await first.detach("the runner stops")
         assert await running == "detached"
-        workspace = tmp_path / run / "workspace"
-        job = JobFiles(workspace, job_id_for(calls()[2]))
         await until(lambda: job.rc() is not None, "the unfollowed command to end", timeout=60)
         reader = JournalReader(db)
         try:
@@ -423,6 +433,7 @@ async def test_an_adopted_run_follows_its_proxy_on_without_repeats(
         await second.adopt(resume)
     finally:
         journal.close()
+        _remove_run(docker_client, run)  # a failed test leaves nothing behind either
     evs = _events(db, run)
     assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
     net = [(e.data["method"], e.data["host"], e.data["allowed"]) for e in evs if e.kind == "net.request"]
