@@ -359,3 +359,16 @@ def test_metrics_accept_tensors(mlrb_metrics: ModuleType, tmp_path: Path) -> Non
     assert mlrb_metrics.log(step=torch.tensor(5), loss=torch.tensor(0.25)) is True
     line = json.loads((tmp_path / ".mlrb" / "metrics.jsonl").read_text())
     assert line["step"] == 5 and line["values"] == {"loss": 0.25}
+
+
+@pytest.mark.docker
+def test_the_command_line_names_a_missing_base(docker_client: Any) -> None:
+    import subprocess
+    import sys
+
+    for flags in ([], ["--gpu"], ["--scorer", "--gpu"]):
+        proc = subprocess.run([sys.executable, "-m", "mlrb_tui.cli", "image", "build", *flags,
+                               "--base", "mlrb-base:nope"], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1, proc.stderr
+        assert "the base image mlrb-base:nope is missing: pull or build it" in proc.stderr
