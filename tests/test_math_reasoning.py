@@ -171,3 +171,20 @@ def test_full_scale_scoring_reads_proofnet_from_the_scorers_cache_and_names_its_
     blind = parse_score_output(subprocess.run(argv, capture_output=True, text=True, timeout=600,
                                               env={**env, "HF_HUB_CACHE": str(agent_view)}).stdout)
     assert blind["value"] == 0.0 and "hoskinson-center/proofnet: test.jsonl is not staged" in blind["error"]
+
+
+def test_the_own_computations_equal_sacrebleu_and_rouge_score_where_installed() -> None:
+    sacrebleu = pytest.importorskip("sacrebleu")
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    import random
+
+    rng = random.Random(0)
+    words = "theorem t (n : ℕ) : n + 0 = n := nat.add_zero n, 3.5 x-1 begin simp end".split()
+    hyps = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 14))) for _ in range(30)]
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 14))) for _ in range(30)]
+    assert sl.bleu_exact(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    for h, r in zip(hyps, refs, strict=True):
+        assert sl.bleu_exact([h], [r]) == pytest.approx(sacrebleu.corpus_bleu([h], [[r]]).score, abs=1e-9)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    want = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs, strict=True)) / len(hyps)
+    assert sl.rouge_l_exact(hyps, refs) == pytest.approx(want, abs=1e-12)

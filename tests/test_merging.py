@@ -215,9 +215,21 @@ def test_the_scorer_allows_only_declared_models_at_their_pinned_commits(smoke_ws
     unstaged = _score(ws, "full", {**offline, "MLRB_ASSETS": declared()})
     assert "org/expert-a@aaaaaaaaaaaa is not in the staged hub cache" in unstaged["error"]
     _stage(cache, "org/expert-a", COMMIT_A, smoke_ws / "models" / "expert_a")
-    ok = _score(ws, "full", {**offline, "MLRB_ASSETS": declared()})
-    # every rule passed: what stops it here is only that this host's scorer has no lm-eval
-    assert "lm-eval" in ok["error"], ok["error"]
+    # every rule passes: the scorer's own check, run in this process with the scorer's environment
+    sys.path.insert(0, str(SCORELIB.parent))
+    scorer = _module(SPEC.scorer_dir / "score.py", "merging_score")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(cache))
+        mp.setenv("MLRB_ASSETS", declared())
+        checked = scorer.check_inputs(ws, "full", manifest["inputs"])
+    assert checked == {"base_params": lora_free_params(smoke_ws / "models" / "base"),
+                       "inputs": [f"org/expert-a@{'a' * 12}", f"org/expert-b@{'b' * 12}", f"org/tiny-base@{'1' * 12}"]}
+
+
+def lora_free_params(folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for f in folder.glob("*.safetensors") for t in load_file(str(f)).values())
 
 
 def test_local_folders_stand_in_for_the_hub_only_at_smoke_scale(smoke_ws: Path, tmp_path: Path) -> None:

@@ -79,7 +79,8 @@ class Merges:
             raise MergeError("set base_model_name (and base_model_revision_id) in __init__")
         folder = self.resolve(self.base_model_name, self.base_model_revision_id, role="base")
         cls = AutoModelForSeq2SeqLM if self.architecture == "encoder_decoder" else AutoModelForCausalLM
-        self.base_model = cls.from_pretrained(folder, torch_dtype=self.torch_dtype).to(self.device)
+        self.base_model = cls.from_pretrained(folder, torch_dtype=self.torch_dtype)
+        self.base_model.to(self.device)  # type: ignore[arg-type]
 
     def _load_tokenizer(self) -> None:
         from transformers import AutoTokenizer
