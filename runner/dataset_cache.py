@@ -33,20 +33,22 @@ def cache_folder(repo: str) -> str:
     return f"{org}___{camelcase_to_snakecase(name)}"
 
 
-def snapshot_configs(snapshot: Path) -> list[str]:
-    """The configs the dataset card declares, or ["default"] for a repository of plain files."""
+def _module(snapshot: Path) -> Any:
     from datasets.load import LocalDatasetModuleFactory
 
-    module = LocalDatasetModuleFactory(str(snapshot)).get_module()
+    return LocalDatasetModuleFactory(str(snapshot)).get_module()
+
+
+def snapshot_configs(module: Any) -> list[str]:
+    """The configs the dataset card declares, or ["default"] for a repository of plain files."""
     declared = module.builder_configs_parameters.metadata_configs or {}
     return list(declared) or ["default"]
 
 
-def _prepare_config(snapshot: Path, repo: str, config: str, work: Path) -> Path:
-    from datasets.load import LocalDatasetModuleFactory, get_dataset_builder_class
+def _prepare_config(module: Any, repo: str, config: str, work: Path) -> Path:
+    from datasets.load import get_dataset_builder_class
     from datasets.naming import camelcase_to_snakecase
 
-    module = LocalDatasetModuleFactory(str(snapshot)).get_module()
     kwargs: dict[str, Any] = dict(module.builder_kwargs)
     kwargs.pop("repo_id", None)  # a repo id would make the builder insist on hf:// data files
     kwargs.pop("dataset_name", None)
@@ -68,12 +70,13 @@ def prepare(snapshot: Path, repo: str, configs: Iterable[str], dest: Path, commi
     configs prepared."""
     wanted = list(configs)
     try:
-        wanted = wanted or snapshot_configs(snapshot)
+        module = _module(snapshot)
+        wanted = wanted or snapshot_configs(module)
         work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
         built = work / "out"
         try:
             for config in wanted:
-                done = _prepare_config(snapshot, repo, config, work / "build")
+                done = _prepare_config(module, repo, config, work / "build")
                 # the builder's folder is name/<config>/<version>/<hash>; keep it under org___name
                 target = built.joinpath(*done.relative_to(work / "build").parts[1:])
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     summary = sl.weights_summary(model_dir)
     details: dict[str, Any] = {"model": model_dir.name, "params": summary["params"], "scale": args.scale}
     if args.scale == "full":
-        res = sl.lm_eval(model_dir, ["blimp"])
+        res = sl.lm_eval(model_dir, ["blimp"], details=details)
         value = sl.lm_eval_metric(res, "blimp")
         return sl.result(METRIC, value, {METRIC: value}, details)
     model, tok, seq2seq = sl.load_model(model_dir)
