@@ -698,3 +698,23 @@ for = "agent"
         assert not engine.supervisors  # refused: no run was started
     finally:
         await engine.stop()
+
+
+def test_files_of_one_content_share_a_blob_and_all_are_staged(tmp_path, hub):
+    body = b'{"text": "same"}\n' * 10
+    d = hub.add("dataset", "org/twins", {"data/train.jsonl": body, "data/validation.jsonl": body})
+    root = write_task(tmp_path / "tasks", "twins_task", f"""
+[[assets]]
+name = "twins"
+kind = "dataset"
+repo = "org/twins"
+revision = "{d.commit}"
+size_bytes = 1000
+for = "agent"
+""")
+    home = tmp_path / "home"
+    [state] = store(home, hub).fetch(items_of(root, "twins_task"))
+    assert state.status == "present" and state.files_present == 2
+    snap = state.path / "snapshots" / d.commit / "data"
+    assert (snap / "train.jsonl").read_bytes() == (snap / "validation.jsonl").read_bytes() == body
+    assert len(list((state.path / "blobs").iterdir())) == 1
