@@ -378,7 +378,10 @@ def lean_compile(text: str, timeout_s: float = 60) -> tuple[bool, str] | None:
 LM_EVAL_BATCH_SIZE = 8  # upstream's prompts: `lm_eval ... --batch_size 8`
 # the folder of lm-eval's own task definitions each benchmark task lives in: indexing only those
 # (not the thousands of others) takes seconds instead of minutes, with the same definitions
-LM_EVAL_TASK_DIRS = {"mmlu": "mmlu", "blimp": "blimp", "super-glue-lm-eval-v1": "super_glue"}
+# SuperGLUE as lm-eval's `super-glue-lm-eval-v1` tag scores it, less ReCoRD: it has no accuracy
+# to average, and its definition imports squad_metrics, which transformers 5 no longer has
+SUPERGLUE_TASKS = ["boolq", "cb", "copa", "multirc", "sglue_rte", "wic", "wsc"]
+LM_EVAL_TASK_DIRS = {"mmlu": "mmlu", "blimp": "blimp", **{t: "super_glue" for t in SUPERGLUE_TASKS}}
 
 
 def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None,
@@ -400,8 +403,8 @@ def lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int | None = None,
         from lm_eval.tasks import TaskManager  # type: ignore[import-not-found]
 
         root = Path(harness.__file__).parent / "tasks"
-        manager = TaskManager(include_path=[str(root / LM_EVAL_TASK_DIRS[t]) for t in tasks],
-                              include_defaults=False)
+        dirs = dict.fromkeys(str(root / LM_EVAL_TASK_DIRS[t]) for t in tasks)
+        manager = TaskManager(include_path=list(dirs), include_defaults=False)
     out = harness.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
                                   tasks=tasks, num_fewshot=num_fewshot, device=device,
                                   batch_size=LM_EVAL_BATCH_SIZE, task_manager=manager)
@@ -443,11 +446,11 @@ def mmlu_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any
 
 def superglue_result(metric: str, model_dir: Path, scale: str, details: dict[str, Any],
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """SuperGLUE for the tasks scored on it: lm-eval's `super-glue-lm-eval-v1` group (the mean
-    of its accuracies) at full scale, the held-out choice items by log-likelihood at smoke."""
+    """SuperGLUE for the tasks scored on it: the mean accuracy of lm-eval's
+    `super-glue-lm-eval-v1` tasks but ReCoRD (SUPERGLUE_TASKS) at full scale, the held-out choice items by log-likelihood at smoke."""
     extra = extra or {}
     if scale == "full":
-        res = lm_eval(model_dir, ["super-glue-lm-eval-v1"], details=details)
+        res = lm_eval(model_dir, SUPERGLUE_TASKS, details=details)
         subs = {k: float(v["acc,none"]) for k, v in res.items() if "acc,none" in v}
         if not subs:
             raise ScoreError("lm-eval returned no SuperGLUE accuracies")

@@ -28,6 +28,8 @@ from tests.conftest import require
 from tests.hub_server import StandInHub
 
 AUTOFORMALIZATION = "AlgorithmicResearchGroup/math_reasoning_autoformalization_track"
+# lm-eval's super-glue-lm-eval-v1 tasks that have an accuracy (all but ReCoRD)
+SUPERGLUE = ["boolq", "cb", "copa", "multirc", "sglue_rte", "wic", "wsc"]
 SUBMISSION_TYPE = {"edge_llm_compression": "phi", "llm_merging": "llama"}  # what each scorer accepts
 
 
@@ -163,17 +165,16 @@ def blimp_by_hand(model_dir: Path) -> float:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pairs = [json.loads(json.dumps(r)) for p in tiny_hub.BLIMP_PHENOMENA
-             for r in tiny_hub_pairs(p)]
-    right = sum(int(continuation_logprob(model, tok, "", r["sentence_good"])
-                    > continuation_logprob(model, tok, "", r["sentence_bad"])) for r in pairs)
-    return right / len(pairs)
-
-
-def tiny_hub_pairs(phenomenon: str) -> list[dict[str, Any]]:
-    word = phenomenon.split("_")[0]
-    return [{"sentence_good": f"The cats sleep near {word} houses.",
-             "sentence_bad": f"The cats sleeps near {word} houses."}]
+    right = total = 0
+    for phenomenon in tiny_hub.BLIMP_PHENOMENA:
+        for pair in tiny_hub.blimp_rows(phenomenon, 1):
+            # no context: lm-eval scores " " + sentence after the end-of-text token, and a tie
+            # goes to the first choice, the good sentence
+            good = continuation_logprob(model, tok, "", " " + pair["sentence_good"])
+            bad = continuation_logprob(model, tok, "", " " + pair["sentence_bad"])
+            right += int(good >= bad)
+            total += 1
+    return right / total
 
 
 @pytest.mark.parametrize("task", ["llm_efficiency", "edge_llm_compression", "llm_merging"])
@@ -201,8 +202,8 @@ async def test_superglue_tasks_score_the_lm_eval_group(staged, tmp_path, task):
     submission(tmp_path / "ws", task)
     out = await score_full(staged, task, tmp_path / "ws")
     assert out["error"] is None, out
-    subs = {"boolq", "cb", "copa", "multirc", "sglue_rte", "wic", "wsc"}
-    assert subs <= set(out["metrics"])
+    subs = set(SUPERGLUE)
+    assert subs <= set(out["metrics"]) and out["details"]["lm_eval"]["tasks"] == SUPERGLUE
     assert math.isclose(out["value"], sum(out["metrics"][s] for s in subs) / len(subs))
     assert out["details"]["aggregate"] == "mean acc of " + ", ".join(sorted(subs))
 
@@ -251,7 +252,7 @@ async def test_mini_pile_end_to_end_at_full_scale_on_cpu(staged, tmp_path):
     assert "load_dataset('AlgorithmicResearchGroup/minipile')" in spec.prompt("full")
     plan = [{"name": "write_file", "args": {"path": "train.py", "content": TRAIN}},
             {"name": "bash", "args": {"command": "python3 train.py", "timeout_s": 300}},
-            {"name": "submit", "args": {"path": "/workspace/model", "summary": "a tiny GPT-2"}}]
+            {"name": "submit", "args": {"path": "model", "summary": "a tiny GPT-2"}}]
     journal = Journal(tmp_path / "j.db")
     sup = RunSupervisor(
         RunRequest(run="fs-e2e", task=spec, scale="full", agent_kind="scripted"), journal=journal,
@@ -275,7 +276,7 @@ async def test_mini_pile_end_to_end_at_full_scale_on_cpu(staged, tmp_path):
     score = next(e for e in evs if e.kind == "score")
     assert score.data["error"] is None, score.data
     assert score.data["metric"] == "superglue" and 0.0 <= score.data["value"] <= 1.0
-    assert score.data["details"]["lm_eval"]["tasks"] == ["super-glue-lm-eval-v1"]
+    assert score.data["details"]["lm_eval"]["tasks"] == SUPERGLUE
     assert row["status"] == "succeeded" and row["scale"] == "full"
     assert row["score_metric"] == "superglue" and row["score"] == score.data["value"]
 
