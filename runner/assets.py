@@ -8,6 +8,9 @@ Each task's `task.toml` names its assets (tasks.api.AssetModel). They are fetche
       trees/<commit>.json                 with `HF_HUB_OFFLINE=1` serves `from_pretrained` unchanged
     scorer/hub/datasets--org--name/     scorer-only assets (held-out sets): a separate tree, so
                                         nothing mounted for an agent can reach them
+    agent/datasets/org___name/          each staged dataset's `load_dataset` cache, built from its
+    scorer/datasets/org___name/           snapshot (runner.dataset_cache): offline, that cache is
+                                          all `datasets.load_dataset('org/name')` reads
     assets.lock.json                    per repository and revision: the commit fetched, the hub's
                                         file listing at it, each fetched file's size and sha256
     incoming/                           downloads in progress and imports being checked; never
@@ -180,6 +183,36 @@ class AssetStore:
     def repo_dir(self, asset: AssetModel) -> Path:
         return self.hub_dir(asset.audience) / repo_folder(asset)
 
+    def prepared_dir(self, asset: AssetModel) -> Path:
+        """A dataset's `load_dataset` cache: what HF_DATASETS_CACHE/<org___name> is inside."""
+        from runner.dataset_cache import cache_folder
+
+        return self.root / asset.audience / "datasets" / cache_folder(asset.repo)
+
+    def needs_preparing(self, state: AssetState) -> bool:
+        """A staged dataset whose `load_dataset` cache is missing or of another commit."""
+        from runner.dataset_cache import prepared_commit
+
+        return (state.asset.kind == "dataset" and state.status == "present"
+                and prepared_commit(self.prepared_dir(state.asset)) != state.commit)
+
+    def _prepare(self, item: TaskAsset, lock: dict[str, Any]) -> None:
+        a = item.asset
+        self._prepare_repo(item.label, a.audience, a.repo, lock["entries"][lock_key(a)]["commit"],
+                           a.configs)
+
+    def _prepare_repo(self, label: str, audience: str, repo: str, commit: str,
+                      configs: Iterable[str] = ()) -> None:
+        from runner.dataset_cache import DatasetCacheError, cache_folder, prepare
+
+        folder = "--".join(["datasets", *repo.split("/")])
+        self._log(f"{label}: building the load_dataset cache of {repo}@{commit[:12]}")
+        try:
+            prepare(self.hub_dir(audience) / folder / "snapshots" / commit, repo, configs,
+                    self.root / audience / "datasets" / cache_folder(repo), commit)
+        except DatasetCacheError as exc:
+            raise AssetError(f"{label}: {exc}") from None
+
     # ----- the lock
 
     def read_lock(self) -> dict[str, Any]:
@@ -259,6 +292,9 @@ class AssetStore:
                     failures.append(str(exc))
                     if len(todo) == 1:
                         raise
+            for item in items:  # a dataset fetched now, or staged before its cache was built
+                if self.needs_preparing(self.state(item, lock)):
+                    self._prepare(item, lock)
             if failures:
                 raise ChecksumError(f"{len(failures)} of {len(todo)} assets failed: " + "; ".join(failures))
             return self.states(items)
@@ -361,9 +397,11 @@ class AssetStore:
         files: dict[str, dict[str, Any]] = dict(done)
         for p in missing:
             link = src / "snapshots" / commit / p
-            if not link.is_file():
+            # files of one content share a blob, which the first of them already moved to live/
+            got = link if link.is_file() else live / "blobs" / Path(os.path.realpath(link)).name
+            if not got.is_file():
                 raise AssetError(f"{item.label}: the hub's download of {p} left no file")
-            sha, git, size = _hash_file(link)
+            sha, git, size = _hash_file(got)
             why = self._mismatch(a, p, sha, git, size, tree[p], entry)
             if why:
                 where = self._quarantine(link, a, commit, p)
@@ -536,6 +574,10 @@ class AssetStore:
                     lock["entries"][key] = {**entry, "files": files}
                     installed.append(f"{entry['repo']}@{entry['commit'][:12]}")
                 self._write_lock(lock)
+                for key, audience, _folder in plan:  # every config its card declares
+                    entry = theirs[key]
+                    if entry["kind"] == "dataset":
+                        self._prepare_repo(entry["repo"], audience, entry["repo"], entry["commit"])
                 return installed
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -613,6 +655,7 @@ def _write_ref(repo: Path, revision: str | None, commit: str) -> None:
 # ----- mounting a task's staged assets into a sandbox
 
 HUB_INSIDE = "/opt/mlrb/hub"  # the hub cache a sandbox sees: only its task's repositories
+DATASETS_INSIDE = "/opt/mlrb/datasets"  # its HF_DATASETS_CACHE: writable, the prepared caches inside read-only
 Mount = tuple[Path, str]
 
 
@@ -637,7 +680,17 @@ def asset_mounts(task: TaskSpec, scale: str, home: Path, *,
         raise MissingAssetsError(
             f"{task.name} at {scale} scale needs staged assets that are not in {store.root}: {what}; "
             f"run `mlrb assets fetch {task.name} --scale {scale}`")
+    unprepared = [s for s in states if store.needs_preparing(s)]
+    if unprepared:
+        what = ", ".join(f"{s.asset.name} ({s.asset.repo})" for s in unprepared)
+        raise MissingAssetsError(
+            f"{task.name} at {scale} scale needs the load_dataset cache of {what}, which is not "
+            f"built in {store.root}; run `mlrb assets fetch {task.name} --scale {scale}`")
     mounts = {s.path: f"{HUB_INSIDE}/{s.path.name}" for s in states}
+    for s in states:
+        if s.asset.kind == "dataset":
+            prepared = store.prepared_dir(s.asset)
+            mounts[prepared] = f"{DATASETS_INSIDE}/{prepared.name}"
     return tuple(mounts.items())
 
 
@@ -645,4 +698,12 @@ def asset_env(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str], ...]:
     """The environment that makes the prompt's own `from_pretrained`/`load_dataset` calls read
     the mounted cache, with the hub offline."""
     offline = (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"))
-    return ((("HF_HUB_CACHE", HUB_INSIDE),) if mounts else ()) + offline
+    datasets = (("HF_DATASETS_CACHE", DATASETS_INSIDE),) if asset_scratch(mounts) else ()
+    return ((("HF_HUB_CACHE", HUB_INSIDE),) if mounts else ()) + datasets + offline
+
+
+def asset_scratch(mounts: tuple[Mount, ...]) -> tuple[str, ...]:
+    """The empty writable folders the mounts sit in: the datasets cache, where `load_dataset`
+    writes its lock files beside the read-only prepared caches."""
+    inside = any(dest.startswith(DATASETS_INSIDE + "/") for _host, dest in mounts)
+    return (DATASETS_INSIDE,) if inside else ()

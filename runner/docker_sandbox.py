@@ -153,6 +153,7 @@ class DockerSandbox:
                 shm_size=min(limits.memory_bytes // 4, 2 * 1024**3),
                 nano_cpus=int(limits.cpus * 1e9),
                 volumes=volumes,
+                tmpfs={d: "mode=1777,size=64m" for d in spec.scratch_dirs} or None,
                 device_requests=device_requests or None,
                 hostname="sandbox",
                 detach=True,

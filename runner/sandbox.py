@@ -42,6 +42,9 @@ class SandboxSpec:
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     readonly_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path)
     env: tuple[tuple[str, str], ...] = ()  # never provider keys
+    # empty writable folders that read-only mounts sit in (tmpfs in a container; the local
+    # sandbox's view folders are writable already), e.g. a datasets cache root for its lock files
+    scratch_dirs: tuple[str, ...] = ()
     network: bool = False
     docker_network: str | None = None  # a Docker network to join instead (an allowlist run's)
     user: str = "1000:1000"

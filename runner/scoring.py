@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runner.assets import AssetError, asset_env, asset_mounts
+from runner.assets import AssetError, asset_env, asset_mounts, asset_scratch
 from runner.budget import RunClock
 from runner.config import mlrb_home
 from runner.escapes import strip_escapes
@@ -80,6 +80,7 @@ class Scorer:
             readonly_mounts=((self._workspace, "/submission"), (task.scorer_dir, "/scorer"),
                              (SCORELIB, "/scorer_lib/scorelib.py"), *mounts),
             env=(*asset_env(mounts), ("MLRB_ASSETS", assets_metadata(task, self._scale))),
+            scratch_dirs=asset_scratch(mounts),
         )
         sb = self._make_sandbox(spec)
         model = submission

@@ -24,7 +24,7 @@ from typing import Any
 from runner.adoption import TURNS_DIR, CallState, RunResume
 from runner.agents.base import Agent, AgentContext, AgentTurn, Observation, ToolCall, ToolResult
 from runner.approvals import Approvals
-from runner.assets import AssetError, asset_env, asset_mounts
+from runner.assets import AssetError, asset_env, asset_mounts, asset_scratch
 from runner.budget import Budget, LimitCrossing, RunClock, RunLimits
 from runner.config import mlrb_home
 from runner.control import ControlCommand
@@ -228,7 +228,7 @@ class RunSupervisor:
                                  gpus=scale.gpus, gpu_ids=tuple(str(i) for i in self.gpu_ids)),
             env=(("MLRB_RUN", self.run_id), ("MLRB_TASK", task.name), ("MLRB_SCALE", self.req.scale),
                  *asset_env(mounts), *(proxy.env if proxy is not None else ())),
-            readonly_mounts=mounts,
+            readonly_mounts=mounts, scratch_dirs=asset_scratch(mounts),
             labels=self._labels,
             docker_network=proxy.network if proxy is not None else None,
         )

@@ -502,20 +502,27 @@ for = "agent"
 
 
 def test_asset_mounts_give_each_side_only_its_tasks_repositories(tmp_path, hub, model_bytes):
-    from runner.assets import HUB_INSIDE, asset_env, asset_mounts
+    from runner.assets import DATASETS_INSIDE, HUB_INSIDE, asset_env, asset_mounts, asset_scratch
 
     root, home = staged_with_a_neighbour(tmp_path, hub, model_bytes)
     spec = load_task("assets_task", root=root)
     agent = asset_mounts(spec, "full", home)
     hub_dir = home / "assets" / "agent" / "hub"
+    # a dataset comes twice: its snapshot, and the load_dataset cache built from it
     assert agent == ((hub_dir / "models--org--tiny-model", f"{HUB_INSIDE}/models--org--tiny-model"),
-                     (hub_dir / "datasets--org--tiny-data", f"{HUB_INSIDE}/datasets--org--tiny-data"))
+                     (hub_dir / "datasets--org--tiny-data", f"{HUB_INSIDE}/datasets--org--tiny-data"),
+                     (home / "assets" / "agent" / "datasets" / "org___tiny-data",
+                      f"{DATASETS_INSIDE}/org___tiny-data"))
     scorer = asset_mounts(spec, "full", home, audience="scorer")
     assert set(scorer) == {*agent, (home / "assets" / "scorer" / "hub" / "datasets--org--heldout",
-                                    f"{HUB_INSIDE}/datasets--org--heldout")}
+                                    f"{HUB_INSIDE}/datasets--org--heldout"),
+                           (home / "assets" / "scorer" / "datasets" / "org___heldout",
+                            f"{DATASETS_INSIDE}/org___heldout")}
     assert not any("other-model" in inside for _host, inside in scorer)  # another task's repo
     assert dict(asset_env(agent)) == {"HF_HUB_CACHE": HUB_INSIDE, "HF_HUB_OFFLINE": "1",
-                                      "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+                                      "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                      "HF_DATASETS_CACHE": DATASETS_INSIDE}
+    assert asset_scratch(agent) == (DATASETS_INSIDE,)
     assert asset_mounts(spec, "smoke", home) == ()  # smoke scale needs nothing staged
     assert "HF_HUB_CACHE" not in dict(asset_env(()))
 
@@ -528,7 +535,7 @@ def test_a_missing_asset_is_a_clear_error_naming_the_fetch_command(tmp_path, hub
     spec = load_task("assets_task", root=root)
     s = store(tmp_path / "home", hub)
     s.fetch([i for i in items_of(root) if i.asset.name != "heldout"])
-    assert len(asset_mounts(spec, "full", tmp_path / "home")) == 2  # the agent's side is complete
+    assert len(asset_mounts(spec, "full", tmp_path / "home")) == 3  # the agent's side is complete
     with pytest.raises(MissingAssetsError) as err:
         asset_mounts(spec, "full", tmp_path / "home", audience="scorer")
     msg = str(err.value)
@@ -691,3 +698,23 @@ for = "agent"
         assert not engine.supervisors  # refused: no run was started
     finally:
         await engine.stop()
+
+
+def test_files_of_one_content_share_a_blob_and_all_are_staged(tmp_path, hub):
+    body = b'{"text": "same"}\n' * 10
+    d = hub.add("dataset", "org/twins", {"data/train.jsonl": body, "data/validation.jsonl": body})
+    root = write_task(tmp_path / "tasks", "twins_task", f"""
+[[assets]]
+name = "twins"
+kind = "dataset"
+repo = "org/twins"
+revision = "{d.commit}"
+size_bytes = 1000
+for = "agent"
+""")
+    home = tmp_path / "home"
+    [state] = store(home, hub).fetch(items_of(root, "twins_task"))
+    assert state.status == "present" and state.files_present == 2
+    snap = state.path / "snapshots" / d.commit / "data"
+    assert (snap / "train.jsonl").read_bytes() == (snap / "validation.jsonl").read_bytes() == body
+    assert len(list((state.path / "blobs").iterdir())) == 1

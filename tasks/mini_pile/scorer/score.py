@@ -2,7 +2,7 @@
 
 Smoke scale: held-out toy-language choice items (scorer/data/superglue_smoke.jsonl), scored
 with the same log-likelihood code lm-eval uses. Full scale: lm-eval's
-`super-glue-lm-eval-v1` group.
+`super-glue-lm-eval-v1` tasks but ReCoRD (scorelib.SUPERGLUE_TASKS).
 Usage: python3 score.py --workspace DIR --scale smoke|full [--model SUBDIR]
 """
 
