@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -228,11 +229,17 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
     from runner.job_queue import JobState
 
     topics = Topics(bus.prefix)
+    me = submitter(bus)
+    # kept at the broker while no runner has answered, so `mlrb queue` lists what waits
+    waiting = JobState(job=job["id"], status="queued", runner="", submitter=me, task=job["task"],
+                       scale=job["scale"], agent=job["agent"], ts=time.time())
     try:
         async with open_client(bus) as client:
             # watch first: a runner may take the job the moment it is published
             await client.subscribe_checked(topics.job_states_of(job["id"]), qos=1)
-            await client.publish_checked(topics.jobs_of(submitter(bus)), json.dumps(job).encode())
+            await client.publish_checked(topics.submitted(me, job["id"]),
+                                         waiting.model_dump_json().encode(), retain=True)
+            await client.publish_checked(topics.jobs_of(me), json.dumps(job).encode())
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             it = client.messages.__aiter__()
@@ -246,6 +253,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
                 except ValueError:
                     continue
                 if state.status in ("started", "refused"):
+                    await client.publish_checked(topics.submitted(me, job["id"]), b"", retain=True)
                     return state
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         raise BusUnavailable(f"cannot reach the MQTT broker at {bus.url}: {exc}") from None
@@ -272,7 +280,7 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
            approval: bool, scaffold: str, thinking_tokens: int | None, reasoning_effort: str | None,
            timeout: float) -> None:
     """Queue a run of TASK on the runners; prints its run id once a runner with room takes it."""
-    from runner.bus import BusUnavailable
+    from runner.bus import BusUnavailable, read_runner_states
     from tasks.api import TaskSpecError, load_task
 
     if agent == "scripted" and scaffold != "mlrb":
@@ -297,6 +305,11 @@ def submit(task: str, agent: str, model: str | None, scale: str, limits: tuple[s
            **{k: v for k, v in (("thinking_tokens", thinking_tokens),
                                 ("reasoning_effort", reasoning_effort)) if v is not None}}
     try:
+        # a job waits in the sessions of runners that have connected before; where none ever
+        # has, the broker would keep it nowhere, so say so rather than call it queued
+        if not asyncio.run(read_runner_states(bus, timeout=1.0)):
+            raise click.ClickException(f"no runner has ever connected to the broker at {bus.url}, so "
+                                       "nothing would keep the job: start one with `mlrb up` first")
         state = asyncio.run(_submit_and_watch(bus, job, timeout))
     except BusUnavailable as exc:
         raise click.ClickException(str(exc)) from None
@@ -326,7 +339,7 @@ def queue(as_json: bool, limit: int) -> None:
     states: list[JobState] = []
     if bus is not None:
         try:
-            states = asyncio.run(read_job_states(bus, timeout=1.0))
+            states = asyncio.run(read_job_states(bus, timeout=1.0, submitted=True))
         except (aiomqtt.MqttError, BusUnavailable, OSError, TimeoutError) as exc:
             click.echo(f"the broker did not answer ({exc}); showing this host's journal only", err=True)
     # this host's journal holds its runner's jobs even where the broker forgot them
@@ -336,6 +349,8 @@ def queue(as_json: bool, limit: int) -> None:
                                scale=row["scale"] or "", agent=row["agent"] or "", run=row["run"],
                                reason=row["reason"] or "", ts=row["updated_ts"] or 0.0))
     jobs = sorted(latest_by_job(states).values(), key=lambda s: s.ts, reverse=True)[:limit]
+    if bus is not None:
+        _forget_answered(bus, states, jobs)
     if as_json:
         click.echo(json.dumps([s.model_dump(mode="json") for s in jobs], indent=2))
         return
@@ -344,9 +359,30 @@ def queue(as_json: bool, limit: int) -> None:
         return
     click.echo(f"{'JOB':<34} {'SUBMITTER':<14} {'TASK':<20} {'STATE':<9} {'RUNNER':<16} {'RUN':<24} REASON")
     for s in jobs:
-        shown = "waiting" if s.status == "requeued" else s.status
+        shown = "waiting" if s.status in ("queued", "requeued") else s.status
         click.echo(f"{s.job[:34]:<34} {s.submitter[:14]:<14} {s.task[:20]:<20} {shown:<9} "
                    f"{s.runner[:16]:<16} {(s.run or '-')[:24]:<24} {s.reason[:80]}")
+
+
+def _forget_answered(bus: Any, states: list[Any], latest: list[Any]) -> None:
+    """Clear this account's "queued" records of jobs a runner has since answered (a submit
+    that stopped watching leaves its record behind); another account's are not ours to clear."""
+    from runner.bus import BusUnavailable, Topics, open_client, submitter
+
+    me = submitter(bus)
+    answered = {s.job for s in latest if s.status != "queued"}
+    stale = {s.job for s in states if s.status == "queued" and s.submitter == me and s.job in answered}
+    if not stale:
+        return
+
+    async def clear() -> None:
+        topics = Topics(bus.prefix)
+        async with open_client(bus) as client:
+            for job in sorted(stale):
+                await client.publish_checked(topics.submitted(me, job), b"", retain=True)
+
+    with contextlib.suppress(BusUnavailable, OSError, TimeoutError, Exception):
+        asyncio.run(clear())
 
 
 @cli.command()

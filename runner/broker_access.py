@@ -137,10 +137,12 @@ def _role_topics(name: str, role: Role, p: str) -> list[str]:
         lines += [f"topic read {p}/runner/+/run/+/event",
                   f"topic read {p}/runner/+/state",
                   f"topic read {p}/runner/+/job/+",  # where each job went
+                  f"topic read {p}/submitted/+/+",  # and which wait for a runner
                   f"topic write {p}/run/+/repair"]  # "re-send what I missed" changes nothing
         if role == "operator":
             # a job is submitted under the operator's own name, as a control is
-            lines += [f"topic write {p}/run/+/control/{name}", f"topic write {p}/jobs/{name}"]
+            lines += [f"topic write {p}/run/+/control/{name}", f"topic write {p}/jobs/{name}",
+                      f"topic write {p}/submitted/{name}/+"]
     return lines
 
 

@@ -180,6 +180,8 @@ class Topics:
         # a job a runner could not take (or took over from a runner that died) goes on here
         self.shared_requeue = f"$share/mlrb-runners/{prefix}/runner/+/requeue"
         self.all_job_states = f"{prefix}/runner/+/job/+"
+        # what each operator queued and no runner has answered yet (retained, by its submitter)
+        self.all_submitted = f"{prefix}/submitted/+/+"
         self.all_events = f"{prefix}/runner/+/run/+/event"
         self.all_controls = f"{prefix}/run/+/control/+"
         self.all_repairs = f"{prefix}/run/+/repair"
@@ -203,6 +205,17 @@ class Topics:
 
     def jobs_of(self, submitter: str) -> str:
         return f"{self.jobs}/{submitter}"
+
+    def submitted(self, submitter: str, job: str) -> str:
+        """Where `mlrb submit` keeps (retained) a job it queued, until a runner answers it."""
+        return f"{self.prefix}/submitted/{submitter}/{job}"
+
+    def submitted_source(self, topic: str) -> tuple[str, str] | None:
+        """(submitter, job) of a submitted-job topic, else None."""
+        parts = self._levels(topic, "submitted")
+        if parts is None or len(parts) != 2 or not parts[0] or not parts[1]:
+            return None
+        return parts[0], parts[1]
 
     def requeue(self, runner: str) -> str:
         return f"{self.prefix}/runner/{runner}/requeue"

@@ -66,7 +66,8 @@ REFUSAL_LOG_EVERY_S = 10.0
 STOP_WAIT_S = 5.0
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,80}$")  # one topic level
 
-JobStatus = Literal["started", "refused", "requeued"]
+# queued: submitted, no runner has answered yet (kept by its submitter, not by a runner)
+JobStatus = Literal["queued", "started", "refused", "requeued"]
 
 
 class JobState(BaseModel):
@@ -433,8 +434,9 @@ class JobTaker:
 
 
 async def read_job_states(config: BusConfig, job: str | None = None,
-                          timeout: float = 1.0) -> list[JobState]:
-    """The job states the runners keep at the broker (one job's, or all), newest first."""
+                          timeout: float = 1.0, *, submitted: bool = False) -> list[JobState]:
+    """The job states the runners keep at the broker (one job's, or all), newest first; with
+    `submitted`, also the jobs their submitters queued that no runner has answered yet."""
     topics = Topics(config.prefix)
     found: list[JobState] = []
     quiet = min(0.3, timeout)
@@ -442,6 +444,8 @@ async def read_job_states(config: BusConfig, job: str | None = None,
         async with _client(config, f"mlrb-cli-{uuid.uuid4().hex[:12]}") as client:
             await client.subscribe_checked(topics.job_states_of(job) if job else topics.all_job_states,
                                            qos=1)
+            if submitted:
+                await client.subscribe_checked(topics.all_submitted, qos=1)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             it = client.messages.__aiter__()
@@ -450,21 +454,26 @@ async def read_job_states(config: BusConfig, job: str | None = None,
                     message = await asyncio.wait_for(it.__anext__(), min(quiet, left))
                 except TimeoutError:
                     break
-                source = topics.job_state_source(message.topic.value)
                 payload = _payload_bytes(message.payload)
-                if source is None or not payload or len(payload) > MAX_JOB_BYTES:
+                if not payload or len(payload) > MAX_JOB_BYTES:
                     continue
                 with contextlib.suppress(ValidationError, ValueError):
                     state = JobState.model_validate_json(payload)
-                    if state.runner == source[0]:  # a runner speaks only for itself
-                        found.append(state)
+                    if (source := topics.job_state_source(message.topic.value)) is not None:
+                        if state.runner == source[0]:  # a runner speaks only for itself
+                            found.append(state)
+                    elif (mine := topics.submitted_source(message.topic.value)) is not None:
+                        # a submitter speaks only for its own jobs, and only of their waiting
+                        if state.status == "queued" and (state.submitter, state.job) == mine:
+                            found.append(state)
     return sorted(found, key=lambda s: s.ts, reverse=True)
 
 
 def latest_by_job(states: list[JobState]) -> dict[str, JobState]:
-    """Each job's latest state; a start anywhere wins over a later requeue elsewhere."""
+    """Each job's latest state; a start anywhere wins over a later requeue elsewhere, and a
+    runner's word wins over the submitter's "queued", whatever the clocks say."""
     out: dict[str, JobState] = {}
-    for s in sorted(states, key=lambda s: s.ts):
+    for s in sorted(states, key=lambda s: (s.status != "queued", s.ts)):
         old = out.get(s.job)
         if old is None or old.status != "started":
             out[s.job] = s

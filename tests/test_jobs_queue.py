@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -284,10 +285,10 @@ def test_mlrb_submit_says_queued_and_mlrb_queue_shows_where_each_job_went(
     monkeypatch.setenv("MLRB_BUS_USERNAME", str(operator.username))
     monkeypatch.setenv("MLRB_BUS_PASSWORD", str(operator.password))
     runner = CliRunner()
-    # no runner has ever been online: nothing holds the job yet, and submit says so
+    # no runner has ever been online: no session would keep the job, so submit refuses it
     first = runner.invoke(cli, ["submit", "tiny_train", "--timeout", "1"])
-    assert first.exit_code == 0, first.output
-    assert "queued: no runner has taken it yet" in first.stdout
+    assert first.exit_code == 1, first.output
+    assert "no runner has ever connected" in first.output
     # a runner's session exists from its first start: from then on, jobs wait for it
     host = EngineThread(engine_on(mosquitto, tmp_path, "host-a", 1))
     try:
@@ -312,6 +313,32 @@ def test_mlrb_submit_says_queued_and_mlrb_queue_shows_where_each_job_went(
         assert "STATE" in table and "refused" in table and run in table
     finally:
         host.close()
+    # the runner is offline now but its session waits: the job is queued, and listed as waiting
+    third = runner.invoke(cli, ["submit", "tiny_train", "--timeout", "1"])
+    assert third.exit_code == 0, third.output
+    assert "queued: no runner has taken it yet" in third.stdout
+    waiting_id = third.stdout.split()[1]
+    shown = runner.invoke(cli, ["queue", "--json"])
+    waits = [s for s in json.loads(shown.stdout) if s["job"] == waiting_id]
+    assert [(s["status"], s["submitter"], s["task"]) for s in waits] == [("queued", "tester", "tiny_train")]
+    assert "waiting" in runner.invoke(cli, ["queue"]).stdout
+    # once a runner answers it, the submitter's record gives way to the runner's word
+    back = EngineThread(engine_on(mosquitto, tmp_path, "host-a", 1))
+    try:
+        back.call(back.engine.start())
+
+        def started() -> bool:
+            listed = runner.invoke(cli, ["queue", "--json"])
+            assert listed.exit_code == 0, listed.output
+            got = json.loads(listed.stdout)
+            return any(s["job"] == waiting_id and s["status"] == "started" for s in got)
+        # the CLI runs its own event loop, so this polls outside one (as until_blocking cannot)
+        deadline = time.monotonic() + 60
+        while not started():
+            assert time.monotonic() < deadline, "the waiting job started by the runner back online"
+            time.sleep(0.2)
+    finally:
+        back.close()
 
 
 async def test_room_is_a_free_slot_and_the_gpus_the_task_and_scale_need(tmp_path: Path) -> None:
