@@ -30,7 +30,18 @@ from tasks.api import SCALES, TaskSpec, TaskSpecError, list_tasks
 
 Status = Literal["ok", "warn", "fail"]
 PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-MIN_CUDA = (12, 0)  # PyPI's torch CUDA wheels are built for CUDA 12: an older driver cannot run them
+FALLBACK_CUDA = (12, 0)  # where the GPU lock names no CUDA runtime: PyPI's oldest torch CUDA line
+
+
+def min_cuda() -> tuple[int, int]:
+    """The CUDA version the GPU image's torch wheels bundle (from its lock): an older driver
+    cannot run them."""
+    from runner.image import cuda_version
+
+    try:
+        return cuda_version() or FALLBACK_CUDA
+    except (OSError, ValueError):
+        return FALLBACK_CUDA
 WORKSPACE_BYTES = 20 * 1000**3  # beyond the assets: checkpoints and data a full-scale run writes
 PING_TIMEOUT_S = 3
 
@@ -251,9 +262,10 @@ def check_gpus(scale: str, gpus_needed: int, nvml: Any = None) -> Check:
     cuda_v = (cuda // 1000, (cuda % 1000) // 10)
     detail = (f"{count} GPU ({', '.join(dict.fromkeys(names))}); driver {driver}, "
               f"CUDA {cuda_v[0]}.{cuda_v[1]}")
-    if cuda_v < MIN_CUDA:
-        return Check("gpus", status, f"{detail}: older than the CUDA {MIN_CUDA[0]}.{MIN_CUDA[1]} "
-                     "the sandbox's torch needs", "upgrade the NVIDIA driver")
+    need = min_cuda()
+    if cuda_v < need:
+        return Check("gpus", status, f"{detail}: older than the CUDA {need[0]}.{need[1]} "
+                     "the GPU image's torch needs", "upgrade the NVIDIA driver")
     return Check("gpus", "ok", detail)
 
 

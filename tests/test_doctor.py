@@ -186,12 +186,18 @@ class FakeNvml:
 
 
 def test_gpus_and_the_drivers_cuda_through_nvml():
-    nvml = FakeNvml(2, 12040)
+    from runner.doctor import min_cuda
+
+    # the floor is the CUDA runtime the GPU lock's torch bundles (CUDA 13 for torch 2.13.0)
+    assert min_cuda() == (13, 0)
+    nvml = FakeNvml(2, 13020)
     ok = check_gpus("full", 1, nvml)
-    assert ok.status == "ok" and ok.detail == "2 GPU (NVIDIA H100 80GB HBM3); driver 550.54.15, CUDA 12.4"
+    assert ok.status == "ok" and ok.detail == "2 GPU (NVIDIA H100 80GB HBM3); driver 550.54.15, CUDA 13.2"
     assert nvml.shut
     old = check_gpus("full", 1, FakeNvml(1, 11080))
     assert old.status == "fail" and "CUDA 11.8" in old.detail and "upgrade the NVIDIA driver" in old.fix
+    cuda12 = check_gpus("full", 1, FakeNvml(1, 12040))
+    assert cuda12.status == "fail" and "older than the CUDA 13.0" in cuda12.detail
     assert check_gpus("full", 1, FakeNvml(0, 12040)).status == "fail"
     assert check_gpus("smoke", 0, FakeNvml(0, 12040)).status == "warn"
 
