@@ -8,11 +8,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import pytest
 
 from runner.assets import AssetStore, task_assets
 from runner.budget import RunClock
-from runner.local_sandbox import LocalSandbox
+from runner.sandbox import Sandbox, SandboxSpec
+from runner.sandbox_factory import create_sandbox, docker_available
 from runner.scoring import Scorer
 from tasks.api import TaskSpec, list_tasks, load_task
 from tests import tiny_hub
@@ -28,6 +30,8 @@ from tests.conftest import require
 from tests.hub_server import StandInHub
 
 AUTOFORMALIZATION = "AlgorithmicResearchGroup/math_reasoning_autoformalization_track"
+PROOFNET = "hoskinson-center/proofnet"  # math_reasoning's scorer-only held-out set
+STARTER_LORA = Path(__file__).parents[1] / "tasks" / "llm_merging" / "starter" / "llm_merging" / "lora.py"
 # lm-eval's super-glue-lm-eval-v1 tasks that have an accuracy (all but ReCoRD)
 SUPERGLUE = ["boolq", "cb", "copa", "multirc", "sglue_rte", "wic", "wsc"]
 SUBMISSION_TYPE = {"edge_llm_compression": "phi", "llm_merging": "llama"}  # what each scorer accepts
@@ -50,6 +54,11 @@ def staged_files(spec: TaskSpec, asset: Any, scratch: Path) -> dict[str, bytes]:
         return tiny_hub.super_glue()
     if asset.repo == AUTOFORMALIZATION:
         return tiny_hub.dataset_repo({"default": {"train": autoformalization_rows()}})
+    if asset.repo == PROOFNET:
+        return {"test.jsonl": "".join(json.dumps(r) + "\n" for r in proofnet_rows()).encode(),
+                "README.md": b"A tiny copy of ProofNet's test split for tests.\n"}
+    if asset.kind == "model" and "lora" in asset.repo:
+        return lora_adapter(scratch / asset.name, seed=len(asset.repo))
     if asset.kind == "model":
         folder = tiny_hub.causal_lm(scratch / asset.name, "phi" if "phi" in asset.repo else "llama")
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -66,6 +75,54 @@ def autoformalization_rows() -> list[dict[str, str]]:
     return [{"name": f"thm_{i}", "informal_statement": f"Show that {i} + 0 = {i}.",
              "informal_proof": "Adding zero changes nothing.",
              "formal_proof": f"theorem thm_{i} : {i} + 0 = {i} := by simp"} for i in range(40)]
+
+
+def proofnet_rows() -> list[dict[str, str]]:
+    return [{"id": f"Tiny|exercise_{i}", "nl_statement": f"Show that {i} + 0 = {i}.",
+             "nl_proof": "Adding zero changes nothing.", "src_header": "import data.nat.basic\n",
+             "formal_statement": f"theorem exercise_{i} : {i} + 0 = {i} :="} for i in range(3)]
+
+
+def lora_adapter(dest: Path, seed: int) -> dict[str, bytes]:
+    """A rank-2 LoRA adapter, in PEFT's layout, of the tiny Llama staged as the base model."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("full_scale_lora", STARTER_LORA)
+    assert spec is not None and spec.loader is not None
+    lora = importlib.util.module_from_spec(spec)
+    sys.modules["full_scale_lora"] = lora  # its dataclasses look their module up there
+    spec.loader.exec_module(lora)
+    g = torch.Generator().manual_seed(seed)
+    pairs = {f"model.layers.0.self_attn.{m}": (torch.randn(2, 16, generator=g) * 0.1,
+                                               torch.randn(16, 2, generator=g) * 0.1)
+             for m in ("q_proj", "v_proj")}
+    lora.write_adapter(dest, {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"],
+                              "task_type": "CAUSAL_LM"}, pairs)
+    return {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+
+
+def open_to_sandbox(root: Path) -> None:
+    """Let the scorer container's non-root user read a tree under pytest's private temp dirs."""
+    for folder in root.parents:
+        if folder.stat().st_mode & 0o001:  # the rest of the way up is open already
+            break
+        folder.chmod(folder.stat().st_mode | 0o055)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, os.stat(path).st_mode | 0o044)
+
+
+@pytest.fixture(scope="module")
+def scorer_image() -> str:
+    """The CPU scorer image, built once when missing or out of date."""
+    from runner.image import ensure_scorer_image
+
+    ok, why = docker_available()
+    require(ok, f"a Docker engine (the scorer runs in its image): {why}")
+    return ensure_scorer_image(log=lambda _line: None)
 
 
 @pytest.fixture(scope="module")
@@ -88,41 +145,54 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
                 repo.commit = a.revision
     home = root / "home"
     AssetStore(home, endpoint=hub.url).fetch(task_assets(specs.values(), "full"))
+    open_to_sandbox(home)
     try:
         yield Staged(home, hub, specs)
     finally:
         hub.stop()
 
 
-def submission(workspace: Path, task: str) -> Path:
+def submission(staged: Staged, workspace: Path, task: str) -> Path:
     """A workspace holding a tiny model in model/, of the kind the task's scorer accepts."""
     workspace.mkdir(parents=True, exist_ok=True)
-    if task == "llm_merging":  # through the task's own scaffold, which signs the manifest
-        shutil.copy(load_task(task).dir / "starter" / "merge.py", workspace / "merge.py")
-        for i, name in enumerate(("expert_a", "expert_b")):
-            tiny_hub.causal_lm(workspace / "models" / name, "llama", seed=i)
-        proc = subprocess.run([sys.executable, "merge.py", "--method", "llama_average", "--models",
-                               "models/expert_a", "models/expert_b", "--out", "model"],
-                              cwd=workspace, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    if task == "llm_merging":  # through the task's own scaffold: the staged base and adapters
+        shutil.copytree(load_task(task).dir / "starter", workspace, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        hub = AssetStore(staged.home).hub_dir("agent")
+        env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, "main.py", "-m", "llama_avg", "--out", "model", "--no-eval"],
+                              cwd=workspace, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     else:
         tiny_hub.causal_lm(workspace / "model", SUBMISSION_TYPE.get(task, "gpt2"))
+    open_to_sandbox(workspace)
     return workspace / "model"
 
 
-async def score_full(staged: Staged, task: str, workspace: Path) -> dict[str, Any]:
-    """The task's full-scale scorer, as the runner runs it: its own sandbox, the scorer's
-    staged assets mounted read-only, the hub offline."""
+async def score_full(staged: Staged, image: str, task: str, workspace: Path) -> dict[str, Any]:
+    """The task's full-scale scorer, as the runner runs it: a container of the CPU scorer image
+    with no network, the submission and the scorer's staged assets mounted read-only, the hub
+    offline."""
     events: list[dict[str, Any]] = []
 
     async def emit(kind: str, data: dict[str, Any]) -> None:
         events.append({"kind": kind, **data})
 
+    made: list[Sandbox] = []
+
+    def on_cpu(sb_spec: SandboxSpec) -> Sandbox:
+        # full scale asks for the task's GPU; this host has none, so the same scorer runs on CPU
+        cpu = replace(sb_spec, limits=replace(sb_spec.limits, gpus=0, gpu_ids=()))
+        made.append(create_sandbox(cpu, backend="docker"))
+        return made[-1]
+
     spec = staged.tasks[task]
-    scorer = Scorer(f"fs-{task}", spec, "full", workspace, "unused", LocalSandbox, RunClock(),
-                    emit, asset_home=staged.home)
+    scorer = Scorer(f"fs-{task}", spec, "full", workspace, image, on_cpu, RunClock(), emit,
+                    asset_home=staged.home)
     out = await scorer.score(True, "/workspace/model", ())
     assert events and events[-1]["kind"] == "score" and events[-1]["value"] == out["value"]
+    assert [sb.backend for sb in made] == ["docker"] and made[0].spec.image == image
+    assert not made[0].spec.network and made[0].spec.docker_network is None  # --network none
     return out
 
 
@@ -178,9 +248,9 @@ def blimp_by_hand(model_dir: Path) -> float:
 
 
 @pytest.mark.parametrize("task", ["llm_efficiency", "edge_llm_compression", "llm_merging"])
-async def test_mmlu_tasks_score_through_lm_eval_and_match_a_hand_computation(staged, tmp_path, task):
-    model_dir = submission(tmp_path / "ws", task)
-    out = await score_full(staged, task, tmp_path / "ws")
+async def test_mmlu_tasks_score_through_lm_eval_and_match_a_hand_computation(staged, scorer_image, tmp_path, task):
+    model_dir = submission(staged, tmp_path / "ws", task)
+    out = await score_full(staged, scorer_image, task, tmp_path / "ws")
     assert out["error"] is None, out
     assert out["metric"] == "mmlu"
     assert math.isclose(out["value"], mmlu_by_hand(model_dir), abs_tol=1e-9)
@@ -189,18 +259,18 @@ async def test_mmlu_tasks_score_through_lm_eval_and_match_a_hand_computation(sta
     assert lm["version"] not in ("", "unknown")
 
 
-async def test_baby_lm_scores_blimp_through_lm_eval(staged, tmp_path):
-    model_dir = submission(tmp_path / "ws", "baby_lm")
-    out = await score_full(staged, "baby_lm", tmp_path / "ws")
+async def test_baby_lm_scores_blimp_through_lm_eval(staged, scorer_image, tmp_path):
+    model_dir = submission(staged, tmp_path / "ws", "baby_lm")
+    out = await score_full(staged, scorer_image, "baby_lm", tmp_path / "ws")
     assert out["error"] is None, out
     assert math.isclose(out["value"], blimp_by_hand(model_dir), abs_tol=1e-9)
     assert out["details"]["lm_eval"]["tasks"] == ["blimp"]
 
 
 @pytest.mark.parametrize("task", ["mini_pile", "edge_llm_training"])
-async def test_superglue_tasks_score_the_lm_eval_group(staged, tmp_path, task):
-    submission(tmp_path / "ws", task)
-    out = await score_full(staged, task, tmp_path / "ws")
+async def test_superglue_tasks_score_the_lm_eval_group(staged, scorer_image, tmp_path, task):
+    submission(staged, tmp_path / "ws", task)
+    out = await score_full(staged, scorer_image, task, tmp_path / "ws")
     assert out["error"] is None, out
     subs = set(SUPERGLUE)
     assert subs <= set(out["metrics"]) and out["details"]["lm_eval"]["tasks"] == SUPERGLUE
@@ -281,17 +351,15 @@ async def test_mini_pile_end_to_end_at_full_scale_on_cpu(staged, tmp_path):
     assert row["score_metric"] == "superglue" and row["score"] == score.data["value"]
 
 
-async def test_math_reasoning_scores_a_fixed_portion_of_the_staged_set(staged, tmp_path):
-    import hashlib
-
-    submission(tmp_path / "ws", "math_reasoning")
-    out = await score_full(staged, "math_reasoning", tmp_path / "ws")
+async def test_math_reasoning_scores_the_staged_proofnet_test_split(staged, scorer_image, tmp_path):
+    submission(staged, tmp_path / "ws", "math_reasoning")
+    out = await score_full(staged, scorer_image, "math_reasoning", tmp_path / "ws")
     assert out["error"] is None, out
-    portion = [r for r in autoformalization_rows()
-               if int(hashlib.sha256(r["name"].encode()).hexdigest(), 16) % 20 == 0]
-    assert out["details"]["items"] == len(portion) > 0
+    heldout = proofnet_rows()
+    assert out["details"]["items"] == len(heldout) > 0
+    assert out["details"]["heldout"] == f"{PROOFNET} test.jsonl"
     named = "compile_rate" if out["details"]["checker"] == "lean" else "syntax_rate"
     assert out["metrics"][named] == out["value"] == out["metrics"]["lean_check_rate"]
-    assert 0.0 <= out["metrics"]["rouge_l"] <= 1.0 and 0.0 <= out["metrics"]["bleu"] <= 1.0
-    refs = {r["formal_proof"] for r in portion}
+    assert 0.0 <= out["metrics"]["rouge_l"] <= 1.0 and 0.0 <= out["metrics"]["bleu"] <= 100.0
+    refs = {r["formal_statement"] for r in heldout}
     assert {e["reference"] for e in out["details"]["examples"]} <= refs

@@ -39,7 +39,7 @@ from runner.metrics import parse_metrics_line
 
 AGENT_PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate",
                   "tokenizers", "sentencepiece", "safetensors", "lm-eval", "scikit-learn")
-SCORER_PACKAGES = ("torch", "transformers", "datasets", "lm-eval", "sacrebleu", "rouge-score")
+SCORER_PACKAGES = ("torch", "transformers", "accelerate", "datasets", "lm-eval", "sacrebleu", "rouge-score")
 
 
 @pytest.fixture(scope="session")

@@ -60,9 +60,14 @@ class Merges:
                 self._inputs.append({"role": role, "path": name, "sha256": weights_sha256(folder)})
             return folder
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import IncompleteSnapshotError
 
         try:
             snap = Path(snapshot_download(name, revision=revision, local_files_only=True))
+        except IncompleteSnapshotError as exc:
+            # staged with only the files the task declares (weights, configs, tokenizer): the rest
+            # of the repository (cards, licences) is listed by the hub but never fetched
+            snap = Path(exc.snapshot_path)
         except Exception as exc:  # noqa: BLE001 - the client's offline misses have no common base
             raise MergeError(f"{name}@{revision or 'main'} is neither a folder here nor staged in the "
                              f"hub cache ({type(exc).__name__}); only staged models can be merged") from exc
