@@ -1153,7 +1153,7 @@ def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str |
 def _campaign_status(name: str) -> dict[str, Any]:
     from runner.campaign import campaign_status
 
-    found = _journal_read(lambda r: (r.get_campaign(name), r.campaign_runs(name)))
+    found = _journal_read(lambda r: (r.get_campaign(name), r.campaign_runs(name), r.campaign_jobs(name)))
     if found is None or found[0] is None:
         raise click.ClickException(f"no campaign {name!r} (see `mlrb campaign list`)")
     return campaign_status(*found)
@@ -1187,8 +1187,9 @@ def campaign_list(as_json: bool) -> None:
     """Every campaign in the journal, with its progress."""
     from runner.campaign import campaign_status
 
-    found = _journal_read(lambda r: [(c, r.campaign_runs(c["name"])) for c in r.campaigns()]) or []
-    states = [campaign_status(c, runs) for c, runs in found]
+    found = _journal_read(lambda r: [(c, r.campaign_runs(c["name"]), r.campaign_jobs(c["name"]))
+                                     for c in r.campaigns()]) or []
+    states = [campaign_status(c, runs, jobs) for c, runs, jobs in found]
     if as_json:
         click.echo(json.dumps([{k: s[k] for k in ("name", "state", "reason", "spec", "total")}
                                for s in states], indent=2))

@@ -1,0 +1,116 @@
+"""A campaign across a fleet on a real Mosquitto (authentication and the ACL on): the driving
+runner queues its slots' runs as jobs, any runner with room takes them, and at most
+`max_concurrent` are live across the fleet at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.campaign import build_spec, campaign_status, request
+from runner.config import BusTable, Config
+from runner.engine import Engine
+from runner.journal import JournalReader
+from tests.conftest import Mosquitto, until
+
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+pytestmark = pytest.mark.mosquitto
+
+
+@pytest.fixture(autouse=True)
+def tiny_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
+    monkeypatch.setenv("TINY_STEPS", "20")
+    monkeypatch.setenv("TINY_DELAY", "0.05")
+
+
+def engine_on(mosquitto: Mosquitto, home: Path, name: str, slots: int) -> Engine:
+    cred = mosquitto.accounts[name]
+    cfg = Config(home=home / name, bus_url=mosquitto.url, backend="local", max_runs=slots,
+                 bus=BusTable(username=cred.username, password=cred.password))
+    return Engine(cfg, runner_id=name)
+
+
+class LiveSampler:
+    """The campaign's live runs across the engines, sampled on every event they publish
+    (each run's creation and end among them)."""
+
+    def __init__(self, engines: Sequence[Engine], campaign: str) -> None:
+        self.engines = engines
+        self.campaign = campaign
+        self.most = 0
+        self.samples = 0
+        for e in engines:
+            publish = e._publish
+
+            def sampled(events: Any, publish: Any = publish) -> None:
+                self.sample()
+                publish(events)
+            e._publish = sampled  # type: ignore[method-assign]
+
+    def live(self) -> list[str]:
+        return [r for e in self.engines for r, s in e.supervisors.items()
+                if s.req.campaign == self.campaign and not s.ended]
+
+    def sample(self) -> None:
+        self.samples += 1
+        self.most = max(self.most, len(self.live()))
+
+
+async def ask(engine: Engine, name: str, **fields: Any) -> str:
+    spec = build_spec(fields)
+    return await engine.campaigns.handle(request("run", name, spec=spec.model_dump(mode="json")))
+
+
+async def settled(engine: Engine, name: str, timeout: float = 240) -> dict[str, Any]:
+    reader = engine.reader
+    assert reader is not None
+    return await until(lambda: (row := reader.get_campaign(name)) and row["state"] != "active" and row,
+                       f"campaign {name} to settle", timeout=timeout, interval=0.2)
+
+
+def campaign_runs(engines: Sequence[Engine], name: str) -> list[dict[str, Any]]:
+    return [r for e in engines for r in JournalReader(e.cfg.db_path).campaign_runs(name)]
+
+
+async def test_a_campaign_spreads_over_the_fleet_with_at_most_k_live_at_once(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    a, b = engine_on(mosquitto, tmp_path, "host-a", 1), engine_on(mosquitto, tmp_path, "host-b", 2)
+    for e in (a, b):
+        await e.start()
+    sampler = LiveSampler((a, b), "fleet")
+    try:
+        await until(lambda: a.job_taker.connected and b.job_taker.connected, "both runners on the queue")
+        # host-a drives: 4 slots of the tiny task, 2 live at most across the fleet
+        assert await ask(a, "fleet", tasks="tiny_train", repeats=4, max_concurrent=2) == "accepted"
+        row = await settled(a, "fleet")
+        assert row["state"] == "done" and row["reason"] is None
+        runs = campaign_runs((a, b), "fleet")
+        assert sorted(r["slot"] for r in runs) == [f"tiny_train/scripted/{i}" for i in range(1, 5)]
+        assert {r["status"] for r in runs} == {"succeeded"}
+        assert {r["runner"] for r in runs} == {"host-a", "host-b"}  # both runners took some
+        assert sampler.samples > 0 and sampler.most == 2, (sampler.most, sampler.samples)
+        # the driver's journal says where each slot's run went, so its status counts them all
+        reader = a.reader
+        assert reader is not None
+        jobs = reader.campaign_jobs("fleet")
+        assert len(jobs) == 4 and {j["status"] for j in jobs} == {"ended"}
+        assert {j["run_status"] for j in jobs} == {"succeeded"}
+        assert sorted(j["run"] for j in jobs) == sorted(r["run"] for r in runs)
+        assert {j["runner"] for j in jobs} == {"host-a", "host-b"}
+        status = campaign_status(reader.get_campaign("fleet") or {}, reader.campaign_runs("fleet"), jobs)
+        assert (status["total"]["done"], status["total"]["runs"], status["total"]["running"]) == (4, 4, 0)
+        assert {n for s in status["slots"] for n in s["runners"]} == {"host-a", "host-b"}
+        # the same campaign again: every slot is done, so nothing starts anywhere
+        assert await ask(a, "fleet", tasks="tiny_train", repeats=4, max_concurrent=2) == "accepted"
+        assert (await settled(a, "fleet"))["state"] == "done"
+        assert len(a.supervisors) + len(b.supervisors) == 4
+        assert len(reader.campaign_jobs("fleet")) == 4
+    finally:
+        for e in (a, b):
+            await e.stop()
+    assert len(campaign_runs((a, b), "fleet")) == 4
