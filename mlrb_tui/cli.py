@@ -252,7 +252,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
                     state = JobState.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
                 except ValueError:
                     continue
-                if state.status in ("started", "refused"):
+                if state.status in ("started", "refused", "ended"):  # ended: it started, and is over
                     await client.publish_checked(topics.submitted(me, job["id"]), b"", retain=True)
                     return state
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
