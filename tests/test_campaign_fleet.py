@@ -40,17 +40,21 @@ class LiveSampler:
     (each run's creation and end among them)."""
 
     def __init__(self, engines: Sequence[Engine], campaign: str) -> None:
-        self.engines = engines
+        self.engines: list[Engine] = []
         self.campaign = campaign
         self.most = 0
         self.samples = 0
         for e in engines:
-            publish = e._publish
+            self.add(e)
 
-            def sampled(events: Any, publish: Any = publish) -> None:
-                self.sample()
-                publish(events)
-            e._publish = sampled  # type: ignore[method-assign]
+    def add(self, engine: Engine) -> None:
+        self.engines.append(engine)
+        publish = engine._publish
+
+        def sampled(events: Any) -> None:
+            self.sample()
+            publish(events)
+        engine._publish = sampled  # type: ignore[method-assign]
 
     def live(self) -> list[str]:
         return [r for e in self.engines for r, s in e.supervisors.items()
@@ -114,3 +118,47 @@ async def test_a_campaign_spreads_over_the_fleet_with_at_most_k_live_at_once(
         for e in (a, b):
             await e.stop()
     assert len(campaign_runs((a, b), "fleet")) == 4
+
+
+async def test_a_driver_restarted_mid_campaign_resumes_from_its_journal_and_the_job_states(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINY_STEPS", "60")  # a few seconds each: the driver stops while one runs
+    a, b = engine_on(mosquitto, tmp_path, "host-a", 1), engine_on(mosquitto, tmp_path, "host-b", 2)
+    for e in (a, b):
+        await e.start()
+    sampler = LiveSampler((a, b), "resumed")
+    again: Engine | None = None
+    stopped = False
+    try:
+        await until(lambda: a.job_taker.connected and b.job_taker.connected, "both runners on the queue")
+        assert await ask(a, "resumed", tasks="tiny_train", repeats=3, max_concurrent=2) == "accepted"
+        await until(lambda: [r for r in sampler.live() if r in b.supervisors], "a run of it on host-b",
+                    timeout=60)
+        # the driver's daemon stops (its own live run ends with it, at no retry's cost) while
+        # host-b's run goes on and ends with nobody driving
+        await a.stop("the runner daemon was stopped")
+        stopped = True
+        await until(lambda: not [r for r in sampler.live() if r in b.supervisors], "host-b's runs to end",
+                    timeout=120)
+        again = engine_on(mosquitto, tmp_path, "host-a", 1)
+        sampler.add(again)
+        await again.start()
+        row = await settled(again, "resumed")
+        assert row["state"] == "done" and row["reason"] is None
+        runs = campaign_runs((again, b), "resumed")
+        done = sorted(r["slot"] for r in runs if r["status"] == "succeeded")
+        assert done == [f"tiny_train/scripted/{i}" for i in range(1, 4)]  # each slot filled once
+        assert {r["status"] for r in runs} <= {"succeeded", "killed"}
+        assert all(r["reason"] == "the runner daemon was stopped" for r in runs if r["status"] == "killed")
+        assert sampler.most <= 2, sampler.most
+        reader = again.reader
+        assert reader is not None
+        jobs = reader.campaign_jobs("resumed")
+        assert sorted(j["run"] for j in jobs) == sorted(r["run"] for r in runs)
+        assert {j["status"] for j in jobs} == {"ended"}
+        status = campaign_status(reader.get_campaign("resumed") or {}, reader.campaign_runs("resumed"), jobs)
+        assert (status["total"]["done"], status["total"]["runs"]) == (3, len(runs))
+    finally:
+        for e in (None if stopped else a, again, b):
+            if e is not None:
+                await e.stop()
