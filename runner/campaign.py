@@ -438,6 +438,8 @@ class CampaignDriver:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self.engine.job_taker is not None:
+            await self._withdraw(name, reason or f"campaign {name} cancelled")
         for run in self.live_runs(name):
             cmd = ControlCommand.model_validate({
                 "run": run, "action": "kill", "reason": reason or f"campaign {name} cancelled",
@@ -529,6 +531,23 @@ class CampaignDriver:
             raise
         except Exception:
             log.exception("campaign %s: the driver failed; it resumes when asked again", name)
+
+    async def _withdraw(self, name: str, reason: str) -> None:
+        """End the campaign's jobs that no runner has started: a runner handed one drops it."""
+        from runner.job_queue import JobState
+
+        taker = self.engine.job_taker
+        jobs = await asyncio.to_thread(self.reader.campaign_jobs, name)
+        rows = {j["id"]: j for j in jobs}
+        for r in fleet_attempts([], jobs, taker.states(name)):
+            if r.get("pending"):
+                row = rows.get(r["job"], {})
+                await taker.ended(JobState(
+                    job=r["job"], status="ended", runner=self.engine.runner_id,
+                    submitter=f"campaign {name}"[:120], task=row.get("task") or "",
+                    scale=row.get("scale") or "", agent=row.get("agent") or "", run=None,
+                    reason=reason[:500], ts=time.time(), campaign=name, slot=r.get("slot"),
+                    run_status="killed"))
 
     async def _note_states(self, name: str, states: Sequence[Any]) -> list[dict[str, Any]]:
         """Record in this journal where the campaign's jobs went (what other runners said of

@@ -359,9 +359,7 @@ class JobTaker:
         offer = parse_offer(self.topics, topic, payload, self.rejects)
         if offer is None:
             return
-        known = self._known.get(offer.id)
-        if known is not None and known.status in ("started", "ended"):
-            self.rejects.add("duplicate_job", f"{offer.id} started on {known.runner}")
+        if self._settled(offer):
             return
         self._room.clear()
         verdict = await self.handler(offer)
@@ -369,6 +367,8 @@ class JobTaker:
             wait = min(REQUEUE_WAIT_MIN_S * 2 ** min(offer.hops, 10), REQUEUE_WAIT_MAX_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), wait)
+            if self._settled(offer):  # started elsewhere, or withdrawn, while it waited for room
+                return
             verdict = await self.handler(offer)
         if verdict.status == "busy":
             await self._requeue(client, offer, f"no room on {self.runner_id}: {verdict.reason}")
@@ -377,6 +377,14 @@ class JobTaker:
         elif verdict.status == "refused":
             self.refusals.note(offer.id, verdict.reason)
             await self._record(client, offer.state("refused", self.runner_id, reason=verdict.reason))
+
+    def _settled(self, offer: Offer) -> bool:
+        """Whether the job already started somewhere or ended (then it is dropped, counted)."""
+        known = self._known.get(offer.id)
+        if known is not None and known.status in ("started", "ended"):
+            self.rejects.add("duplicate_job", f"{offer.id} {known.status} on {known.runner}")
+            return True
+        return False
 
     async def _requeue(self, client: BusClient, offer: Offer, reason: str) -> None:
         """Put a job back on the queue (QoS 1, confirmed) before its own message is acked."""

@@ -162,3 +162,34 @@ async def test_a_driver_restarted_mid_campaign_resumes_from_its_journal_and_the_
         for e in (None if stopped else a, again, b):
             if e is not None:
                 await e.stop()
+
+
+async def test_cancel_withdraws_the_jobs_no_runner_started_and_kills_the_live_run(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINY_STEPS", "100000")  # the runs last: they end when killed
+    a = engine_on(mosquitto, tmp_path, "host-a", 1)
+    await a.start()
+    reader = a.reader
+    assert reader is not None
+    try:
+        await until(lambda: a.job_taker.connected, "host-a on the queue")
+        assert await ask(a, "stop", tasks="tiny_train", repeats=3, max_concurrent=2) == "accepted"
+        # one slot runs; the other job bounces on the queue, host-a being full
+        await until(lambda: [j for j in reader.campaign_jobs("stop") if j["status"] == "requeued"],
+                    "the second job put back for want of room", timeout=60)
+        live = a.campaigns.live_runs("stop")
+        assert len(live) == 1
+        answer = await a.campaigns.handle(request("cancel", "stop", reason="budget spent", operator="ana@ops"))
+        assert answer == "accepted"
+        await until(lambda: a.supervisors[live[0]].ended, "the live run killed", timeout=60)
+        # once host-a has room, it is handed the withdrawn job again, and drops it
+        await until(lambda: a.rejects.counts["duplicate_job"] >= 1, "the withdrawn job dropped", timeout=60)
+        jobs = await until(lambda: (js := reader.campaign_jobs("stop")) and all(
+            j["status"] == "ended" for j in js) and js, "both jobs ended", timeout=30)
+        assert len(jobs) == 2 and {j["agent"] for j in jobs} == {"scripted"}
+        assert sorted((j["run_status"], j["reason"]) for j in jobs) == [("killed", "budget spent")] * 2
+        assert [r["status"] for r in reader.campaign_runs("stop")] == ["killed"]
+        assert reader.campaign_runs("stop")[0]["reason"] == "budget spent"
+        assert len(a.supervisors) == 1
+    finally:
+        await a.stop()
