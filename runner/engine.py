@@ -120,6 +120,7 @@ class Engine:
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
         self.campaigns = CampaignDriver(self)
+        self._bus_runs: dict[str, Any] = {}  # run -> the offer from the bus that started it
 
     def _account_runner_id(self) -> str | None:
         # on an authenticating broker the runner id is the account: the ACL holds it there
@@ -438,6 +439,11 @@ class Engine:
         assert self.reader is not None
         if not job or self.job_taker is None:
             return
+        offer = self._bus_runs.pop(run, None)
+        if offer is not None:  # taken in this process: its journal row may not be written yet
+            await self.job_taker.ended(offer.state("ended", self.runner_id, run=run, reason=reason)
+                                       .model_copy(update={"run_status": status[:20]}))
+            return
         row = await asyncio.to_thread(self.reader.get_job, job)
         if row is None or row.get("runner") != self.runner_id or row.get("run") != run:
             return  # not a job this runner took from the bus
@@ -534,6 +540,7 @@ class Engine:
         except SubmitError as exc:
             return Verdict("refused", reason=str(exc))
         sup, task = self.supervisors[run], self.tasks[run]
+        self._bus_runs[run] = offer
         created = asyncio.ensure_future(sup.created.wait())
         try:
             await asyncio.wait([created, task], return_when=asyncio.FIRST_COMPLETED)

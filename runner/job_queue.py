@@ -225,6 +225,7 @@ class JobTaker:
         self._rescues: dict[str, asyncio.Task[None]] = {}
         self._unsent: OrderedDict[str, JobState] = OrderedDict()  # ended states the broker lacks
         self._watchers: list[Callable[[JobState], None]] = []
+        self._taking: str | None = None  # the job being decided: its end waits for its start
 
     @staticmethod
     def client_id(runner: str) -> str:
@@ -296,7 +297,8 @@ class JobTaker:
         self._unsent.move_to_end(state.job)
         while len(self._unsent) > MAX_KNOWN:
             self._unsent.popitem(last=False)
-        await self._send_unsent()
+        if self._taking != state.job:  # else sent once its start is (a retained state: order counts)
+            await self._send_unsent()
 
     async def _send_unsent(self) -> None:
         while self._unsent and (client := self._client) is not None:
@@ -361,6 +363,14 @@ class JobTaker:
             return
         if self._settled(offer):
             return
+        self._taking = offer.id
+        try:
+            await self._decide(client, offer)
+        finally:
+            self._taking = None
+        await self._send_unsent()
+
+    async def _decide(self, client: BusClient, offer: Offer) -> None:
         self._room.clear()
         verdict = await self.handler(offer)
         if verdict.status == "busy":
