@@ -252,7 +252,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
                     state = JobState.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
                 except ValueError:
                     continue
-                if state.status in ("started", "refused"):
+                if state.status in ("started", "refused", "ended"):  # ended: it started, and is over
                     await client.publish_checked(topics.submitted(me, job["id"]), b"", retain=True)
                     return state
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
@@ -1153,7 +1153,7 @@ def campaign_run(name: str, file: Path | None, tasks_: str | None, agents: str |
 def _campaign_status(name: str) -> dict[str, Any]:
     from runner.campaign import campaign_status
 
-    found = _journal_read(lambda r: (r.get_campaign(name), r.campaign_runs(name)))
+    found = _journal_read(lambda r: (r.get_campaign(name), r.campaign_runs(name), r.campaign_jobs(name)))
     if found is None or found[0] is None:
         raise click.ClickException(f"no campaign {name!r} (see `mlrb campaign list`)")
     return campaign_status(*found)
@@ -1187,8 +1187,9 @@ def campaign_list(as_json: bool) -> None:
     """Every campaign in the journal, with its progress."""
     from runner.campaign import campaign_status
 
-    found = _journal_read(lambda r: [(c, r.campaign_runs(c["name"])) for c in r.campaigns()]) or []
-    states = [campaign_status(c, runs) for c, runs in found]
+    found = _journal_read(lambda r: [(c, r.campaign_runs(c["name"]), r.campaign_jobs(c["name"]))
+                                     for c in r.campaigns()]) or []
+    states = [campaign_status(c, runs, jobs) for c, runs, jobs in found]
     if as_json:
         click.echo(json.dumps([{k: s[k] for k in ("name", "state", "reason", "spec", "total")}
                                for s in states], indent=2))

@@ -5,6 +5,11 @@ spec and state live in the journal's `campaigns` table; each run it starts names
 campaign and slot in `run.created`, so the runs table says which slot every run filled.
 Nothing the driver needs is only in memory: after a restart it reads both tables and goes on.
 
+With a bus, the driver queues each slot's run as a job on the fleet's queue, which any runner
+with room takes; the job states every runner keeps at the broker say which of them are live
+(queued, requeued or started) and how each ended, so at most `max_concurrent` are live across
+the fleet. The driver's `jobs` table records where each slot's runs went.
+
 A slot is done once one of its runs ended succeeded or at a limit (scored either way); a run
 that failed or was killed is retried as a new run of the same slot, up to `retries` times.
 `mlrb campaign run` reaches the daemon as a request on the jobs topic (`kind = "campaign"`);
@@ -14,6 +19,7 @@ the daemon answers in the campaign's row (`request`, `answer`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.control import LIMIT_NAMES, ControlCommand
@@ -213,6 +220,53 @@ class SlotView:
     runs: list[dict[str, Any]]  # the runs rows of this slot, oldest first
     state: SlotState
     failures: int  # failed or killed runs that count against the retry budget
+    pending: bool = False  # queued: a job of it waits on the fleet's queue
+
+
+LIVE_JOB_STATUSES = frozenset({"queued", "requeued", "started"})
+
+
+def fleet_attempts(runs: Sequence[dict[str, Any]], jobs: Sequence[dict[str, Any]],
+                   states: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """A campaign's attempts, as runs rows for `view_slots`: its runs in this journal, and the
+    jobs it queued on the fleet (their journal rows, updated by the newer `states` the runners
+    keep at the broker). A job waiting for a runner is a row with `pending` and no run."""
+    from runner.job_queue import _RANK
+
+    by_run = {r["run"]: r for r in runs}
+    newest: dict[str, dict[str, Any]] = {j["id"]: dict(j) for j in jobs}
+    for st in states:
+        row = newest.get(st.job)
+        if row is None:  # queued by this campaign, not yet in the journal (or lost from it)
+            row = newest[st.job] = {"id": st.job, "created_ts": st.ts}
+        elif _RANK.get(str(row.get("status")), 0) > _RANK[st.status]:
+            continue
+        row.update({"status": st.status, "runner": st.runner, "run": st.run, "reason": st.reason,
+                    "slot": st.slot or row.get("slot"), "run_status": st.run_status})
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for j in sorted(newest.values(), key=lambda j: float(j.get("created_ts") or 0)):
+        status, run, slot = j.get("status"), j.get("run"), j.get("slot")
+        if status == "refused" and not j.get("runner"):
+            continue  # it never reached the queue: no attempt
+        base = {"job": j["id"], "slot": slot, "runner": j.get("runner"), "created_ts": j.get("created_ts")}
+        local = by_run.get(run) if run else None
+        if local is not None and (local["status"] in TERMINAL_STATUSES or status != "ended"):
+            seen.add(str(run))
+            out.append({**local, **{k: v for k, v in base.items() if k != "created_ts"}})
+        elif status in ("queued", "requeued"):
+            out.append({**base, "run": None, "status": "queued", "pending": True, "reason": None})
+        elif status == "started":
+            out.append({**base, "run": run, "status": "running", "reason": None})
+        elif status == "ended":
+            seen.add(run or "")
+            out.append({**base, "run": run, "status": j.get("run_status") or "failed",
+                        "reason": j.get("reason")})
+        else:  # refused by the runner it reached
+            out.append({**base, "run": None, "status": "failed",
+                        "reason": f"refused by {j.get('runner')}: {j.get('reason') or ''}"})
+    out.extend(r for r in runs if r["run"] not in seen)
+    return sorted(out, key=lambda r: float(r.get("created_ts") or 0))
 
 
 def view_slots(spec: CampaignSpec, rows: Sequence[dict[str, Any]],
@@ -235,15 +289,19 @@ def view_slots(spec: CampaignSpec, rows: Sequence[dict[str, Any]],
         failures = sum(1 for r, st in zip(runs, statuses, strict=True)
                        if st in ("failed", "killed") and (r.get("reason") or "") not in RUNNER_GONE_REASONS)
         state: SlotState
-        if slot.id in live_slots or any(st not in TERMINAL_STATUSES for st in statuses):
+        pending = any(r.get("pending") for r in runs)
+        if slot.id in live_slots or any(st not in TERMINAL_STATUSES and not r.get("pending")
+                                        for r, st in zip(runs, statuses, strict=True)):
             state = "running"
+        elif pending:
+            state = "queued"
         elif any(st in DONE_STATUSES for st in statuses):
             state = "done"
         elif failures > spec.retries:
             state = "failed"
         else:
             state = "queued"
-        out.append(SlotView(slot, runs, state, failures))
+        out.append(SlotView(slot, runs, state, failures, pending and state == "queued"))
     return out
 
 
@@ -253,22 +311,25 @@ def task_summary(spec: CampaignSpec, slots: Sequence[SlotView]) -> list[dict[str
     for task in spec.tasks:
         mine = [s for s in slots if s.slot.task == task]
         counts = {k: sum(1 for s in mine if s.state == k) for k in ("done", "running", "queued", "failed")}
-        runs = [r for s in mine for r in s.runs]
+        runs = [r for s in mine for r in s.runs if r.get("run")]
         out.append({"task": task, **counts, "slots": len(mine), "runs": len(runs),
                     "cost_usd": round(sum(float(r.get("cost_usd") or 0) for r in runs), 6)})
     return out
 
 
-def campaign_status(row: dict[str, Any], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """What `mlrb campaign status --json` prints: the campaign, its spec and its tasks."""
+def campaign_status(row: dict[str, Any], runs: Sequence[dict[str, Any]],
+                    jobs: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """What `mlrb campaign status --json` prints: the campaign, its spec and its tasks
+    (`jobs`: the jobs it queued on the fleet, from the driver's journal)."""
     spec = CampaignSpec.model_validate_json(row["spec"])
-    slots = view_slots(spec, runs)
+    slots = view_slots(spec, fleet_attempts(runs, jobs) if jobs else runs)
     tasks = task_summary(spec, slots)
     totals = {k: sum(t[k] for t in tasks) for k in ("done", "running", "queued", "failed", "slots", "runs")}
     totals["cost_usd"] = round(sum(t["cost_usd"] for t in tasks), 6)
     return {"name": row["name"], "state": row["state"], "reason": row.get("reason"),
             "spec": spec.model_dump(mode="json"), "tasks": tasks, "total": totals,
-            "slots": [{"slot": s.slot.id, "state": s.state, "runs": [r["run"] for r in s.runs]}
+            "slots": [{"slot": s.slot.id, "state": s.state, "runs": [r["run"] for r in s.runs if r.get("run")],
+                       "runners": sorted({str(r["runner"]) for r in s.runs if r.get("runner")})}
                       for s in slots]}
 
 
@@ -292,6 +353,8 @@ class CampaignDriver:
 
     async def start(self) -> None:
         """Resume every campaign the journal holds as active."""
+        if self.engine.job_taker is not None:
+            self.engine.job_taker.watch(self._on_job_state)
         for row in await asyncio.to_thread(self.reader.campaigns):
             if row["state"] == "active":
                 self._ensure_driving(row["name"])
@@ -304,7 +367,14 @@ class CampaignDriver:
         self._drivers.clear()
 
     def live_runs(self, name: str) -> list[str]:
-        return list(self._live.get(name, {}))
+        """The campaign's runs live on this runner."""
+        mine = [r for r, sup in self.engine.supervisors.items()
+                if sup.req.campaign == name and not sup.ended]
+        return list(dict.fromkeys([*self._live.get(name, {}), *mine]))
+
+    def _on_job_state(self, state: Any) -> None:
+        if state.campaign is not None and state.campaign in self._wake:
+            self._wake[state.campaign].set()
 
     # -- requests ---------------------------------------------------------------------------
     async def handle(self, payload: dict[str, Any]) -> str:
@@ -368,6 +438,8 @@ class CampaignDriver:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self.engine.job_taker is not None:
+            await self._withdraw(name, reason or f"campaign {name} cancelled")
         for run in self.live_runs(name):
             cmd = ControlCommand.model_validate({
                 "run": run, "action": "kill", "reason": reason or f"campaign {name} cancelled",
@@ -384,6 +456,8 @@ class CampaignDriver:
             self._drivers[name] = asyncio.create_task(self._drive(name), name=f"campaign-{name}")
 
     async def _drive(self, name: str) -> None:
+        if self.engine.job_taker is not None:
+            return await self._drive_fleet(name)
         wake = self._wake.setdefault(name, asyncio.Event())
         live = self._live.setdefault(name, {})
         try:
@@ -420,6 +494,100 @@ class CampaignDriver:
             raise
         except Exception:
             log.exception("campaign %s: the driver failed; it resumes when asked again", name)
+
+    async def _drive_fleet(self, name: str) -> None:
+        """Queue the slots' runs as jobs on the fleet's queue, at most `max_concurrent` live."""
+        wake = self._wake.setdefault(name, asyncio.Event())
+        taker = self.engine.job_taker
+        try:
+            while True:
+                wake.clear()
+                await taker.ready()  # the retained job states arrive once subscribed
+                row = await asyncio.to_thread(self.reader.get_campaign, name)
+                if row is None or row["state"] != "active":
+                    return
+                spec = CampaignSpec.model_validate_json(row["spec"])
+                jobs = await self._note_states(name, taker.states(name))
+                runs = await asyncio.to_thread(self.reader.campaign_runs, name)
+                attempts = fleet_attempts(runs, jobs, taker.states(name))
+                slots = view_slots(spec, attempts)
+                live = sum(1 for r in attempts if r["status"] not in TERMINAL_STATUSES)
+                if not live and all(s.state in ("done", "failed") for s in slots):
+                    failed = sum(1 for s in slots if s.state == "failed")
+                    await self._finish(row, "done", f"{failed} slots failed" if failed else "")
+                    return
+                stalled = False
+                for s in slots:
+                    if live >= spec.max_concurrent:
+                        break
+                    if s.state == "queued" and not s.pending:
+                        if not await self._queue(name, spec, s.slot):
+                            stalled = True
+                            break
+                        live += 1
+                with contextlib.suppress(TimeoutError):  # a queue that refused: try again soon
+                    await asyncio.wait_for(wake.wait(), 2.0 if stalled else None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("campaign %s: the driver failed; it resumes when asked again", name)
+
+    async def _withdraw(self, name: str, reason: str) -> None:
+        """End the campaign's jobs that no runner has started: a runner handed one drops it."""
+        from runner.job_queue import JobState
+
+        taker = self.engine.job_taker
+        jobs = await asyncio.to_thread(self.reader.campaign_jobs, name)
+        rows = {j["id"]: j for j in jobs}
+        for r in fleet_attempts([], jobs, taker.states(name)):
+            if r.get("pending"):
+                row = rows.get(r["job"], {})
+                await taker.ended(JobState(
+                    job=r["job"], status="ended", runner=self.engine.runner_id,
+                    submitter=f"campaign {name}"[:120], task=row.get("task") or "",
+                    scale=row.get("scale") or "", agent=row.get("agent") or "", run=None,
+                    reason=reason[:500], ts=time.time(), campaign=name, slot=r.get("slot"),
+                    run_status="killed"))
+
+    async def _note_states(self, name: str, states: Sequence[Any]) -> list[dict[str, Any]]:
+        """Record in this journal where the campaign's jobs went (what other runners said of
+        them: this runner records its own); returns the campaign's jobs rows."""
+        rows = {j["id"]: j for j in await asyncio.to_thread(self.reader.campaign_jobs, name)}
+        for st in states:
+            old = rows.get(st.job)
+            if st.runner == self.engine.runner_id or old is None or (
+                    old["status"], old["runner"], old["run"]) == (st.status, st.runner, st.run):
+                continue
+            new = {**old, "status": st.status, "runner": st.runner, "run": st.run,
+                   "reason": st.reason or None, "run_status": st.run_status or None, "updated_ts": time.time()}
+            await self.engine.journal.put_job(new)  # type: ignore[union-attr]
+            rows[st.job] = new
+        return list(rows.values())
+
+    async def _queue(self, name: str, spec: CampaignSpec, slot: Slot) -> bool:
+        """Put one run of `slot` on the fleet's queue; False when the broker did not take it."""
+        job = {"id": f"{name}.{uuid.uuid4().hex[:12]}", "task": slot.task, "scale": spec.scale,
+               "agent": slot.agent_kind, "model": slot.model, "limits": dict(spec.limits) or None,
+               "campaign": name, "slot": slot.id, "scaffold": spec.scaffold,
+               "thinking_tokens": spec.thinking_tokens if slot.agent_kind == "anthropic" else None,
+               "reasoning_effort": spec.reasoning_effort if slot.agent_kind == "openai" else None}
+        submitter = f"campaign {name}"[:120]
+        now = time.time()
+        row = {"id": job["id"], "submitter": submitter, "task": slot.task, "scale": spec.scale,
+               "agent": slot.agent_kind, "status": "queued", "reason": None, "runner": None, "run": None,
+               "created_ts": now, "updated_ts": now, "campaign": name, "slot": slot.id}
+        journal = self.engine.journal
+        assert journal is not None
+        await journal.put_job(row)  # first: a job on the queue is always one the journal knows
+        try:
+            await self.engine.job_taker.offer(job, submitter)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("campaign %s: slot %s not queued: %s", name, slot.id, exc)
+            await journal.put_job({**row, "status": "refused", "reason": f"not queued: {exc}"[:500],
+                                   "updated_ts": time.time()})
+            return False
+        log.info("campaign %s: slot %s queued as job %s", name, slot.id, job["id"])
+        return True
 
     def _prune(self, live: dict[str, str]) -> None:
         """Forget the runs whose task has finished (the engine may have dropped it already)."""

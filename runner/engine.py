@@ -81,11 +81,16 @@ class Job:
         effort = d.get("reasoning_effort")
         if effort is not None and not isinstance(effort, str):
             raise SubmitError("job reasoning_effort must be a word (low, medium, high)")
+        campaign, slot = d.get("campaign"), d.get("slot")
+        if (campaign is None) != (slot is None) or not all(
+                v is None or isinstance(v, str) for v in (campaign, slot)):
+            raise SubmitError("a campaign's job names both its campaign and its slot, as words")
         return Job(task=d["task"], scale=str(d.get("scale", "smoke")), agent=str(d.get("agent", "scripted")),
                    model=d.get("model") if isinstance(d.get("model"), str) else None,
                    limits=limits, approval=bool(d.get("approval", False)), id=str(d.get("id", ""))[:80],
                    submitted_by=str(d.get("submitted_by", ""))[:120],
                    scaffold=str(d.get("scaffold") or DEFAULT_SCAFFOLD)[:40],
+                   campaign=campaign[:64] if campaign else None, slot=slot[:200] if slot else None,
                    thinking_tokens=thinking, reasoning_effort=effort[:20] if effort else None)
 
 
@@ -115,6 +120,7 @@ class Engine:
         self.gpu_sampler = GpuSampler()
         self.gpus = GpuAllocator()
         self.campaigns = CampaignDriver(self)
+        self._bus_runs: dict[str, Any] = {}  # run -> the offer from the bus that started it
 
     def _account_runner_id(self) -> str | None:
         # on an authenticating broker the runner id is the account: the ACL holds it there
@@ -170,6 +176,7 @@ class Engine:
             await self.job_taker.start()
         # once the bus is up, so an adopted run's first events reach the subscribers
         await self._adopt_or_settle()
+        await self._end_jobs_left()
         await self.campaigns.start()
 
     def _choose_backend(self) -> str:
@@ -420,6 +427,46 @@ class Engine:
             self._forget_ended()
             if self.job_taker is not None:
                 self.job_taker.notify_room()
+                if sup.end_status is not None:  # ended here, not detached for the next runner
+                    with contextlib.suppress(Exception):  # the journal keeps it `started`: sent at the next start
+                        await self._job_ended(sup.req.job, sup.run_id, sup.end_status, sup.end_reason)
+
+    async def _job_ended(self, job: str | None, run: str, status: str, reason: str) -> None:
+        """A run that a job from the bus started has ended: say so in the job's state, so
+        whoever counts that job's runs (a campaign's driver) sees it end."""
+        from runner.job_queue import JobState
+
+        assert self.reader is not None
+        if not job or self.job_taker is None:
+            return
+        offer = self._bus_runs.pop(run, None)
+        if offer is not None:  # taken in this process: its journal row may not be written yet
+            await self.job_taker.ended(offer.state("ended", self.runner_id, run=run, reason=reason)
+                                       .model_copy(update={"run_status": status[:20]}))
+            return
+        row = await asyncio.to_thread(self.reader.get_job, job)
+        if row is None or row.get("runner") != self.runner_id or row.get("run") != run:
+            return  # not a job this runner took from the bus
+        await self.job_taker.ended(JobState(
+            job=job, status="ended", runner=self.runner_id, submitter=row.get("submitter") or "",
+            task=row.get("task") or "", scale=row.get("scale") or "", agent=row.get("agent") or "",
+            run=run, reason=(reason or "")[:500], ts=time.time(), campaign=row.get("campaign"),
+            slot=row.get("slot"), run_status=status[:20]))
+
+    async def _end_jobs_left(self) -> None:
+        """Jobs this runner started whose run ended while their state could not be sent (the
+        runner stopped first, or the broker was away): send it now."""
+        if self.job_taker is None:
+            return
+        assert self.reader is not None
+        reader = self.reader
+        rows = await asyncio.to_thread(reader.jobs, 10_000, "started")
+        for row in rows:
+            if row.get("runner") != self.runner_id or not row.get("run") or row["run"] in self.tasks:
+                continue
+            run = await asyncio.to_thread(reader.get_run, row["run"])
+            if run is not None and run["status"] in TERMINAL_STATUSES:
+                await self._job_ended(row["id"], row["run"], run["status"], run.get("reason") or "")
 
     def _forget_ended(self) -> None:
         """A daemon runs for weeks: keep only the latest ended runs in memory (the journal
@@ -493,6 +540,7 @@ class Engine:
         except SubmitError as exc:
             return Verdict("refused", reason=str(exc))
         sup, task = self.supervisors[run], self.tasks[run]
+        self._bus_runs[run] = offer
         created = asyncio.ensure_future(sup.created.wait())
         try:
             await asyncio.wait([created, task], return_when=asyncio.FIRST_COMPLETED)
@@ -504,10 +552,14 @@ class Engine:
         """What became of a job, in the journal's `jobs` table (never in `runs`)."""
         assert self.journal is not None
         now = time.time()
+        old = await asyncio.to_thread(self.reader.get_job, state.job) if self.reader is not None else None
         await self.journal.put_job({"id": state.job, "submitter": state.submitter, "task": state.task,
                                     "scale": state.scale, "agent": state.agent, "status": state.status,
                                     "reason": state.reason or None, "runner": self.runner_id,
-                                    "run": state.run, "created_ts": now, "updated_ts": now})
+                                    "run": state.run, "updated_ts": now,
+                                    "created_ts": old["created_ts"] if old and old.get("created_ts") else now,
+                                    "campaign": state.campaign, "slot": state.slot,
+                                    "run_status": state.run_status or None})
 
     def state(self) -> dict[str, Any]:
         live = [r for r, s in self.supervisors.items() if not s.ended]

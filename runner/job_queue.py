@@ -18,8 +18,9 @@ when its holder dies. So the queue is built this way:
   it held and those queued behind it come to the rescuer, which puts them back on the queue.
 
 Each runner keeps a retained state per job it was handed (`runner/{me}/job/{id}`: started with
-its run, refused with why, or requeued). `mlrb submit` and `mlrb queue` read them, and a runner
-handed a job that another runner already started drops it.
+its run, refused with why, requeued, or ended once its run ended). `mlrb submit` and `mlrb queue`
+read them, a runner handed a job that another runner already started drops it, and a campaign's
+driver counts its slots' live runs across the fleet from them.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ REFUSAL_LOG_EVERY_S = 10.0
 STOP_WAIT_S = 5.0
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,80}$")  # one topic level
 
-# queued: submitted, no runner has answered yet (kept by its submitter, not by a runner)
-JobStatus = Literal["queued", "started", "refused", "requeued"]
+# queued: submitted, no runner has answered yet (kept by its submitter, not by a runner);
+# ended: the run it started has ended (with the run's status)
+JobStatus = Literal["queued", "started", "refused", "requeued", "ended"]
+# how far along a job is: a later state never gives way to an earlier one
+_RANK = {"queued": 0, "requeued": 0, "refused": 1, "started": 2, "ended": 3}
 
 
 class JobState(BaseModel):
@@ -85,6 +89,9 @@ class JobState(BaseModel):
     reason: str = Field(default="", max_length=500)
     hops: int = Field(default=0, ge=0)  # times it was put back on the queue
     ts: float = 0.0
+    campaign: str | None = Field(default=None, max_length=64)
+    slot: str | None = Field(default=None, max_length=200)
+    run_status: str = Field(default="", max_length=20)  # the run's end status, once ended
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,13 @@ class Offer:
     def state(self, status: JobStatus, runner: str, *, run: str | None = None,
               reason: str = "") -> JobState:
         j = self.job
+        campaign, slot = j.get("campaign"), j.get("slot")
         return JobState(job=self.id, status=status, runner=runner, submitter=self.submitter[:120],
                         task=str(j.get("task") or j.get("kind") or "")[:80],
                         scale=str(j.get("scale") or "")[:20], agent=str(j.get("agent") or "")[:40],
-                        run=run, reason=reason[:500], hops=self.hops, ts=time.time())
+                        run=run, reason=reason[:500], hops=self.hops, ts=time.time(),
+                        campaign=campaign[:64] if isinstance(campaign, str) else None,
+                        slot=slot[:200] if isinstance(slot, str) else None)
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,9 @@ class JobTaker:
         self._known: OrderedDict[str, JobState] = OrderedDict()  # the latest state of each job
         self._online: OrderedDict[str, bool] = OrderedDict()
         self._rescues: dict[str, asyncio.Task[None]] = {}
+        self._unsent: OrderedDict[str, JobState] = OrderedDict()  # ended states the broker lacks
+        self._watchers: list[Callable[[JobState], None]] = []
+        self._taking: str | None = None  # the job being decided: its end waits for its start
 
     @staticmethod
     def client_id(runner: str) -> str:
@@ -253,6 +266,47 @@ class JobTaker:
     def state_of(self, job: str) -> JobState | None:
         return self._known.get(job)
 
+    def states(self, campaign: str) -> list[JobState]:
+        """The latest known state of each job of `campaign`, from every runner."""
+        return [s for s in self._known.values() if s.campaign == campaign]
+
+    def watch(self, callback: Callable[[JobState], None]) -> None:
+        """Call `callback` with every job state this runner learns, its own or another's."""
+        self._watchers.append(callback)
+
+    async def ready(self) -> None:
+        """Until the jobs connection is up and subscribed."""
+        await self._ready.wait()
+
+    async def offer(self, job: dict[str, Any], submitter: str) -> None:
+        """Put a new job on the queue, where any runner with room takes it (this runner's
+        requeue topic: the one queue a runner account may publish to). Raises MqttError or
+        TimeoutError when the broker did not take it."""
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("the jobs link is down")
+        body = json.dumps({"job": job, "submitted_by": submitter, "hops": 0})
+        await client.publish_checked(self.topics.requeue(self.runner_id), body.encode(), qos=1,
+                                     timeout=PUBLISH_TIMEOUT)
+
+    async def ended(self, state: JobState) -> None:
+        """Keep a job's ended state, retained; kept here and sent on the next connection
+        while the broker cannot be reached."""
+        self._remember(state)
+        self._unsent[state.job] = state
+        self._unsent.move_to_end(state.job)
+        while len(self._unsent) > MAX_KNOWN:
+            self._unsent.popitem(last=False)
+        if self._taking != state.job:  # else sent once its start is (a retained state: order counts)
+            await self._send_unsent()
+
+    async def _send_unsent(self) -> None:
+        while self._unsent and (client := self._client) is not None:
+            job, state = next(iter(self._unsent.items()))
+            if not await self._record(client, state):
+                return
+            self._unsent.pop(job, None)
+
     # -- the connection -------------------------------------------------------------
     def _connect(self, client_id: str, *, expiry: int, receive_max: int) -> BusClient:
         props = Properties(PacketTypes.CONNECT)
@@ -287,6 +341,7 @@ class JobTaker:
         self.connected = True
         self._ready.set()
         self.link.up()
+        await self._send_unsent()
         async for message in client.messages:
             topic = message.topic.value
             payload = _payload_bytes(message.payload)
@@ -306,16 +361,24 @@ class JobTaker:
         offer = parse_offer(self.topics, topic, payload, self.rejects)
         if offer is None:
             return
-        known = self._known.get(offer.id)
-        if known is not None and known.status == "started":
-            self.rejects.add("duplicate_job", f"{offer.id} started on {known.runner}")
+        if self._settled(offer):
             return
+        self._taking = offer.id
+        try:
+            await self._decide(client, offer)
+        finally:
+            self._taking = None
+        await self._send_unsent()
+
+    async def _decide(self, client: BusClient, offer: Offer) -> None:
         self._room.clear()
         verdict = await self.handler(offer)
         if verdict.status == "busy":
             wait = min(REQUEUE_WAIT_MIN_S * 2 ** min(offer.hops, 10), REQUEUE_WAIT_MAX_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), wait)
+            if self._settled(offer):  # started elsewhere, or withdrawn, while it waited for room
+                return
             verdict = await self.handler(offer)
         if verdict.status == "busy":
             await self._requeue(client, offer, f"no room on {self.runner_id}: {verdict.reason}")
@@ -325,6 +388,14 @@ class JobTaker:
             self.refusals.note(offer.id, verdict.reason)
             await self._record(client, offer.state("refused", self.runner_id, reason=verdict.reason))
 
+    def _settled(self, offer: Offer) -> bool:
+        """Whether the job already started somewhere or ended (then it is dropped, counted)."""
+        known = self._known.get(offer.id)
+        if known is not None and known.status in ("started", "ended"):
+            self.rejects.add("duplicate_job", f"{offer.id} {known.status} on {known.runner}")
+            return True
+        return False
+
     async def _requeue(self, client: BusClient, offer: Offer, reason: str) -> None:
         """Put a job back on the queue (QoS 1, confirmed) before its own message is acked."""
         body = json.dumps({"job": offer.job, "submitted_by": offer.submitter, "hops": offer.hops + 1})
@@ -332,8 +403,10 @@ class JobTaker:
                                      timeout=PUBLISH_TIMEOUT)
         await self._record(client, offer.state("requeued", self.runner_id, reason=reason))
 
-    async def _record(self, client: BusClient, state: JobState) -> None:
-        """Keep the job's state retained (bounded: the oldest is cleared) and tell the owner."""
+    async def _record(self, client: BusClient, state: JobState) -> bool:
+        """Keep the job's state retained (bounded: the oldest is cleared) and tell the owner;
+        False when the broker did not take it. An ended state reaches the owner only once
+        the broker has it, so a journal row still `started` says it is to be sent again."""
         self._remember(state)
         topic = self.topics.job_state(self.runner_id, state.job)
         try:
@@ -346,17 +419,22 @@ class JobTaker:
                 await client.publish(old, b"", qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
         except (aiomqtt.MqttError, TimeoutError) as exc:  # the journal has it; the bus is best effort
             log.warning("jobs: state of job %s not published: %s", state.job, exc)
+            if state.status == "ended":
+                return False
         if self.on_state is not None:
             await self.on_state(state)
+        return True
 
     def _remember(self, state: JobState) -> None:
         old = self._known.get(state.job)
-        if old is not None and old.status == "started" and state.status != "started":
-            return  # once started anywhere, a job stays started
+        if old is not None and _RANK[old.status] >= _RANK["started"] and _RANK[state.status] < _RANK[old.status]:
+            return  # once started anywhere, a job stays started (or ended)
         self._known[state.job] = state
         self._known.move_to_end(state.job)
         while len(self._known) > MAX_KNOWN:
             self._known.popitem(last=False)
+        for watcher in self._watchers:
+            watcher(state)
 
     # -- the other runners ----------------------------------------------------------
     def _on_news(self, topic: str, payload: bytes) -> None:
@@ -419,7 +497,7 @@ class JobTaker:
                     offer = parse_offer(self.topics, message.topic.value,
                                         _payload_bytes(message.payload), self.rejects)
                     known = self._known.get(offer.id) if offer is not None else None
-                    if offer is None or (known is not None and known.status == "started"):
+                    if offer is None or (known is not None and known.status in ("started", "ended")):
                         continue
                     client = self._client
                     if client is None:
@@ -470,12 +548,12 @@ async def read_job_states(config: BusConfig, job: str | None = None,
 
 
 def latest_by_job(states: list[JobState]) -> dict[str, JobState]:
-    """Each job's latest state; a start anywhere wins over a later requeue elsewhere, and a
-    runner's word wins over the submitter's "queued", whatever the clocks say."""
+    """Each job's latest state; a start anywhere wins over a later requeue elsewhere, an end
+    over its start, and a runner's word over the submitter's "queued", whatever the clocks say."""
     out: dict[str, JobState] = {}
     for s in sorted(states, key=lambda s: (s.status != "queued", s.ts)):
         old = out.get(s.job)
-        if old is None or old.status != "started":
+        if old is None or _RANK[s.status] >= _RANK[old.status] or _RANK[old.status] < _RANK["started"]:
             out[s.job] = s
     return out
 

@@ -81,10 +81,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     submitter TEXT,                        -- the account the broker authenticated
     task TEXT, scale TEXT, agent TEXT,     -- what the job asked for, in short
-    status TEXT NOT NULL,                  -- started | refused | requeued
-    reason TEXT,                           -- why it was refused or put back
+    status TEXT NOT NULL,                  -- queued | started | refused | requeued | ended
+    reason TEXT,                           -- why it was refused or put back, or how its run ended
     runner TEXT, run TEXT,
-    created_ts REAL, updated_ts REAL
+    created_ts REAL, updated_ts REAL,
+    campaign TEXT, slot TEXT,              -- the campaign slot the job fills, if any
+    run_status TEXT                        -- its run's end status, once ended
 );
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_ts);
 CREATE TABLE IF NOT EXISTS events (
@@ -145,7 +147,9 @@ _ADDED_RUN_COLUMNS = ("campaign", "slot", "scaffold", "score_method")
 _CAMPAIGN_COLUMNS = ("name", "spec", "state", "reason", "created_ts", "updated_ts", "request",
                      "answer", "runner")
 JOB_COLUMNS = ("id", "submitter", "task", "scale", "agent", "status", "reason", "runner", "run",
-               "created_ts", "updated_ts")
+               "created_ts", "updated_ts", "campaign", "slot", "run_status")
+# columns added to `jobs` after its first release
+_ADDED_JOB_COLUMNS = ("campaign", "slot", "run_status")
 MAX_JOB_ROWS = 10_000  # a flood of bad jobs keeps the newest rows, not all of them
 
 _SENTINEL = object()
@@ -193,6 +197,11 @@ def ensure_schema(path: str | Path) -> None:
             for col in _ADDED_RUN_COLUMNS:
                 if col not in have:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN {col} TEXT")
+        have_jobs = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+        if have_jobs:
+            for col in _ADDED_JOB_COLUMNS:
+                if col not in have_jobs:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {col} TEXT")
         conn.executescript(SCHEMA)
         conn.execute("CREATE INDEX IF NOT EXISTS runs_campaign ON runs (campaign, slot)")
     finally:
@@ -708,6 +717,14 @@ class JournalReader:
                              [status, limit])
         else:
             rows = self._all("SELECT * FROM jobs ORDER BY updated_ts DESC LIMIT ?", [limit])
+        return [dict(r) for r in rows]
+
+    def campaign_jobs(self, name: str) -> list[dict[str, Any]]:
+        """The jobs one campaign queued on the fleet, oldest first."""
+        if not self._has_table("jobs") or "campaign" not in {
+                r["name"] for r in self._all("PRAGMA table_info(jobs)")}:
+            return []
+        rows = self._all("SELECT * FROM jobs WHERE campaign = ? ORDER BY created_ts", [name])
         return [dict(r) for r in rows]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
