@@ -122,9 +122,12 @@ def test_the_full_heldout_set_is_for_the_scorer_only(staged: tuple[Path, AssetSt
     agent = asset_mounts(SPEC, "full", home)
     scorer = asset_mounts(SPEC, "full", home, audience="scorer")
     assert not any("proofnet" in str(host) or "proofnet" in inside for host, inside in agent)
-    assert all(store.hub_dir("agent") in host.parents for host, _inside in agent)
+    # the agent's side only: its hub cache and its datasets' load_dataset caches
+    assert all(store.root / "agent" in host.parents for host, _inside in agent)
     held_mount = [m for m in scorer if "proofnet" in m[1]]
-    assert len(held_mount) == 1 and store.hub_dir("scorer") in held_mount[0][0].parents
+    # its hub snapshot, and the load_dataset cache built from it: both on the scorer's side
+    assert [store.hub_dir("scorer") in m[0].parents for m in held_mount].count(True) == 1
+    assert held_mount and all(store.root / "scorer" in m[0].parents for m in held_mount)
     assert "proofnet" not in SPEC.prompt("full")
 
 
