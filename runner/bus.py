@@ -23,7 +23,7 @@ import random
 import ssl
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -1036,6 +1036,21 @@ async def submit_job(config: BusConfig, job: dict[str, Any], timeout: float = 5.
                         json.dumps(job).encode(), timeout)
 
 
+async def retained_messages(client: BusClient, timeout: float,
+                            quiet: float) -> AsyncIterator[tuple[str, bytes]]:
+    """(topic, payload) of the retained messages that follow a subscription: they come at once
+    after the SUBACK, so this stops after a `quiet` gap, or after `timeout` in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    it = client.messages.__aiter__()
+    while (left := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(it.__anext__(), min(quiet, left))
+        except TimeoutError:
+            return
+        yield message.topic.value, _payload_bytes(message.payload)
+
+
 async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[str, dict[str, Any] | str]:
     """The retained runner states the broker holds now: a dict, or a string such as 'offline'."""
     topics = Topics(config.prefix)
@@ -1046,16 +1061,8 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
         async with asyncio.timeout(timeout + CONNECT_TIMEOUT):
             async with _client(config, f"mlrb-cli-{uuid.uuid4().hex[:12]}") as client:
                 await client.subscribe(topics.all_runner_states, qos=1, timeout=timeout)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + timeout
-                it = client.messages.__aiter__()
-                while (left := deadline - loop.time()) > 0:
-                    try:
-                        message = await asyncio.wait_for(it.__anext__(), min(quiet, left))
-                    except TimeoutError:
-                        break
-                    rid = topics.runner_of(message.topic.value)
-                    payload = _payload_bytes(message.payload)
+                async for topic, payload in retained_messages(client, timeout, quiet):
+                    rid = topics.runner_of(topic)
                     if rid is None or not payload or len(payload) > MAX_STATE_BYTES:
                         continue
                     try:
@@ -1075,5 +1082,5 @@ async def read_runner_states(config: BusConfig, timeout: float = 1.0) -> dict[st
 __all__ = [
     "BusClient", "BusConfig", "BusCounts", "BusRefused", "BusUnavailable", "Reconnector", "RunOwners",
     "RepairRequest", "RunnerEndpoint", "RunnerSeqs", "EventSubscriber", "Topics",
-    "open_client", "read_runner_states", "send_control", "submit_job", "submitter",
+    "open_client", "read_runner_states", "retained_messages", "send_control", "submit_job", "submitter",
 ]

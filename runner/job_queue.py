@@ -51,6 +51,7 @@ from runner.bus import (
     Topics,
     _client,
     _payload_bytes,
+    retained_messages,
 )
 from runner.events import RejectCounter
 
@@ -524,23 +525,15 @@ async def read_job_states(config: BusConfig, job: str | None = None,
                                            qos=1)
             if submitted:
                 await client.subscribe_checked(topics.all_submitted, qos=1)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            it = client.messages.__aiter__()
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    message = await asyncio.wait_for(it.__anext__(), min(quiet, left))
-                except TimeoutError:
-                    break
-                payload = _payload_bytes(message.payload)
+            async for topic, payload in retained_messages(client, timeout, quiet):
                 if not payload or len(payload) > MAX_JOB_BYTES:
                     continue
                 with contextlib.suppress(ValidationError, ValueError):
                     state = JobState.model_validate_json(payload)
-                    if (source := topics.job_state_source(message.topic.value)) is not None:
+                    if (source := topics.job_state_source(topic)) is not None:
                         if state.runner == source[0]:  # a runner speaks only for itself
                             found.append(state)
-                    elif (mine := topics.submitted_source(message.topic.value)) is not None:
+                    elif (mine := topics.submitted_source(topic)) is not None:
                         # a submitter speaks only for its own jobs, and only of their waiting
                         if state.status == "queued" and (state.submitter, state.job) == mine:
                             found.append(state)
