@@ -163,13 +163,19 @@ def check_image(cfg: Config, client: Any, tag: str | None = None, kind: Any = No
     return Check(name, "ok", f"present and current ({what}, {size}, fingerprint {have[:12]})")
 
 
-def check_images(cfg: Config, gpus_needed: int, client: Any) -> list[Check]:
-    """The sandbox and scorer images the config names, and the GPU builds of both."""
+def _configured_images(cfg: Config) -> dict[str, Any]:
+    """The sandbox and scorer images the config names, each with the kind it is built as."""
     from runner.image import SANDBOX_CPU, SANDBOX_GPU, SCORER_CPU, SCORER_GPU
 
-    configured = {cfg.image: SANDBOX_GPU if cfg.image == SANDBOX_GPU.default_tag() else SANDBOX_CPU,
-                  cfg.scorer_image: SCORER_GPU if cfg.scorer_image == SCORER_GPU.default_tag()
-                  else SCORER_CPU}
+    return {cfg.image: SANDBOX_GPU if cfg.image == SANDBOX_GPU.default_tag() else SANDBOX_CPU,
+            cfg.scorer_image: SCORER_GPU if cfg.scorer_image == SCORER_GPU.default_tag() else SCORER_CPU}
+
+
+def check_images(cfg: Config, gpus_needed: int, client: Any) -> list[Check]:
+    """The sandbox and scorer images the config names, and the GPU builds of both."""
+    from runner.image import SANDBOX_GPU, SCORER_GPU
+
+    configured = _configured_images(cfg)
     checks = [check_image(cfg, client, tag, kind) for tag, kind in configured.items()]
     for kind in (SANDBOX_GPU, SCORER_GPU):
         if kind.default_tag() not in configured:
@@ -227,6 +233,38 @@ def check_gpu_runtime(cfg: Config, scale: str, gpus_needed: int, client: Any) ->
                  f"no GPU runtime: Docker has {', '.join(runtimes) or 'no runtimes'} ({need})",
                  "install the NVIDIA Container Toolkit, then `nvidia-ctk runtime configure "
                  "--runtime=docker` and restart Docker")
+
+
+def submit_problems(cfg: Config, task: TaskSpec, scale: str,
+                    docker_client: Callable[[], tuple[Any, str]] | None = None) -> list[str]:
+    """What a run of `task` at `scale` in Docker would fail on at sandbox start or scoring: the
+    images it needs, the GPU runtime, the egress proxy. One line each, with the fix."""
+    if cfg.backend == "local":
+        return []
+    from runner.image import KIND_LABEL, SANDBOX_CPU
+
+    gpus = task.scale(scale).gpus
+    client, why = (docker_client or _docker_client)()
+    if client is None:
+        return [f"no Docker engine answers ({why}): start Docker (systemctl start docker)"]
+    try:
+        checks = [check_image(cfg, client, tag, kind) for tag, kind in _configured_images(cfg).items()]
+        if gpus:
+            checks.append(check_gpu_runtime(cfg, scale, gpus, client))
+        proxy = check_proxy_image(cfg, scale, [task], client)
+        if proxy is not None:
+            checks.append(proxy)
+        problems = [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "")
+                    for c in checks if c.status == "fail"]
+        if gpus and not any(c.name == f"image {cfg.image}" and c.status == "fail" for c in checks):
+            labels = ((client.images.get(cfg.image).attrs.get("Config") or {}).get("Labels") or {})
+            if labels.get(KIND_LABEL) == SANDBOX_CPU.key:
+                problems.append(f"image {cfg.image}: the CPU build, and {task.name} at {scale} scale "
+                                f"needs {gpus} GPU (set [sandbox] image to the GPU build, "
+                                "`mlrb image build --gpu`)")
+    finally:
+        client.close()
+    return problems
 
 
 def _nvml_text(value: Any) -> str:

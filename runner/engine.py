@@ -373,6 +373,11 @@ class Engine:
             await asyncio.to_thread(asset_mounts, task, job.scale, self.cfg.home, audience="scorer")
         except AssetError as exc:
             problems.append(str(exc))
+        if self._backend == "docker" and (job.scale == "full" or scale.gpus):
+            from runner.doctor import submit_problems
+
+            # what would fail only at sandbox start or at scoring, refused now with its fix
+            problems += await asyncio.to_thread(submit_problems, self.cfg, task, job.scale)
         if problems:
             raise SubmitError("; ".join(problems))
         limits = RunLimits(time_s=scale.time_s, steps=scale.steps, tokens=scale.tokens,

@@ -220,3 +220,36 @@ def test_a_missing_gpu_image_warns_where_a_gpu_is_needed_and_is_fine_where_not(
     smoke = {c.name: c for c in doctor_mod.check_images(cfg, 0, docker_client)}
     assert smoke["image mlrb-no-such-gpu:1"].status == "ok"
     assert "not needed at this scale" in smoke["image mlrb-no-such-gpu:1"].detail
+
+
+async def test_submit_at_full_scale_refuses_at_once_what_would_fail_at_sandbox_start(
+        tmp_path: Path, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.config import Config
+    from runner.engine import Engine, Job, SubmitError
+    from runner.image import build_image
+
+    monkeypatch.setenv("MLRB_TASKS_PATH", str(Path(__file__).parent / "fixtures" / "tasks"))
+    cpu_image = build_image(log=lambda line: None, client=docker_client)  # reused when current
+    runtimes = docker_client.info().get("Runtimes") or {}
+    for image, want in (("mlrb-no-such-image:1", "image mlrb-no-such-image:1: missing"),
+                        (cpu_image, f"image {cpu_image}: the CPU build, and tiny_train at full scale "
+                                    "needs 1 GPU")):
+        engine = Engine(Config(home=tmp_path / image.replace(":", "_"), backend="docker", image=image,
+                               max_runs=1), use_bus=False)
+        await engine.start()
+        try:
+            engine.gpus.set_devices([0])  # as if this host had the GPU: the rest is what is missing
+            with pytest.raises(SubmitError) as refused:
+                await engine.submit(Job(task="tiny_train", scale="full"))
+            why = str(refused.value)
+            assert want in why
+            if "missing" in want:
+                assert "mlrb image build" in why
+            if "nvidia" not in runtimes:
+                assert "no GPU runtime" in why and "NVIDIA Container Toolkit" in why
+            assert not engine.supervisors  # nothing started, nothing to fail later
+            if image == cpu_image:  # the smoke scale needs no GPU: the CPU build runs it
+                run = await engine.submit(Job(task="tiny_train"))
+                assert (await engine.wait([run]))[run] == "succeeded"
+        finally:
+            await engine.stop()
