@@ -37,6 +37,7 @@ class SandboxOutput:
         self._line = ""  # the unfinished last line, for Trainer log lines split across pieces
         self._step = 0
         self._tail: MetricsTail | None = None
+        self._draining: asyncio.Future[int] | None = None  # the follower's batch in flight
         self._job: tuple[str, int] | None = None  # (job id, bytes of its output buffered so far)
         self.metrics_offset = 0  # where the metrics file is followed from (an adopted run's)
 
@@ -114,11 +115,18 @@ class SandboxOutput:
 
     async def follow_metrics(self) -> None:
         """Follow the metrics file the in-sandbox helper appends to, for as long as the run lives."""
-        tail = self._metrics_tail()
         while True:
-            for parsed in await asyncio.to_thread(tail.read):
-                await self.emit_metric(parsed, "file")
+            # a batch read is emitted whole: cancelling the follower mid-read would lose the
+            # lines the read moved past, so the batch finishes and read_last_metrics waits for it
+            self._draining = asyncio.ensure_future(self._drain_once())
+            await asyncio.shield(self._draining)
             await asyncio.sleep(METRICS_POLL_S)
+
+    async def _drain_once(self) -> int:
+        batch = await asyncio.to_thread(self._metrics_tail().read)
+        for parsed in batch:
+            await self.emit_metric(parsed, "file")
+        return len(batch)
 
     def _metrics_tail(self) -> MetricsTail:
         if self._tail is None:
@@ -129,10 +137,9 @@ class SandboxOutput:
     async def read_last_metrics(self) -> None:
         """Metrics written in the run's last moments, after the follower stopped (or before
         it first read: an adopted run whose command ended while no runner watched)."""
-        tail = self._metrics_tail()
-        while True:
-            batch = await asyncio.to_thread(tail.read)
-            for parsed in batch:
-                await self.emit_metric(parsed, "file")
-            if not batch:
-                return
+        if self._draining is not None:
+            await asyncio.wait([self._draining])  # the follower's last batch, emitted whole first
+            if not self._draining.cancelled() and self._draining.exception() is not None:
+                raise self._draining.exception()  # type: ignore[misc]
+        while await self._drain_once():
+            pass

@@ -53,6 +53,37 @@ def output(tmp_path: Path) -> tuple[SandboxOutput, Recorder]:
 
 
 # -- sandbox output ----------------------------------------------------------------------
+async def test_a_metrics_batch_read_when_the_follower_is_cancelled_is_still_emitted(tmp_path):
+    import json
+    import threading
+
+    from runner.sandbox import METRICS_FILE
+
+    out, rec = output(tmp_path)
+    path = tmp_path / METRICS_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"step": i, "values": {"loss": 1 / i}}) + "\n" for i in range(1, 11)))
+    tail = out._metrics_tail()
+    reading, release = threading.Event(), threading.Event()
+    real_read = tail.read
+
+    def slow_read(*a: Any, **kw: Any) -> list[dict[str, Any]]:
+        lines = real_read(*a, **kw)  # the offset has moved past these lines
+        reading.set()
+        release.wait(10)
+        return lines
+
+    tail.read = slow_read  # type: ignore[method-assign]
+    follower = asyncio.create_task(out.follow_metrics())
+    await asyncio.to_thread(reading.wait, 10)
+    follower.cancel()  # the run ends while the follower is mid-read
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    release.set()
+    await out.read_last_metrics()
+    assert [d["step"] for d in rec.of("metric")] == list(range(1, 11))  # each once, none lost
+
+
 def test_output_pieces_merge_by_stream_in_order(tmp_path):
     out, rec = output(tmp_path)
     for stream, text in [("stdout", "a"), ("stdout", "b"), ("stderr", "c"), ("stdout", "d")]:
