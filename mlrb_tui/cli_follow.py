@@ -124,9 +124,13 @@ class RunTail:
     def _page(self, after: int, upto: int) -> _Page:
         where, params = "", []
         if self.patterns:
-            globs = [*self.patterns, "run.ended"]
-            where = " AND (" + " OR ".join("kind GLOB ?" for _ in globs) + ")"
-            params = globs
+            # plain names go through IN, which the (run, kind, seq) index serves
+            names = [p for p in (*self.patterns, "run.ended") if not any(c in p for c in "*?[")]
+            globs = [p for p in self.patterns if p not in names]
+            terms = ([f"kind IN ({', '.join('?' * len(names))})"] if names else []) \
+                + ["kind GLOB ?"] * len(globs)
+            where = " AND (" + " OR ".join(terms) + ")"
+            params = [*names, *globs]
         rows = self._rows(
             "SELECT run, seq, ts, kind, data FROM events WHERE run = ? AND seq > ? AND seq <= ?"
             f"{where} ORDER BY seq LIMIT ?", [self.run, after, upto, *params, PAGE])

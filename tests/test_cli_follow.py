@@ -314,3 +314,18 @@ async def test_an_unanswered_command_fails_after_its_timeout_and_no_wait_returns
     assert time.monotonic() - started < 60  # it did not wait for an answer
     rc, _, err = await mlrb(env, "pause", "a/b+#")
     assert rc == 1 and "'a/b+#' is not a run id" in err
+
+
+def test_the_ack_timeout_is_a_positive_number_of_the_console_table(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.config import ConfigError, load_config
+
+    monkeypatch.delenv("MLRB_CONFIG", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    assert load_config(home).ack_timeout_s == 10.0
+    (home / "config.toml").write_text("[console]\nack_timeout_s = 2.5\n")
+    assert load_config(home).ack_timeout_s == 2.5
+    (home / "config.toml").write_text("[console]\nack_timeout_s = 0\n")
+    with pytest.raises(ConfigError, match=r"console\.ack_timeout_s must be more than 0"):
+        load_config(home)
