@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -267,8 +268,8 @@ def _tail(db: Path | None, run: str, patterns: Sequence[str], follow: bool,
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
-        # the reader went away (`| head`): nothing more to say, and nothing to say it to
-        sys.stdout = None  # type: ignore[assignment]
+        # the reader went away (`| head`): what is still buffered goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     except sqlite3.Error as exc:
         raise FollowError(f"cannot read the journal at {path}: {exc}") from None
