@@ -269,6 +269,10 @@ async def test_control_commands_wait_for_the_runners_answer(tmp_path: Path, mosq
     assert (rc, out.strip()) == (0, f"message {run}: accepted (delivered at the agent's next turn)")
     rc, out, _ = await mlrb(env, "limit", run, "steps", "50", "--reason", "enough steps")
     assert (rc, out.strip()) == (0, f"limit {run}: accepted (steps limit is now 50)")
+    # a shell opens once its start is recorded; its end is answered too (stdin is empty: it ends)
+    rc, out, err = await mlrb(env, "shell", run, "--reason", "look around")
+    assert rc == 0, err
+    assert out.splitlines() == [f"shell {run}: accepted (shell start)", f"shell {run}: accepted (shell end)"]
     rc, out, _ = await mlrb(env, "kill", run, "--reason", "done looking")
     assert (rc, out.strip()) == (0, f"kill {run}: accepted (killing)")
     assert (await engine.wait([run]))[run] == "killed"
@@ -284,7 +288,7 @@ async def test_control_commands_wait_for_the_runners_answer(tmp_path: Path, mosq
         reader.close()
     assert [(a["action"], a["accepted"]) for a in acks] == [
         ("resume", False), ("approve", False), ("hold", True), ("resume", True), ("message", True),
-        ("limit", True), ("kill", True), ("freeze", False)]
+        ("limit", True), ("shell", True), ("shell", True), ("kill", True), ("freeze", False)]
     assert audit[0] == ("hold", "tester", "look at the loss")  # the broker's account is recorded
 
 
