@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mlrb_tui.cli_follow import register_follow
 from runner.config import Config, ConfigError, DaemonInfo, load_config, read_daemon_info
 from runner.control import LIMIT_NAMES
 
@@ -438,16 +439,77 @@ def replay(run: str, speed: float) -> None:
     _open_console(cfg, readonly=True, replay=row["run"], speed=speed)
 
 
-def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = None) -> None:
+EXIT_REFUSED = 1  # the runner answered no (and any command that fails to send)
+EXIT_UNANSWERED = 3  # no answer in time; 2 is click's, for a usage error
+
+
+def _waits(fn: Any) -> Any:
+    """The options of a command that waits for the runner's control.ack."""
+    fn = click.option("--no-wait", is_flag=True,
+                      help="Send the command and return; the console shows the answer.")(fn)
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help="Seconds to wait for the runner's answer "
+                             "(default: [console] ack_timeout_s, 10).")(fn)
+
+
+async def _send_and_wait(bus: Any, cmd: Any, timeout: float) -> Any:
+    """Publish a control command; the runner's control.ack of it (its data), or None when
+    none came within `timeout` seconds of the publish."""
+    import aiomqtt
+
+    from runner.broker_access import topic_name
+    from runner.bus import BusRefused, BusUnavailable, Topics, open_client
+    from runner.event_data import ControlAckData
+    from runner.events import EventError, decode_payload
+
+    topics = Topics(bus.prefix)
+    try:
+        async with open_client(bus) as client:
+            # listen first: a runner on the same host answers within milliseconds
+            await client.subscribe_checked(topics.run_events(cmd.run), qos=1)
+            await client.publish_checked(topics.control(cmd.run, bus.username or topic_name(cmd.operator)),
+                                         cmd.to_json())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            it = client.messages.__aiter__()
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    message = await asyncio.wait_for(it.__anext__(), left)
+                except TimeoutError:
+                    break
+                try:
+                    evs = decode_payload(bytes(message.payload))  # type: ignore[arg-type]
+                except EventError:
+                    continue
+                for ev in evs:
+                    if type(ev.body) is ControlAckData and ev.body.command_id == cmd.id:
+                        return ev.body
+    except BusRefused:
+        raise
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"cannot reach the MQTT broker at {bus.url}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return None
+
+
+def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = None, *,
+             timeout: float | None = None, no_wait: bool = False, exit_on_answer: bool = True) -> bool:
+    """Send a control command; unless `no_wait`, wait for the runner's answer and print it.
+
+    Exits 1 when refused and 3 when unanswered (or, without `exit_on_answer`, says so on
+    stderr and returns False); True when accepted (or sent, with `no_wait`)."""
     from pydantic import ValidationError
 
     from runner.bus import BusUnavailable, send_control
     from runner.control import ControlCommand, default_operator
+    from runner.events import valid_run_id
 
     cfg = _cfg()
     bus = _bus(read_daemon_info(cfg), cfg)
     if bus is None:
         raise click.ClickException("no runner daemon is running (start one with `mlrb up`)")
+    if not valid_run_id(run):
+        raise click.ClickException(f"{run!r} is not a run id (see `mlrb runs`)")
     try:
         cmd = ControlCommand.model_validate({"run": run, "action": action, "reason": reason,
                                              "operator": default_operator(), "args": args or {}})
@@ -455,52 +517,78 @@ def _control(run: str, action: str, reason: str, args: dict[str, Any] | None = N
         raise click.ClickException(f"invalid {action} command: {exc.errors()[0]['msg']}") from None
     if cmd.invalid:
         raise click.ClickException(f"invalid {action} command: {cmd.invalid}")
+    wait = cfg.ack_timeout_s if timeout is None else timeout
     try:
-        asyncio.run(send_control(bus, cmd))
+        if no_wait:
+            asyncio.run(send_control(bus, cmd))
+        else:
+            ack = asyncio.run(_send_and_wait(bus, cmd, wait))
     except BusUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"sent {action} to {run} (command {cmd.id}); the console shows the runner's answer")
+    if no_wait:
+        click.echo(f"sent {action} to {run} (command {cmd.id}); the console shows the runner's answer")
+        return True
+    if ack is not None and ack.accepted:
+        click.echo(f"{action} {run}: accepted" + (f" ({ack.reason})" if ack.reason else ""))
+        return True
+    if ack is not None:
+        click.echo(f"{action} {run}: refused: {ack.reason or 'no reason given'}", err=True)
+        code = EXIT_REFUSED
+    else:
+        known = _journal_read(lambda r: r.find_run(run)) is not None
+        hint = "" if known else f"; this host's journal has no run {run!r} (see `mlrb runs`)"
+        click.echo(f"{action} {run}: no answer from its runner in {wait:g} s (command {cmd.id}; "
+                   f"it may still apply if the runner is only slow){hint}", err=True)
+        code = EXIT_UNANSWERED
+    if exit_on_answer:
+        sys.exit(code)
+    return False
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--freeze", is_flag=True, help="Also freeze the sandbox (docker pause).")
 @click.option("--reason", default="", help="Why (recorded).")
-def pause(run: str, freeze: bool, reason: str) -> None:
+@_waits
+def pause(run: str, freeze: bool, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Hold RUN at the agent's next step (the clock stops); --freeze pauses the sandbox too."""
-    _control(run, "freeze" if freeze else "hold", reason)
+    _control(run, "freeze" if freeze else "hold", reason, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--reason", default="", help="Why (recorded).")
-def resume(run: str, reason: str) -> None:
+@_waits
+def resume(run: str, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Resume a held or frozen RUN."""
-    _control(run, "resume", reason)
+    _control(run, "resume", reason, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--reason", required=True, help="Why (recorded).")
-def kill(run: str, reason: str) -> None:
+@_waits
+def kill(run: str, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Kill RUN."""
-    _control(run, "kill", reason)
+    _control(run, "kill", reason, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.argument("text")
-def message(run: str, text: str) -> None:
+@_waits
+def message(run: str, text: str, timeout: float | None, no_wait: bool) -> None:
     """Send TEXT to RUN's agent at its next turn."""
-    _control(run, "message", "operator message", {"text": text})
+    _control(run, "message", "operator message", {"text": text}, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--reason", default="", help="Why (recorded).")
-def score(run: str, reason: str) -> None:
+@_waits
+def score(run: str, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Score RUN's current output now, off the clock."""
-    _control(run, "score", reason)
+    _control(run, "score", reason, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
@@ -508,18 +596,20 @@ def score(run: str, reason: str) -> None:
 @click.argument("name", type=click.Choice(LIMIT_NAMES))
 @click.argument("value", type=float)
 @click.option("--reason", required=True, help="Why (recorded).")
-def limit(run: str, name: str, value: float, reason: str) -> None:
+@_waits
+def limit(run: str, name: str, value: float, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Change one of RUN's limits mid-run."""
-    _control(run, "limit", reason, {"name": name, "value": value})
+    _control(run, "limit", reason, {"name": name, "value": value}, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.option("--reason", default="", help="Why (recorded).")
-def approval(run: str, state: str, reason: str) -> None:
+@_waits
+def approval(run: str, state: str, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Switch approval mode: every tool call of RUN waits for an operator."""
-    _control(run, "approval_mode", reason, {"on": state == "on"})
+    _control(run, "approval_mode", reason, {"on": state == "on"}, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
@@ -527,7 +617,9 @@ def approval(run: str, state: str, reason: str) -> None:
 @click.argument("call_id")
 @click.option("--args", "edited", default=None, help="Edited arguments, as a JSON object.")
 @click.option("--reason", default="", help="Why (recorded).")
-def approve(run: str, call_id: str, edited: str | None, reason: str) -> None:
+@_waits
+def approve(run: str, call_id: str, edited: str | None, reason: str, timeout: float | None,
+            no_wait: bool) -> None:
     """Approve a waiting tool call (optionally with edited arguments)."""
     args: dict[str, Any] = {"call_id": call_id}
     if edited is not None:
@@ -538,23 +630,27 @@ def approve(run: str, call_id: str, edited: str | None, reason: str) -> None:
         if not isinstance(parsed, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--args")
         args["args"] = parsed
-    _control(run, "approve", reason, args)
+    _control(run, "approve", reason, args, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.argument("call_id")
 @click.option("--reason", required=True, help="Why: the agent sees it.")
-def reject(run: str, call_id: str, reason: str) -> None:
+@_waits
+def reject(run: str, call_id: str, reason: str, timeout: float | None, no_wait: bool) -> None:
     """Reject a waiting tool call; the agent sees the reason."""
-    _control(run, "reject", reason, {"call_id": call_id})
+    _control(run, "reject", reason, {"call_id": call_id}, timeout=timeout, no_wait=no_wait)
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--reason", default="", help="Why (recorded).")
-def shell(run: str, reason: str) -> None:
-    """Open an interactive shell in RUN's sandbox as the sandbox user (recorded)."""
+@_waits
+def shell(run: str, reason: str, timeout: float | None, no_wait: bool) -> None:
+    """Open an interactive shell in RUN's sandbox as the sandbox user (recorded).
+
+    The shell opens once the runner has recorded its start (--no-wait: at once)."""
     import subprocess
 
     from runner.journal import JournalReader
@@ -571,11 +667,13 @@ def shell(run: str, reason: str) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         reader.close()
-    _control(row["run"], "shell", reason, {"state": "start"})
+    _control(row["run"], "shell", reason, {"state": "start"}, timeout=timeout, no_wait=no_wait)
     try:
         code = subprocess.call(argv, cwd=cwd)
     finally:
-        _control(row["run"], "shell", reason, {"state": "end"})
+        # the shell's own exit status is this command's, whatever the runner says of its end
+        _control(row["run"], "shell", reason, {"state": "end"}, timeout=timeout, no_wait=no_wait,
+                 exit_on_answer=False)
     sys.exit(code)
 
 
@@ -1368,6 +1466,9 @@ def schema(as_json: bool) -> None:
     _echo_schemas(f"Events (contract version {SCHEMA_VERSION}): the fields of each kind's data", events)
     click.echo()
     _echo_schemas("Controls: the args of each action", controls)
+
+
+register_follow(cli)
 
 
 def main() -> None:

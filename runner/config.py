@@ -20,6 +20,7 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     workspace_quota = "auto"             # auto: the kernel where it can; watch: measure only
     [console]
     repaint_hz = 8
+    ack_timeout_s = 10                   # how long `mlrb pause` etc. wait for the runner's answer
     [alarms]                             # stall alarms; 0 turns one off
     quiet_min = 30                       # a running run with no event
     gpu_idle_min = 20                    # GPUs idle while a command runs
@@ -97,6 +98,7 @@ class RunnerTable(_Table):
 
 class ConsoleTable(_Table):
     repaint_hz: float = Field(default=8.0, gt=0)
+    ack_timeout_s: float = Field(default=10.0, gt=0)  # a control command's wait for its control.ack
     keys: dict[str, str] = Field(default_factory=dict)  # binding id -> keys
 
 
@@ -163,6 +165,7 @@ class Config:
     min_free_gb: float = 5.0
     workspace_quota: str = "auto"
     repaint_hz: float = 8.0
+    ack_timeout_s: float = 10.0
     keys: dict[str, str] = field(default_factory=dict)
     alarms: AlarmsTable = field(default_factory=AlarmsTable)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -262,6 +265,7 @@ def load_config(home: Path | None = None) -> Config:
         min_free_gb=file.runner.min_free_gb,
         workspace_quota=file.runner.workspace_quota,
         repaint_hz=file.console.repaint_hz,
+        ack_timeout_s=file.console.ack_timeout_s,
         keys=dict(file.console.keys),
         alarms=file.alarms,
         providers=providers,

@@ -110,7 +110,7 @@ def test_an_unknown_key_is_named_with_the_file_and_the_known_keys(home: Path) ->
     assert str(caught.value) == (f"{path}: unknown key 'consle' "
                                  "(known: alarms, bus, console, hub, providers, runner, sandbox)")
     write(home, "[console]\nrepaint = 4\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'console\.repaint' \(known: keys, repaint_hz\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'console\.repaint' \(known: ack_timeout_s, keys, repaint_hz\)"):
         load_config(home)
     write(home, '[providers.anthropic]\nbase_ulr = "x"\n')
     with pytest.raises(ConfigError, match=r"unknown key 'providers\.anthropic\.base_ulr' \(known: api_key,"):
