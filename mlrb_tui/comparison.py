@@ -65,6 +65,11 @@ class RunTrack:
     read_to: int = -1  # the journal holds nothing of this run past here that it has not read
 
     @property
+    def full(self) -> bool:
+        """It holds MAX_STEPS steps: later calls are past what the timelines keep."""
+        return len(self.steps) >= MAX_STEPS
+
+    @property
     def seen(self) -> int:
         """The last seq this track has read (either side)."""
         return max(self.metric_seq, self.event_seq)
@@ -86,6 +91,12 @@ class RunTrack:
             series.append(Point(float(step if step is not None else r["seq"]),
                                 float(r.get("ts") or 0.0), float(value)))
         self.version += 1
+
+    def take(self, read: Read) -> None:
+        """A read of the journal, in."""
+        self.add_metric_rows(read.metric_rows)
+        self.metric_seq = max(self.metric_seq, read.metrics_upto)
+        self.apply(read.events)
 
     def apply(self, events: Iterable[Event]) -> None:
         """`agent.step` and `tool.call` events, oldest first."""
@@ -114,32 +125,47 @@ def args_digest(args: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def read_track(reader: JournalReader,
-               track: RunTrack) -> tuple[list[dict[str, Any]], list[Event], bool]:
-    """What the journal holds for `track` past what it has read (blocking: call in a thread),
-    and whether more is left past this read's pages.
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read of a run's journal for its track: apply it with `RunTrack.take`."""
 
-    Applying is left to the caller, on its own thread, so a read never races a repaint."""
-    metric_rows: list[dict[str, Any]] = []
+    metric_rows: list[dict[str, Any]]
+    events: list[Event]
+    metrics_upto: int  # the metrics side is read to here (past the last row, when the first)
+    more: bool  # pages are left past this read
+
+
+def read_track(reader: JournalReader, track: RunTrack) -> Read:
+    """What the journal holds for `track` past what it has read (blocking: call in a thread).
+
+    The first read takes the last MAX_POINTS points of each series (index seeks, whatever
+    the run's length); later reads take the rows after them. Applying is left to the caller,
+    on its own thread, so a read never races a repaint."""
     more = False
-    after = track.metric_seq
-    for i in range(MAX_PAGES):
-        page = reader.metrics(track.run, after_seq=after, limit=PAGE)
-        metric_rows += page
-        if len(page) < PAGE:
-            break
-        after = int(page[-1]["seq"])
-        more = i == MAX_PAGES - 1
+    if track.read_to < 0 and track.metric_seq == 0:
+        upto = reader.max_seq(track.run)
+        metric_rows = reader.metric_tails(track.run, upto + 1, MAX_POINTS, MAX_METRICS)
+    else:
+        metric_rows = []
+        after = track.metric_seq
+        for i in range(MAX_PAGES):
+            page = reader.metrics(track.run, after_seq=after, limit=PAGE)
+            metric_rows += page
+            if len(page) < PAGE:
+                break
+            after = int(page[-1]["seq"])
+            more = i == MAX_PAGES - 1
+        upto = after if not metric_rows else max(after, int(metric_rows[-1]["seq"]))
     events: list[Event] = []
     after = track.event_seq
-    for i in range(MAX_PAGES):
+    for i in range(0 if track.full else MAX_PAGES):
         got = reader.events(track.run, after, PAGE, kinds=STEP_KINDS)
         events += got
         if len(got) < PAGE:
             break
         after = got[-1].seq
         more = more or i == MAX_PAGES - 1
-    return metric_rows, events, more
+    return Read(metric_rows, events, upto, more)
 
 
 # -- the side-by-side table -----------------------------------------------------------------
@@ -251,5 +277,5 @@ def origin_of(row: dict[str, Any] | None, track: RunTrack) -> float:
     return min(firsts, default=0.0)
 
 
-__all__ = ["Call", "Point", "RunTrack", "StepRow", "align", "curves", "divergence",
+__all__ = ["Call", "Point", "Read", "RunTrack", "StepRow", "align", "curves", "divergence",
            "field_values", "metric_names", "origin_of", "read_track"]

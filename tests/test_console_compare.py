@@ -10,12 +10,23 @@ import pytest
 from textual.pilot import Pilot
 
 from mlrb_tui.app import MLRBApp
-from mlrb_tui.comparison import DIFFERENT, SAME, SAME_TOOLS, RunTrack, align, curves, divergence
+from mlrb_tui.comparison import (
+    DIFFERENT,
+    MAX_POINTS,
+    SAME,
+    SAME_TOOLS,
+    Call,
+    RunTrack,
+    align,
+    curves,
+    divergence,
+    read_track,
+)
 from mlrb_tui.screens.compare import CompareScreen
 from mlrb_tui.screens.results import ResultsScreen
 from mlrb_tui.screenshots import SCENES, scene_app
 from runner.events import Event, EventFactory
-from runner.journal import Journal
+from runner.journal import Journal, JournalReader
 from tests.fixtures.compare_journal import (
     CALLS,
     CLAUDE_1,
@@ -90,6 +101,34 @@ def test_curves_are_per_run_against_step_or_minutes_since_the_start() -> None:
     by_time = curves(tracks, "loss", "time", {CLAUDE_1: 1000.0, CLAUDE_2: 940.0})
     assert [xs for _, xs, _ in by_time] == [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]]
     assert curves(tracks, "lr", "step", {}) == [(CLAUDE_2, [20.0], [0.1])]  # no step: its seq
+
+
+def test_a_long_run_is_read_to_its_last_points_then_followed(tmp_path: Path) -> None:
+    f = EventFactory("r-long")
+    evs = [f.make("run.created", {"task": "mini_pile"}, ts=0.0)]
+    evs += [f.make("metric", {"step": i, "values": {"loss": float(i)}}, ts=float(i))
+            for i in range(MAX_POINTS + 500)]
+    journal = Journal(tmp_path / "j.db")
+    journal.write_sync(evs)
+    reader = JournalReader(tmp_path / "j.db")
+    try:
+        track = RunTrack("r-long")
+        track.take(read_track(reader, track))
+        loss = track.metrics["loss"]
+        assert len(loss) == MAX_POINTS and loss[0].step == 500 and loss[-1].step == MAX_POINTS + 499
+        assert track.metric_seq == MAX_POINTS + 501
+        track.read_to = track.seen
+        journal.write_sync([f.make("agent.step", {"step": 1}, ts=9e3),
+                            f.make("tool.call", {"id": "x", "name": "bash", "args": {}}, ts=9e3),
+                            f.make("metric", {"step": 9999, "values": {"loss": -1.0}}, ts=9e3)])
+        read = read_track(reader, track)
+        assert [r["step"] for r in read.metric_rows] == [9999] and not read.more
+        track.take(read)
+        assert len(loss) == MAX_POINTS and loss[-1].value == -1.0
+        assert track.steps == {1: [Call("bash", "{}", track.steps[1][0].args)]}
+    finally:
+        reader.close()
+        journal.close()
 
 
 async def test_space_marks_c_compares_the_table_the_curves_and_the_divergence(tmp_path: Path) -> None:

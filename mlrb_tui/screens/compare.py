@@ -163,11 +163,10 @@ class CompareScreen(Screen[None]):
                     target = self._frame.fleet.last_seq(track.run)
                     if track.read_to >= 0 and target <= track.read_to:
                         continue
-                    metrics, events, more = await asyncio.to_thread(read_track, self.reader, track)
-                    track.add_metric_rows(metrics)
-                    track.apply(events)
-                    if more:
-                        self._again = True  # a long run: the next slice after this repaint
+                    read = await asyncio.to_thread(read_track, self.reader, track)
+                    track.take(read)
+                    if read.more:
+                        self._again = True  # a long run: read on, drawing each slice as it comes
                     else:
                         track.read_to = max(track.read_to, target, track.seen)
                 self.loaded = True
