@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets.data_table import ColumnKey
 
 from mlrb_tui.app import MLRBApp
 from mlrb_tui.comparison import (
@@ -183,6 +184,11 @@ async def test_space_marks_c_compares_the_table_the_curves_and_the_divergence(tm
         assert "the tools part at step 4" in str(screen.query_one("#compare-steps-title").render())
         await pilot.press("d")
         assert steps.cursor_row == 3
+        wide = steps.columns[ColumnKey(CLAUDE_1)].width
+        await pilot.resize_terminal(100, 40)  # the run columns share the narrower width
+        await until(pilot, lambda: steps.columns[ColumnKey(CLAUDE_1)].width < wide)
+        assert steps.column_text(CLAUDE_2)[3] == "write_file config.yaml  (+content)"
+        assert steps.cursor_row == 3 and steps.diverged_at == 4
         await pilot.press("escape")
         assert app.screen is app.dashboard
 

@@ -39,9 +39,12 @@ class StepTimelines(DataTable[Text]):
         self.diverged_at: int | None = None
         self._drawn: dict[int, tuple[str, ...]] = {}
         self._columns_set = False
+        self._width = 0
+        self._tracks: list[RunTrack] = []
 
     def set_columns(self, width: int) -> None:
         """One column per run sharing `width` (less the step and agreement columns)."""
+        self._width = width
         each = max(16, (width - STEP_WIDTH - 3 - 2 * (len(self.runs) + 2)) // max(1, len(self.runs)))
         self.add_column("step", key="step", width=STEP_WIDTH)
         self.add_column("", key="agree", width=1)
@@ -50,6 +53,7 @@ class StepTimelines(DataTable[Text]):
         self._columns_set = True
 
     def sync(self, tracks: Sequence[RunTrack]) -> None:
+        self._tracks = list(tracks)
         if not self._columns_set:
             return
         rows = align(tracks)
@@ -70,6 +74,17 @@ class StepTimelines(DataTable[Text]):
                     if cell.plain + str(cell.style) != before:
                         self.update_cell(str(r.step), col, cell)
             self._drawn[r.step] = plain
+
+    def on_resize(self) -> None:
+        width = self.app.size.width
+        if self._columns_set and width != self._width:  # the run columns share the new width
+            cursor = self.cursor_row
+            self.clear(columns=True)
+            self._drawn.clear()
+            self.set_columns(width)
+            self.sync(self._tracks)
+            if self.row_count:
+                self.move_cursor(row=min(cursor, self.row_count - 1))
 
     def _cells(self, r: StepRow) -> list[Text]:
         here = r.step == self.diverged_at
