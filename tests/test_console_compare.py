@@ -165,6 +165,7 @@ async def test_space_marks_c_compares_the_table_the_curves_and_the_divergence(tm
         assert charts.names == ["accuracy", "loss", "lr"]
         assert [run for run, _, _ in charts.drawn["loss"]] == [CLAUDE_1, CLAUDE_2]
         assert [run for run, _, _ in charts.drawn["lr"]] == [CLAUDE_2]
+        assert charts.colours == {CLAUDE_1: "blue+", CLAUDE_2: "green+"}  # the same in every chart
         floors = {r[0]: r[6] for r in RUNS}
         for run, xs, ys in charts.drawn["loss"]:
             assert xs == [100.0 * p for p in range(1, 11)]

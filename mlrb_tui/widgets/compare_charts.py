@@ -13,6 +13,8 @@ from textual_plotext import PlotextPlot
 from mlrb_tui.comparison import RunTrack, curves, metric_names
 from mlrb_tui.widgets.metric_charts import thin
 
+# a run keeps its colour in every chart, even where a run before it logged nothing
+COLOURS = ("blue+", "green+", "red+", "cyan+", "magenta+", "yellow", "gray", "blue", "green", "red")
 MAX_CHARTS = 6  # three abreast, in two rows at most
 
 
@@ -31,6 +33,7 @@ class OverlaidCharts(Grid):
         self.names: list[str] = []
         self.drawn: dict[str, list[tuple[str, list[float], list[float]]]] = {}
         self._key: tuple[object, ...] = ()
+        self.colours: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("no metrics logged by these runs yet", classes="empty")
@@ -46,6 +49,7 @@ class OverlaidCharts(Grid):
         if key == self._key:
             return
         self._key = key
+        self.colours = {t.run: COLOURS[i % len(COLOURS)] for i, t in enumerate(tracks)}
         names = metric_names(tracks)[:MAX_CHARTS]
         self.drawn = {n: curves(tracks, n, self.x_axis, origins) for n in names}
         if names != self.names:
@@ -73,7 +77,7 @@ class OverlaidCharts(Grid):
             for run, xs, ys in self.drawn.get(name, []):
                 points = thin(list(zip(xs, ys, strict=True)))
                 plt.plot([p[0] for p in points], [p[1] for p in points], marker="braille",
-                         label=run)
+                         label=run, color=self.colours.get(run, "gray"))
             plt.title(name)
             plt.xlabel("step" if self.x_axis == "step" else "minutes since start")
             plot.refresh()
