@@ -59,7 +59,7 @@ class CompareScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         yield Static(id="compare-title")
-        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
         yield OverlaidCharts(id="compare-charts")
         yield Static(id="compare-steps-title")
         yield StepTimelines(self.runs, id="compare-steps")
@@ -181,9 +181,8 @@ class CompareScreen(Screen[None]):
         self.dismiss()
 
     def action_x_axis(self) -> None:
-        axis = self.charts.toggle_x()
-        self._draw()
-        self.notify(f"charts against {axis}", timeout=2)
+        self.charts.toggle_x()
+        self._draw()  # the title says which axis: no toast to cover the timelines
 
     def action_divergence(self) -> None:
         if not self.timelines.jump_to_divergence():
