@@ -25,6 +25,7 @@ from textual.binding import Binding
 from mlrb_tui.controls import CONTROL_ACTIONS, Aim, Controls, Notice, Selection
 from mlrb_tui.frame import Aimed, Frame, Repaintable
 from mlrb_tui.replay import ReplayController, ReplayError
+from mlrb_tui.screens.compare import CompareScreen
 from mlrb_tui.screens.confirm_kill import KillConfirm
 from mlrb_tui.screens.dashboard import DashboardScreen
 from mlrb_tui.screens.help import HelpScreen
@@ -243,6 +244,11 @@ class MLRBApp(App[None]):
         if self.dashboard is not None:
             self.dashboard.show_filter(event.filter)
 
+    @on(DashboardScreen.CompareRuns)
+    @on(ResultsScreen.CompareRuns)
+    def _compare(self, event: DashboardScreen.CompareRuns | ResultsScreen.CompareRuns) -> None:
+        self.push_screen(CompareScreen(event.runs, self.source.reader, self.frame()))
+
     @on(DashboardScreen.FilterChanged)
     def _filter_changed(self) -> None:
         self.request_repaint()
@@ -271,6 +277,7 @@ class MLRBApp(App[None]):
         keys = [(" ".join(names), label) for (_, _, label), names in grouped.items()]
         keys.append(("ctrl+p", "command palette"))
         notes = ["Controls act on the marked runs (space), else on the run under the cursor.",
+                 "c compares the marked runs (two or more); on the results screen, a row's runs.",
                  "Hold stops the agent at its next step (the clock stops); freeze also pauses"
                  " the sandbox.", "Keys can be remapped by binding id in the config (keys)."]
         if self.readonly:

@@ -131,6 +131,31 @@ async def _results_chart(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def _compare(pilot: Pilot[None]) -> None:
+    """Two repeats of one agent and a third run, ended (written to the journal the console
+    follows), marked on the dashboard and compared: the repeats' tools part at step 4."""
+    from mlrb_tui.screens.compare import CompareScreen
+    from runner.journal import Journal
+    from tests.fixtures.compare_journal import CLAUDE_1, CLAUDE_2, GPT_1, compare_events
+
+    app = pilot.app
+    assert isinstance(app, MLRBApp)
+    await _dashboard(pilot)
+    journal = Journal(app.journal_path)
+    try:
+        journal.write_sync(compare_events())
+    finally:
+        journal.close()
+    table = app.dashboard.table  # type: ignore[union-attr]
+    await _until(pilot, lambda: all(r in table.shown for r in (CLAUDE_1, CLAUDE_2, GPT_1)))
+    table.move_cursor(table.row_index(CLAUDE_1))
+    await pilot.press("space", "space", "c")
+    await _until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded
+                 and len(app.screen.query(".compare-chart")) == 3)
+    await pilot.pause(0.2)  # charts draw after the layout refresh
+    await pilot.pause()
+
+
 @dataclass(frozen=True)
 class Scene:
     name: str
@@ -155,6 +180,7 @@ SCENES: tuple[Scene, ...] = (
     Scene("results_chart", _results_chart),
     Scene("results_chart_80x24", _results_chart, size=(80, 24)),
     Scene("results_chart_200", _results_chart, size=(200, 50)),
+    Scene("compare", _compare, size=(120, 40)),
 )
 
 

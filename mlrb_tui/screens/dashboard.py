@@ -25,6 +25,7 @@ class DashboardScreen(Screen[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
         Binding("l", "logs", "Logs", show=False, id="logs"),
         Binding("R", "results", "Results", show=False, id="results"),
+        Binding("c", "compare", "Compare marked", show=False, id="compare"),
     ]
 
     @dataclass
@@ -33,6 +34,12 @@ class DashboardScreen(Screen[None]):
 
         run: str
         logs: bool = False
+
+    @dataclass
+    class CompareRuns(Message):
+        """The operator asked to compare the marked runs (two or more, in the table's order)."""
+
+        runs: tuple[str, ...]
 
     class FilterChanged(Message):
         """The filter changed what the table shows: the summary line is out of date."""
@@ -120,6 +127,15 @@ class DashboardScreen(Screen[None]):
     @on(RunsTable.RunSelected, "#runs")
     def _run_selected(self, event: RunsTable.RunSelected) -> None:
         self.post_message(self.OpenRun(event.run))
+
+    def action_compare(self) -> None:
+        table = self.table
+        marked = tuple(r for r in table.shown if r in table.marked)
+        if len(marked) < 2:
+            self.notify(f"mark two or more runs (space) to compare them: {len(marked)} marked",
+                        severity="warning", timeout=4)
+            return
+        self.post_message(self.CompareRuns(marked))
 
     def action_results(self) -> None:
         self.post_message(self.OpenResults())

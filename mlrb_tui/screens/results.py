@@ -3,7 +3,7 @@
 Rows are derived from the fleet's runs rows by `runner.results` and diffed by key on each
 repaint (at most once a second); below the table, the highlighted row's task is charted, each
 agent's runs against the paper's figure, with how the row's scores were computed. Enter on a
-row asks for its runs on the dashboard.
+row asks for its runs on the dashboard; `c` compares them side by side.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def runs_filter(r: ResultRow) -> str:
 class ResultsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "close", "Back", id="close_results"),
+        Binding("c", "compare", "Compare runs", show=False, id="results.compare"),
     ]
 
     @dataclass
@@ -45,6 +46,12 @@ class ResultsScreen(Screen[None]):
         """The operator asked for a result row's runs: show them on the dashboard."""
 
         filter: str
+
+    @dataclass
+    class CompareRuns(Message):
+        """The operator asked to compare a result row's runs."""
+
+        runs: tuple[str, ...]
 
     def __init__(self, frame: Frame) -> None:
         super().__init__()
@@ -125,6 +132,16 @@ class ResultsScreen(Screen[None]):
         r = self._rows.get(str(event.row_key.value))
         if r is not None:
             self.post_message(self.OpenRuns(runs_filter(r)))
+
+    def action_compare(self) -> None:
+        r = self.highlighted
+        if r is None:
+            return
+        if len(r.run_ids) < 2:
+            self.notify(f"{r.task} × {r.agent} has {len(r.run_ids)} ended run: nothing to compare",
+                        severity="warning", timeout=4)
+            return
+        self.post_message(self.CompareRuns(r.run_ids))
 
     def action_close(self) -> None:
         self.dismiss()
