@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from runner.escapes import strip_escapes
@@ -150,14 +150,16 @@ class _Builder:
         return msg
 
     # -- the fold --------------------------------------------------------------------------
-    def feed(self, events: Iterable[Event]) -> None:
+    def feed(self, events: Sequence[Event]) -> None:
+        # a turn comes before its calls' own events, which hold the full arguments
+        self.call_args = {e.body.id: dict(e.body.args) for e in events
+                          if isinstance(e.body, ToolCallData)}
         for ev in events:
             body = ev.body
             kind = type(body)
             if kind is ToolCallData:
                 assert isinstance(body, ToolCallData)
                 self.calls[body.id] = (ev, body)
-                self.call_args[body.id] = dict(body.args)
                 continue
             if ev.kind in _SKIPPED:
                 if kind is UsageData:
