@@ -246,7 +246,9 @@ def test_inspect_statuses_and_limits_follow_the_run_end(tmp_path: Path) -> None:
 
     home = tmp_path / "home"
     j = Journal(home / "mlrb.db")
-    for run, status, extra in (("ends-killed", "killed", []), ("ends-failed", "failed", []),
+    for run, status, extra in (("ends-killed", "killed", [("tool.call", {
+                                   "id": "c1", "name": "bash", "args": {"command": "sleep 1d"}})]),
+                               ("ends-failed", "failed", []),
                                ("ends-limit", "limit", [("run.limit", {
                                    "limit": "steps", "used": 3, "max": 3, "fraction": 1.0,
                                    "level": "reached"})])):
@@ -267,6 +269,11 @@ def test_inspect_statuses_and_limits_follow_the_run_end(tmp_path: Path) -> None:
         if status == "error":
             assert log.error is not None and log.error.message == "why failed"
             assert sample.error is not None and sample.error.message == "why failed"
+        if status == "cancelled":  # killed during a call: the call is cancelled, not lost
+            tool = [e for e in sample.events if e.event == "tool"]
+            assert len(tool) == 1 and (tool[0].id, tool[0].function) == ("c1", "bash")
+            assert tool[0].arguments == {"command": "sleep 1d"}
+            assert tool[0].error is not None and tool[0].error.type == "cancelled"
         if run == "ends-limit":
             assert sample.limit is not None and (sample.limit.type, sample.limit.limit) == ("turn", 3)
             assert any(e.event == "sample_limit" for e in sample.events)
@@ -328,7 +335,7 @@ def _png_pixels(path: Path) -> tuple[int, int, set[bytes]]:
 
 def test_the_html_page_draws_its_charts_in_a_real_browser(journal_home: tuple[Path, str, str]) -> None:
     require(_chromium() is not None, "chromium (apt-get install chromium)")
-    home, _, llm = journal_home
+    home, scripted, llm = journal_home
     page = home.parent / "page" / "run.html"
     mlrb(home, "export", llm, "--format", "html", "-o", str(page))
     text = page.read_text()
@@ -357,6 +364,12 @@ def test_the_html_page_draws_its_charts_in_a_real_browser(journal_home: tuple[Pa
     assert "&lt;script&gt;document.title=\"pwned\"&lt;/script&gt;" in dom
     assert "&lt;img src=x onerror=" in dom and "&lt;b&gt;bold&lt;/b&gt;" in dom
     assert "\x1b" not in dom and "red" in dom and "[31m" not in dom
+    # the scripted baseline's page too: its loss chart has a point per training step
+    scripted_page = home.parent / "page" / "scripted.html"
+    mlrb(home, "export", scripted, "--format", "html", "-o", str(scripted_page))
+    scripted_dom = _browser("--dump-dom", scripted_page.as_uri()).stdout
+    assert re.search(r'<figure data-series="loss" data-points="6">', scripted_dom)
+    assert "submit" in scripted_dom and "mse_score" in scripted_dom
     # a real rendering: a screenshot with the page's ink on it
     shot = home.parent / "page" / "shot.png"
     _browser(f"--screenshot={shot}", "--window-size=800,1000", page.as_uri())

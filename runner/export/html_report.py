@@ -190,41 +190,38 @@ class _Page:
 
     def feed(self, events: Iterable[Event]) -> None:
         for ev in events:
-            b = ev.body
-            t = type(b)
-            if t is MetricData:
-                assert isinstance(b, MetricData)
-                x = float(b.step) if b.step is not None else ev.ts - self.t0
-                for name, value in b.values.items():
-                    s = self._series(self.metrics, name)
-                    if s is not None:
-                        s.add(x, value)
-            elif t is GpuData:
-                assert isinstance(b, GpuData)
-                dev = f"gpu{b.device if b.device is not None else 0}"
-                for label, reading, unit in (("util", b.util, " %"), ("mem_used", b.mem_used, " GiB"),
-                                             ("power", b.power_w, " W")):
-                    if reading is not None:
-                        s = self._series(self.telemetry, f"{dev} {label}", unit)
-                        if s is not None:
-                            s.add(ev.ts - self.t0, reading / 2**30 if label == "mem_used" else reading)
-            elif t is ResourceData:
-                assert isinstance(b, ResourceData)
-                for label, reading, unit in (("cpu", b.cpu_pct, " %"), ("memory", b.mem_bytes, " GiB")):
-                    if reading is not None:
-                        s = self._series(self.telemetry, f"sandbox {label}", unit)
-                        if s is not None:
-                            s.add(ev.ts - self.t0, reading / 2**30 if label == "memory" else reading)
-            elif t is UsageData:
-                assert isinstance(b, UsageData)
-                self.tokens[0] += b.input_tokens
-                self.tokens[1] += b.output_tokens
-                self.cost += b.cost_usd or 0.0
-            elif t is ToolCallData:
-                assert isinstance(b, ToolCallData)
-                self.calls[b.id] = b
+            at = ev.ts - self.t0
+            match ev.body:
+                case MetricData() as m:
+                    x = float(m.step) if m.step is not None else at
+                    for name, value in m.values.items():
+                        self._point(self.metrics, name, "", x, value)
+                case GpuData() as g:
+                    dev = f"gpu{g.device if g.device is not None else 0}"
+                    self._point(self.telemetry, f"{dev} util", " %", at, g.util)
+                    self._point(self.telemetry, f"{dev} memory", " GiB", at,
+                                None if g.mem_used is None else g.mem_used / 2**30)
+                    self._point(self.telemetry, f"{dev} power", " W", at, g.power_w)
+                case ResourceData() as r:
+                    self._point(self.telemetry, "sandbox cpu", " %", at, r.cpu_pct)
+                    self._point(self.telemetry, "sandbox memory", " GiB", at,
+                                None if r.mem_bytes is None else r.mem_bytes / 2**30)
+                case UsageData() as u:
+                    self.tokens[0] += u.input_tokens
+                    self.tokens[1] += u.output_tokens
+                    self.cost += u.cost_usd or 0.0
+                case ToolCallData() as call:
+                    self.calls[call.id] = call
             if ev.kind not in _NOT_ROWS:
                 self._timeline(ev)
+
+    def _point(self, table: dict[str, Series], name: str, unit: str, x: float,
+               y: float | None) -> None:
+        if y is None:
+            return
+        s = self._series(table, name, unit)
+        if s is not None:
+            s.add(x, y)
 
     def _timeline(self, ev: Event) -> None:
         b = ev.body

@@ -118,6 +118,7 @@ class _Builder:
         self.calls: dict[str, tuple[Event, ToolCallData]] = {}
         self.call_args: dict[str, dict[str, Any]] = {}
         self.approvals: dict[str, ToolApprovalData] = {}
+        self.results: set[str] = set()  # the calls answered
         self.pending_usage: tuple[Event, UsageData] | None = None
         self.started: float | None = None
         self.ended: RunEndedData | None = None
@@ -155,56 +156,57 @@ class _Builder:
         self.call_args = {e.body.id: dict(e.body.args) for e in events
                           if isinstance(e.body, ToolCallData)}
         for ev in events:
-            body = ev.body
-            kind = type(body)
-            if kind is ToolCallData:
-                assert isinstance(body, ToolCallData)
-                self.calls[body.id] = (ev, body)
-                continue
-            if ev.kind in _SKIPPED:
-                if kind is UsageData:
-                    assert isinstance(body, UsageData)
-                    self.pending_usage = (ev, body)
-                elif isinstance(body, AgentMessageData) and body.role == "system":
+            match ev.body:
+                case ToolCallData() as call:
+                    self.calls[call.id] = (ev, call)
+                case UsageData() as usage:
+                    self.pending_usage = (ev, usage)  # the next turn's
+                case AgentMessageData(role="system"):
                     self._info(ev, ev.data)  # the runner's word to the agent, e.g. history trimmed
-                continue
-            if kind is RunStartedData:
-                self.started = self.started or ev.ts
-                self._info(ev, ev.data)
-            elif kind is AgentStepData:
-                assert isinstance(body, AgentStepData)
-                self._step(ev, body)
-            elif kind is AgentTurnData:
-                assert isinstance(body, AgentTurnData)
-                self._turn(ev, body)
-            elif kind is ToolResultData:
-                assert isinstance(body, ToolResultData)
-                self._result(ev, body)
-            elif kind is ToolApprovalData:
-                assert isinstance(body, ToolApprovalData)
-                self.approvals[body.id] = body
-                self._info(ev, ev.data)
-            elif kind is ScoreData:
-                assert isinstance(body, ScoreData)
-                self._score(ev, body)
-            elif kind is RunLimitData:
-                assert isinstance(body, RunLimitData)
-                self._limit(ev, body)
-            elif kind is RunEndedData:
-                assert isinstance(body, RunEndedData)
-                self.ended, self.ended_ts = body, ev.ts
-                if body.status == "failed":
-                    self._event(ev.ts, "error", ev.seq, error=_error(body.reason))
-                else:
+                case _ if ev.kind in _SKIPPED:
+                    pass
+                case RunStartedData():
+                    self.started = self.started or ev.ts
                     self._info(ev, ev.data)
-            elif ev.kind in ("operator.approve", "operator.reject"):
-                assert isinstance(body, OperatorData)
-                self._approval(ev, body)
-            elif isinstance(body, OperatorData):
-                self._info(ev, {"operator": body.operator, "reason": body.reason,
-                                **body.action_args()}, source="operator")
-            else:  # warnings, holds, adoption, agent errors, integrity flags, acks...
-                self._info(ev, ev.data)
+                case AgentStepData() as step:
+                    self._step(ev, step)
+                case AgentTurnData() as turn:
+                    self._turn(ev, turn)
+                case ToolResultData() as result:
+                    self.results.add(result.id)
+                    self._result(ev, result)
+                case ToolApprovalData() as approval:
+                    self.approvals[approval.id] = approval
+                    self._info(ev, ev.data)
+                case ScoreData() as score:
+                    self._score(ev, score)
+                case RunLimitData() as limit:
+                    self._limit(ev, limit)
+                case RunEndedData() as end:
+                    self._unanswered(ev)
+                    self.ended, self.ended_ts = end, ev.ts
+                    if end.status == "failed":
+                        self._event(ev.ts, "error", ev.seq, error=_error(end.reason))
+                    else:
+                        self._info(ev, ev.data)
+                case OperatorData() as op if ev.kind in ("operator.approve", "operator.reject"):
+                    self._approval(ev, op)
+                case OperatorData() as op:
+                    self._info(ev, {"operator": op.operator, "reason": op.reason,
+                                    **op.action_args()}, source="operator")
+                case _:  # warnings, holds, adoption, agent errors, integrity flags, acks...
+                    self._info(ev, ev.data)
+
+    def _unanswered(self, end: Event) -> None:
+        """A call the run ended during: its tool event, failed as cancelled, and no result."""
+        for call_id, (ev, call) in self.calls.items():
+            if call_id in self.results:
+                continue
+            self.results.add(call_id)
+            error = {"type": "cancelled", "message": "the run ended before the call returned"}
+            self._event(ev.ts, "tool", ev.seq, type="function", id=call_id, function=call.name,
+                        arguments=self.call_args.get(call_id, {}), result="", events=[],
+                        completed=iso(end.ts), error=error, failed=True)
 
     def _step(self, ev: Event, body: AgentStepData) -> None:
         for text in body.messages:
