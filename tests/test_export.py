@@ -394,3 +394,29 @@ def test_a_long_timeline_is_cut_and_says_so(journal_home: tuple[Path, str, str])
     cut = re.search(r'id="timeline-cut">(\d+) entries: the first 5 and the last 5 are shown; '
                     r"(\d+) in between are left out", page)
     assert cut is not None and int(cut.group(1)) - 10 == int(cut.group(2)) > 0
+
+
+def test_a_long_series_is_thinned_and_says_so() -> None:
+    from runner.events import EventFactory
+    from runner.export import RunRecord, html_report
+    from runner.export.html_report import MAX_POINTS
+
+    f = EventFactory("many-points")
+    events = [f.make("run.created", {"task": "tiny_train"}, ts=1000.0)]
+    events += [f.make("metric", {"step": i, "values": {"loss": 1 / i}}, ts=1000.0 + i)
+               for i in range(1, 5001)]
+    events += [f.make("metric", {"values": {"<i>rate</i>": 0.5}}, ts=1001.0),
+               f.make("metric", {"values": {"<i>rate</i>": 0.25}}, ts=1002.0)]
+    page = html_report(RunRecord(row={"run": "many-points", "status": "running"}, events=events))
+    chart = re.search(r'<figure data-series="loss" data-points="(\d+)">(.*?)</figure>', page, re.S)
+    assert chart is not None and 100 < int(chart.group(1)) <= MAX_POINTS + 1
+    assert "5000 points, every 16th drawn" in chart.group(2)
+    points = re.search(r'points="([^"]+)"', chart.group(2))
+    assert points is not None and len(points.group(1).split()) == int(chart.group(1))
+    # the newest point is always drawn: the line ends at the right edge, at the lowest loss
+    last = points.group(1).split()[-1]
+    assert last == max(points.group(1).split(), key=lambda p: float(p.split(",")[0]))
+    # a metric without steps is drawn against time, and its untrusted name is escaped
+    rate = re.search(r'<figure data-series="&lt;i&gt;rate&lt;/i&gt;" data-points="2">(.*?)</figure>',
+                     page, re.S)
+    assert rate is not None and ">seconds</text>" in rate.group(1) and "<i>" not in page

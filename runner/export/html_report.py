@@ -102,6 +102,7 @@ class Series:
     seen: int = 0
     stride: int = 1
     last: tuple[float, float] | None = None
+    x_label: str = "step"  # seconds since the run's first event when a point had no step
 
     def add(self, x: float, y: float) -> None:
         if not math.isfinite(y):
@@ -121,7 +122,7 @@ class Series:
         return pts
 
 
-def chart_svg(s: Series, x_label: str) -> str:
+def chart_svg(s: Series) -> str:
     """A line chart of one series as inline SVG, with its range on both axes."""
     pts = s.final_points()
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -151,7 +152,7 @@ def chart_svg(s: Series, x_label: str) -> str:
         f'<text x="{LEFT - 4}" y="{PAD + h}" text-anchor="end">{_num(y0)}</text>'
         f'<text x="{LEFT}" y="{PAD + h + 14}">{_num(x0)}</text>'
         f'<text x="{LEFT + w}" y="{PAD + h + 14}" text-anchor="end">{_num(x1)}</text>'
-        f'<text x="{LEFT + w / 2}" y="{PAD + h + 26}" text-anchor="middle">{esc(x_label)}</text>'
+        f'<text x="{LEFT + w / 2}" y="{PAD + h + 26}" text-anchor="middle">{esc(s.x_label)}</text>'
         f'<polyline class="series" fill="none" stroke="#2f6fd6" stroke-width="1.5" points="{line}"/>'
         f'<g fill="#2f6fd6">{dots}</g></svg></figure>')
 
@@ -175,7 +176,8 @@ class _Page:
     def _series(self, table: dict[str, Series], name: str, unit: str = "") -> Series | None:
         if name not in table and len(self.metrics) + len(self.telemetry) >= MAX_SERIES:
             return None
-        return table.setdefault(name, Series(name, unit))
+        return table.setdefault(name, Series(name, unit, x_label="step" if table is self.metrics
+                                             else "seconds"))
 
     def _row(self, ev: Event, kind: str, body: str, cls: str = "") -> None:
         self.total_rows += 1
@@ -195,7 +197,9 @@ class _Page:
                 case MetricData() as m:
                     x = float(m.step) if m.step is not None else at
                     for name, value in m.values.items():
-                        self._point(self.metrics, name, "", x, value)
+                        s = self._point(self.metrics, name, "", x, value)
+                        if s is not None and m.step is None:
+                            s.x_label = "seconds"
                 case GpuData() as g:
                     dev = f"gpu{g.device if g.device is not None else 0}"
                     self._point(self.telemetry, f"{dev} util", " %", at, g.util)
@@ -216,12 +220,13 @@ class _Page:
                 self._timeline(ev)
 
     def _point(self, table: dict[str, Series], name: str, unit: str, x: float,
-               y: float | None) -> None:
+               y: float | None) -> Series | None:
         if y is None:
-            return
+            return None
         s = self._series(table, name, unit)
         if s is not None:
             s.add(x, y)
+        return s
 
     def _timeline(self, ev: Event) -> None:
         b = ev.body
@@ -326,13 +331,12 @@ def html_report(record: RunRecord, max_timeline: int = MAX_TIMELINE) -> str:
     else:
         parts.append("<p>Not scored.</p>")
     parts.append("</section>")
-    for title, table, x_label in (("Metrics", page.metrics, "step"),
-                                  ("GPU and sandbox", page.telemetry, "seconds")):
+    for title, table in (("Metrics", page.metrics), ("GPU and sandbox", page.telemetry)):
         if not table and title != "Metrics":
             continue
         parts.append(f"<section id=\"{'metrics' if title == 'Metrics' else 'telemetry'}\">"
                      f"<h2>{title}</h2><div class=\"charts\">")
-        parts += [chart_svg(s, x_label) for s in table.values() if s.seen]
+        parts += [chart_svg(s) for s in table.values() if s.seen]
         if not table:
             parts.append("<p>No metrics were logged.</p>")
         parts.append("</div></section>")
