@@ -160,7 +160,8 @@ def chart_svg(s: Series) -> str:
 class _Page:
     def __init__(self, record: RunRecord, max_timeline: int) -> None:
         self.record = record
-        self.t0 = record.events[0].ts if record.events else 0.0
+        self.t0 = record.t0
+        self.count = 0  # events read
         self.metrics: dict[str, Series] = {}
         self.telemetry: dict[str, Series] = {}
         self.rows: list[str] = []
@@ -192,6 +193,7 @@ class _Page:
 
     def feed(self, events: Iterable[Event]) -> None:
         for ev in events:
+            self.count += 1
             at = ev.ts - self.t0
             match ev.body:
                 case MetricData() as m:
@@ -368,6 +370,6 @@ def html_report(record: RunRecord, max_timeline: int = MAX_TIMELINE) -> str:
                      "entries left out &hellip;</td></tr>")
         parts += page.tail
     parts.append("</table></section>")
-    parts.append(f"<section><p class=\"t\">{len(record.events)} events; exported from the "
+    parts.append(f"<section><p class=\"t\">{page.count} events; exported from the "
                  "MLRB journal.</p></section></body></html>")
     return "".join(parts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from runner.escapes import strip_escapes
@@ -68,8 +68,7 @@ def task_prompt(task: str | None, scale: str | None) -> str:
 
 def inspect_file_name(record: RunRecord) -> str:
     """`<created>_<task>_<run>.json`: the name Inspect's log listing picks up."""
-    ts = record.events[0].ts if record.events else float(record.row.get("created_ts") or 0)
-    stamp = iso(ts)[:19].replace(":", "-")
+    stamp = iso(record.t0)[:19].replace(":", "-")
     # Inspect reads `_` as the separator of the name's parts
     task = (record.created.task or "run").replace("_", "-")
     return f"{stamp}+00-00_{task}_{record.run.replace('_', '-')}.json"
@@ -127,8 +126,7 @@ class _Builder:
         self.limit: RunLimitData | None = None
         self.turns = 0
         self.last_assistant: dict[str, Any] | None = None
-        first = record.events[0].ts if record.events else 0.0
-        self.t0 = first
+        first = self.t0 = record.t0
         if prompt:
             self.messages.append({"id": f"{self.run}-input", "content": prompt, "source": "input",
                                   "role": "user"})
@@ -151,7 +149,8 @@ class _Builder:
         return msg
 
     # -- the fold --------------------------------------------------------------------------
-    def feed(self, events: Sequence[Event]) -> None:
+    def feed(self, events: Iterable[Event]) -> None:
+        """Fold the events; `events` is read twice."""
         # a turn comes before its calls' own events, which hold the full arguments
         self.call_args = {e.body.id: dict(e.body.args) for e in events
                           if isinstance(e.body, ToolCallData)}
@@ -367,7 +366,7 @@ def eval_log(record: RunRecord, prompt: str | None = None) -> dict[str, Any]:
     b.feed(record.events)
     status = record.status
     eval_status = EVAL_STATUS.get(status, "started")
-    created_ts = record.events[0].ts if record.events else float(record.row.get("created_ts") or 0)
+    created_ts = record.t0
     limits = c.limits
     config: dict[str, Any] = {"epochs": 1}
     for ours, theirs in (("time_s", "working_limit"), ("steps", "turn_limit"),
