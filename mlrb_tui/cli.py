@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mlrb_tui.cli_export import export
 from mlrb_tui.cli_follow import register_follow
 from runner.config import Config, ConfigError, DaemonInfo, load_config, read_daemon_info
 from runner.control import LIMIT_NAMES
@@ -70,6 +71,9 @@ def cli(ctx: click.Context, readonly: bool) -> None:
     """
     if ctx.invoked_subcommand is None:
         _open_console(_cfg(), readonly=readonly)
+
+
+cli.add_command(export)
 
 
 @cli.command()
