@@ -4,12 +4,35 @@ internet, and a run view that fits 80x24."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 
+import pytest
+
+from mlrb_tui.cells import COLUMNS
 from mlrb_tui.state import RunState
+from mlrb_tui.widgets.runs_table import HEADER, arrange
 from runner.agents.base import ScriptedAgent
 from runner.escapes import overwrite_line, strip_escapes
 from runner.events import EventFactory
+from tasks.api import task_names
+from tests.conftest import alive, free_port, require, until_blocking
+from tests.fixtures.console_app import Catcher, Feed, make_app, started, until
+from tests.fixtures.demo_journal import NOW
 from tests.test_supervisor import Harness
 
 BAR = ("import sys, time\n"
@@ -115,3 +138,179 @@ async def test_a_real_command_streams_once_and_its_bar_redraws(tmp_path: Path) -
     assert lines.count("after the bar") == 1, lines
     bars = [line for line in lines if "train" in line and "%|" in line]
     assert bars == ["train 100%|##########"], lines
+
+
+# -- run ids never cut -----------------------------------------------------------------
+def longest_run_ids() -> list[str]:
+    """Run ids as the engine makes them (task name, a dash, six hex digits), longest first."""
+    names = sorted(task_names(), key=len, reverse=True)
+    return [f"{name}-{i:06x}" for i, name in enumerate(names[:3])]
+
+
+def test_the_run_column_keeps_its_width_and_the_rest_give_way() -> None:
+    width = len(longest_run_ids()[0]) + 2
+    for room in (80, 120, 180, 250, 10):
+        cols = arrange(COLUMNS, width, room)
+        assert sorted(c.key for c in cols) == sorted(c.key for c in COLUMNS)  # none lost
+        assert cols[0].key == "run" and cols[0].width == width
+        edges = list(accumulate(c.width + 1 for c in cols))
+        in_view = [c.key for c, right in zip(cols, edges, strict=True) if right <= room]
+        if room >= 80:  # what matters most is in view; what gives way is only off to the right
+            assert {"run", "status", "time", "metric"} <= set(in_view)
+            assert in_view == [c.key for c in cols[:len(in_view)]]
+    assert [c.key for c in arrange(COLUMNS, width, 250)] == [c.key for c in COLUMNS]
+    assert [c.key for c in arrange(COLUMNS, width, 80)][:5] == ["run", "status", "time", "metric",
+                                                                 "score"]
+
+
+@pytest.mark.parametrize("cols", [80, 120, 180, 250])
+async def test_run_ids_are_whole_at_any_width(tmp_path: Path, cols: int) -> None:
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
+    runs = longest_run_ids()
+    async with app.run_test(size=(cols, 30)) as pilot:
+        await started(pilot)
+        assert app.dashboard is not None
+        table = app.dashboard.table
+        for run in runs:
+            f = EventFactory(run)
+            feed.push(f.make("run.created", {"task": run.rsplit("-", 1)[0], "agent": "scripted",
+                                             "limits": {"time_s": 3600}}, ts=NOW - 60),
+                      f.make("run.started", {"elapsed_s": 0.0}, ts=NOW - 60))
+        await until(pilot, lambda: all(r in table.shown for r in runs))
+        await pilot.press("home", "space")  # a marked run keeps its whole id too
+        await pilot.pause()
+        lines = [table.render_line(y).text for y in range(HEADER, HEADER + table.row_count)]
+        header = table.render_line(0).text
+        for run in runs:  # whole, with a space after it, marked or not
+            assert any(x.startswith(f"{run} ") or x.startswith(f"● {run} ") for x in lines), lines
+        assert "● " in "".join(lines)
+        assert header.startswith("run ") and "status" in header
+        assert len(header.rstrip()) <= cols
+        if cols >= 180:  # room for every column: none gives way
+            assert header.rstrip().endswith("flags") and "task" in header
+
+
+# -- the demo's daemon -------------------------------------------------------------------
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "MLRB_HOME": str(tmp_path / "home"), "MLRB_TASKS_PATH": str(FIXTURE_TASKS),
+           "MLRB_OPERATOR": "ana@ops", "MLRB_SANDBOX": "local", "PYTHONUNBUFFERED": "1",
+           "TERM": "xterm-256color", "TINY_STEPS": "2000", "TINY_DELAY": "0.05"}
+    env.pop("MLRB_BUS_URL", None)
+    return env
+
+
+def mlrb(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlrb_tui.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def demo_in_a_terminal(env: dict[str, str]) -> str:
+    """`mlrb demo` in a real pseudo-terminal: wait for its console, quit it with `q`, and
+    return what the terminal showed after the console was gone."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "mlrb_tui.cli", "demo", "--runs", "1",
+                             "--task", "tiny_train"], env=env, stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = bytearray()
+
+    def read(until: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    seen.extend(os.read(master, 65536))
+                except OSError:  # the terminal's other side closed: the demo exited
+                    return
+
+    try:
+        read(lambda: "Quit" in strip_escapes(seen.decode(errors="replace")), 120)
+        assert "Quit" in strip_escapes(seen.decode(errors="replace")), seen[-2000:]
+        mark = len(seen)
+        os.write(master, b"q")
+        read(lambda: proc.poll() is not None, 120)
+        assert proc.wait(timeout=30) == 0
+        read(lambda: False, 10)  # to the end of what it wrote: the read fails once all is read
+        return strip_escapes(seen[mark:].decode(errors="replace"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_quitting_the_demo_stops_the_daemon_it_started(tmp_path: Path) -> None:
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
+    env = demo_env(tmp_path)
+    home = tmp_path / "home"
+    try:
+        after = demo_in_a_terminal(env)
+        assert "Stopping the runner daemon the demo started" in after, after
+        assert "runner daemon stopped" in after, after
+        assert not (home / "daemon.json").exists()
+        assert "no runner daemon" in mlrb(env, "pause", "x").stderr
+    finally:
+        mlrb(env, "down")
+
+
+def test_quitting_the_demo_leaves_a_daemon_that_ran_before(tmp_path: Path) -> None:
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto")
+    env = demo_env(tmp_path)
+    home = tmp_path / "home"
+    try:
+        assert "up (pid" in mlrb(env, "up").stdout
+        pid = json.loads((home / "daemon.json").read_text())["pid"]
+        after = demo_in_a_terminal(env)
+        assert f"The runner daemon (pid {pid}) was running before the demo and still runs" in after
+        assert "`mlrb down` stops it" in after
+        assert alive(pid)
+    finally:
+        assert "stopped" in mlrb(env, "down").stdout
+
+
+# -- the browser console offline -----------------------------------------------------------
+URL = re.compile(r"""(?:https?:)?//[^\s"'()<>]+""")
+
+
+def test_the_served_page_fetches_nothing_from_outside(tmp_path: Path) -> None:
+    pytest.importorskip("textual_serve")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlrb_tui.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MLRB_HOME": str(tmp_path), "HOME": str(tmp_path)})
+
+    def get(path: str) -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return bytes(resp.read())
+        except OSError:
+            assert proc.poll() is None, f"mlrb serve exited with {proc.returncode}"
+            return None
+
+    try:
+        page = until_blocking(lambda: get("/"), f"mlrb serve on port {port}", timeout=30,
+                              interval=0.2).decode()
+        assert "MLRB Console" in page
+        assert "googleapis" not in page and "gstatic" not in page
+        urls = URL.findall(page)
+        outside = [u for u in urls if urllib.parse.urlsplit(u if ":" in u.split("//")[0] else
+                                                           "http:" + u).hostname
+                   not in ("127.0.0.1", "localhost")]
+        assert outside == [], outside
+        # the font comes from this server, and so does every stylesheet the page links
+        fonts = [u for u in urls if u.endswith(".ttf")]
+        assert fonts and all(u.startswith(f"http://127.0.0.1:{port}/static/fonts/") for u in fonts)
+        for url in fonts + [u for u in urls if u.endswith(".css")]:
+            body = get(urllib.parse.urlsplit(url).path)
+            assert body, url
+            if url.endswith(".css"):  # comments may name sites; no rule may load from one
+                assert not re.search(rb"url\(\s*['\"]?(https?:)?//|@import", body), url
+        assert "font-family" in page and "monospace" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
