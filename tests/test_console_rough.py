@@ -22,17 +22,22 @@ from itertools import accumulate
 from pathlib import Path
 
 import pytest
+from textual.containers import Horizontal
+from textual.widgets import TabbedContent
 
 from mlrb_tui.cells import COLUMNS
 from mlrb_tui.state import RunState
+from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.runs_table import HEADER, arrange
+from mlrb_tui.widgets.timeline import ActionLog
 from runner.agents.base import ScriptedAgent
 from runner.escapes import overwrite_line, strip_escapes
 from runner.events import EventFactory
 from tasks.api import task_names
 from tests.conftest import alive, free_port, require, until_blocking
 from tests.fixtures.console_app import Catcher, Feed, make_app, started, until
-from tests.fixtures.demo_journal import NOW
+from tests.fixtures.demo_journal import NOW, RUNNING
+from tests.test_console_run_view import open_run
 from tests.test_supervisor import Harness
 
 BAR = ("import sys, time\n"
@@ -314,3 +319,64 @@ def test_the_served_page_fetches_nothing_from_outside(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the run view on a narrow terminal and the output pane ------------------------------
+async def test_the_run_view_turns_to_tabs_when_narrow_and_back_when_wide(tmp_path: Path) -> None:
+    app = make_app(tmp_path, send=Catcher())
+    async with app.run_test(size=(150, 40), notifications=True) as pilot:
+        screen = await open_run(pilot, app)
+        assert not screen.query(TabbedContent) and screen.query_one("#panes", Horizontal)
+        assert not screen.check_action("next_tab", (1,))
+        await pilot.press("t")  # stop following the output: kept across the switch
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: bool(screen.query(TabbedContent)) and screen._ready)
+        tabs = screen.query_one(TabbedContent)
+        assert tabs.active == "tab-actions" and screen.query_one(ActionLog).has_focus
+        assert screen.query_one(OutputLog).auto_scroll is False
+        # each pane the whole width
+        assert screen.query_one(ActionLog).outer_size.width == 80
+        await pilot.press("greater_than_sign")
+        assert tabs.active == "tab-metrics"
+        await until(pilot, lambda: len(screen.query(".chart")) == 2)
+        assert all(c.outer_size.width >= 78 for c in screen.query(".chart"))
+        await pilot.press("less_than_sign", "less_than_sign")
+        assert tabs.active == "tab-interventions"
+        await pilot.press("l")  # the logs: the output tab, full screen
+        assert tabs.active == "tab-output" and screen.maximized is screen.query_one(OutputLog)
+        await pilot.press("escape")
+        assert screen.maximized is None
+        await pilot.press("E")  # a jump to the next error shows the actions
+        assert tabs.active == "tab-actions"
+        await pilot.resize_terminal(150, 40)
+        await until(pilot, lambda: not screen.query(TabbedContent) and screen._ready)
+        assert screen.query_one("#panes", Horizontal) and screen.query_one(OutputLog).auto_scroll is False
+        assert "train.py" in "\n".join(screen.query_one(ActionLog).plain_lines())
+
+
+async def test_the_run_view_opens_as_tabs_on_80x24(tmp_path: Path) -> None:
+    app = make_app(tmp_path, send=Catcher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_run(pilot, app)
+        assert screen.query_one(TabbedContent).active == "tab-actions"
+        assert screen.check_action("next_tab", (1,))
+
+
+async def test_a_progress_bar_redraws_on_one_row_of_the_output_pane(tmp_path: Path) -> None:
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
+    async with app.run_test(size=(150, 40)) as pilot:
+        screen = await open_run(pilot, app)
+        out = screen.query_one(OutputLog)
+        await until(pilot, lambda: len(out.lines) > 0)
+        rows = len(out.lines)
+        f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+        for i in range(0, 101, 10):
+            feed.push(f.make("sandbox.output", {"stream": "stderr", "text": f"\r{i:3d}%|{'#' * (i // 10)}"},
+                             ts=NOW))
+            await until(pilot, lambda i=i: out.lines[-1].text.startswith(f"{i:3d}%|"))
+            assert len(out.lines) == rows + 1  # the bar's row, redrawn in place
+        feed.push(f.make("sandbox.output", {"stream": "stderr", "text": "\ndone\n"}, ts=NOW))
+        await until(pilot, lambda: out.lines[-1].text.startswith("done"))
+        assert [s.text.rstrip() for s in out.lines[-2:]] == ["100%|##########", "done"]
+        assert len(out.lines) == rows + 2
