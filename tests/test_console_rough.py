@@ -298,8 +298,10 @@ def test_the_served_page_fetches_nothing_from_outside(tmp_path: Path) -> None:
             return None
 
     try:
-        page = until_blocking(lambda: get("/"), f"mlrb serve on port {port}", timeout=30,
-                              interval=0.2).decode()
+        body = until_blocking(lambda: get("/"), f"mlrb serve on port {port}", timeout=30,
+                              interval=0.2)
+        assert body is not None
+        page = body.decode()
         assert "MLRB Console" in page
         assert "googleapis" not in page and "gstatic" not in page
         urls = URL.findall(page)
@@ -374,7 +376,8 @@ async def test_a_progress_bar_redraws_on_one_row_of_the_output_pane(tmp_path: Pa
         for i in range(0, 101, 10):
             feed.push(f.make("sandbox.output", {"stream": "stderr", "text": f"\r{i:3d}%|{'#' * (i // 10)}"},
                              ts=NOW))
-            await until(pilot, lambda i=i: out.lines[-1].text.startswith(f"{i:3d}%|"))
+            bar = f"{i:3d}%|"
+            await until(pilot, lambda: out.lines[-1].text.startswith(bar))
             assert len(out.lines) == rows + 1  # the bar's row, redrawn in place
         feed.push(f.make("sandbox.output", {"stream": "stderr", "text": "\ndone\n"}, ts=NOW))
         await until(pilot, lambda: out.lines[-1].text.startswith("done"))

@@ -190,10 +190,10 @@ class RunScreen(Screen[None]):
         now = TABS.index(tabs.active.removeprefix("tab-")) if tabs.active else 0
         name = TABS[(now + int(step)) % len(TABS)]
         self.show_tab(name)
-        widget = {"actions": ActionLog, "metrics": MetricCharts, "output": OutputLog,
-                  "interventions": AuditLog}[name]
-        if self.query_one(widget).can_focus:
-            self.query_one(widget).focus()
+        pane = self.query_one("#" + {"actions": "actions", "metrics": "charts", "output": "output",
+                                     "interventions": "audit"}[name])
+        if pane.can_focus:
+            pane.focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next_tab":
@@ -222,6 +222,7 @@ class RunScreen(Screen[None]):
         if self.replay is None:
             self._load()
         else:
+            self._last_tick = time.monotonic()  # the replay plays from when it shows, not before
             self._paint()
 
     @work(exclusive=True, group="run-backfill")
