@@ -376,8 +376,10 @@ async def test_a_progress_bar_redraws_on_one_row_of_the_output_pane(tmp_path: Pa
         for i in range(0, 101, 10):
             feed.push(f.make("sandbox.output", {"stream": "stderr", "text": f"\r{i:3d}%|{'#' * (i // 10)}"},
                              ts=NOW))
-            bar = f"{i:3d}%|"
-            await until(pilot, lambda: out.lines[-1].text.startswith(bar))
+            def shows(bar: str = f"{i:3d}%|") -> bool:
+                return out.lines[-1].text.startswith(bar)
+
+            await until(pilot, shows)
             assert len(out.lines) == rows + 1  # the bar's row, redrawn in place
         feed.push(f.make("sandbox.output", {"stream": "stderr", "text": "\ndone\n"}, ts=NOW))
         await until(pilot, lambda: out.lines[-1].text.startswith("done"))
