@@ -38,7 +38,7 @@ from tests.conftest import alive, free_port, require, until_blocking
 from tests.fixtures.console_app import Catcher, Feed, make_app, started, until
 from tests.fixtures.demo_journal import NOW, RUNNING
 from tests.test_console_run_view import open_run
-from tests.test_supervisor import Harness
+from tests.test_supervisor import IMAGE, Harness
 
 BAR = ("import sys, time\n"
        "for i in range(0, 101, 20):\n"
@@ -118,8 +118,15 @@ def test_a_progress_bar_split_across_chunks_updates_in_place() -> None:
     assert rs.partial_lines() == [("stderr", "9999")] and rs.output_total == 4
 
 
-async def test_a_real_command_streams_once_and_its_bar_redraws(tmp_path: Path) -> None:
-    h = Harness(tmp_path, "local")
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+async def test_a_real_command_streams_once_and_its_bar_redraws(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "docker":
+        from runner.image import build_image
+
+        request.getfixturevalue("docker_client")
+        build_image(tag=IMAGE, log=lambda s: None)  # reused while it is up to date
+    h = Harness(tmp_path, backend)
     try:
         agent = ScriptedAgent([
             {"name": "write_file", "args": {"path": "bar.py", "content": BAR}},
