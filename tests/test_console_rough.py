@@ -364,11 +364,22 @@ async def test_the_run_view_turns_to_tabs_when_narrow_and_back_when_wide(tmp_pat
 
 
 async def test_the_run_view_opens_as_tabs_on_80x24(tmp_path: Path) -> None:
-    app = make_app(tmp_path, send=Catcher())
+    feed = Feed()
+    app = make_app(tmp_path, feed=feed, send=Catcher())
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_run(pilot, app)
         assert screen.query_one(TabbedContent).active == "tab-actions"
         assert screen.check_action("next_tab", (1,))
+        # output that came while its tab was hidden shows at its tail once the tab is up
+        out = screen.query_one(OutputLog)
+        f = EventFactory(RUNNING, next_seq=app.fleet.last_seq(RUNNING) + 1)
+        feed.push(*[f.make("sandbox.output", {"stream": "stdout", "text": f"line {i}\n"}, ts=NOW)
+                    for i in range(60)])
+        await until(pilot, lambda: out.lines[-1].text.startswith("line 59"))
+        await pilot.press("greater_than_sign", "greater_than_sign")
+        await pilot.pause()
+        assert screen.query_one(TabbedContent).active == "tab-output"
+        assert out.max_scroll_y > 0 and out.scroll_y == out.max_scroll_y
 
 
 async def test_a_progress_bar_redraws_on_one_row_of_the_output_pane(tmp_path: Path) -> None:
