@@ -318,7 +318,11 @@ def test_the_served_page_fetches_nothing_from_outside(tmp_path: Path) -> None:
         assert outside == [], outside
         # the font comes from this server, and so does every stylesheet the page links
         fonts = [u for u in urls if u.endswith(".ttf")]
-        assert fonts and all(u.startswith(f"http://127.0.0.1:{port}/static/fonts/") for u in fonts)
+        import textual_serve
+
+        shipped = sorted((Path(textual_serve.__file__).parent / "static" / "fonts").glob("*.ttf"))
+        assert len(fonts) == len(shipped)  # the files it ships, if any; else the system's fonts
+        assert all(u.startswith(f"http://127.0.0.1:{port}/static/fonts/") for u in fonts)
         for url in fonts + [u for u in urls if u.endswith(".css")]:
             body = get(urllib.parse.urlsplit(url).path)
             assert body, url
