@@ -1411,18 +1411,28 @@ def demo(headless: bool, count: int, task: str | None, no_bus: bool) -> None:
         if any(s["status"] != "succeeded" for s in summaries):
             sys.exit(1)
         return
-    from runner.daemon import DaemonError, start_detached
+    from runner.daemon import DaemonError, start_detached, stop_daemon
 
+    before = read_daemon_info(cfg)  # a daemon the operator started stays; the demo's own goes
     try:
         info = start_detached(cfg)
     except DaemonError as exc:
         raise click.ClickException(str(exc)) from None
-    bus = _bus(info, cfg)
-    for name in names:
-        job = {"id": uuid.uuid4().hex, "task": name, "scale": "smoke", "agent": "scripted"}
-        asyncio.run(_submit_and_watch(bus, job, 60))
-    _open_console(cfg)
-    click.echo("The runner daemon keeps running (and so do its runs): `mlrb down` stops it.")
+    try:
+        bus = _bus(info, cfg)
+        for name in names:
+            job = {"id": uuid.uuid4().hex, "task": name, "scale": "smoke", "agent": "scripted"}
+            asyncio.run(_submit_and_watch(bus, job, 60))
+        _open_console(cfg)
+    finally:
+        if before is None:
+            click.echo(f"Stopping the runner daemon the demo started (pid {info.pid}); "
+                       "its runs end as killed...")
+            stopped = stop_daemon(cfg)
+            click.echo("runner daemon stopped" if stopped else "the runner daemon had already stopped")
+        else:
+            click.echo(f"The runner daemon (pid {before.pid}) was running before the demo and "
+                       "still runs, with its runs: `mlrb down` stops it.")
 
 
 def _type_of(prop: dict[str, Any]) -> str:

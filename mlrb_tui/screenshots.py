@@ -181,6 +181,10 @@ SCENES: tuple[Scene, ...] = (
     Scene("results_chart_80x24", _results_chart, size=(80, 24)),
     Scene("results_chart_200", _results_chart, size=(200, 50)),
     Scene("compare", _compare, size=(120, 40)),
+    # 80x24, a common SSH terminal: the run view's panes as tabs, each the whole width
+    Scene("dashboard_80x24", _dashboard, size=(80, 24)),
+    Scene("run_view_80x24", _run_view, size=(80, 24)),
+    Scene("run_view_80x24_metrics", _keys(_run_view, "greater_than_sign"), size=(80, 24)),
 )
 
 

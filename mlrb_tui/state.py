@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlrb_tui.signals import RunSignals
-from runner.escapes import strip_escapes
+from runner.escapes import overwrite_line, strip_escapes
 from runner.event_data import (
     AgentDeltaData,
     AgentErrorData,
@@ -289,12 +289,14 @@ class RunState:
         self.audit_version = 0
         self.signals = RunSignals()
         self.live = LiveReply()
-        self._partial: dict[str, str] = {}
+        self._partial: dict[str, str] = {}  # per stream, the line still being written
+        self._streamed = False  # the command running now sent its output as sandbox.output
         self._max_points = max_points
         self.last_seq = 0
         # counters the view compares against what it last drew (deques forget, counters don't)
         self.timeline_total = 0
         self.output_total = 0
+        self.partial_version = 0  # bumped when a line still being written changes
         self.metrics_version = 0
         self.generation = 0  # bumped by reset(): the view redraws from scratch
 
@@ -309,6 +311,8 @@ class RunState:
         self.signals = RunSignals()
         self.live.clear()
         self._partial.clear()
+        self._streamed = False
+        self.partial_version += 1
         self.last_seq = 0
         self.timeline_total = self.output_total = 0
         self.metrics_version += 1
@@ -322,6 +326,7 @@ class RunState:
         self.signals.apply(ev)
         b = ev.body  # `type(b) is`: cheaper than an isinstance() that misses, on every event
         if type(b) is SandboxOutputData:
+            self._streamed = True
             self._output(b.stream, b.text)
             return True
         if type(b) is MetricData:
@@ -344,12 +349,16 @@ class RunState:
             self.timeline_total += 1
             if entry.tone == "operator":
                 self.interventions.append(entry)
-        if type(b) is ToolResultData:
-            # a result's output is also the sandbox's output the operator wants to read
+        if type(b) is ToolCallData:
+            self._streamed = False
+        elif type(b) is ToolResultData:
+            # a command that did not stream (the local backend, an old run's record): its
+            # result is the only copy of its output the operator can read
             out = clean(b.output, 4000)
-            if out.strip() and not b.streamed:
+            if out.strip() and not (b.streamed or self._streamed):
                 for line in out.splitlines()[-20:]:
                     self._push_line("result", line)
+            self._streamed = False
         return True
 
     def add_audit(self, record: dict[str, Any]) -> None:
@@ -410,17 +419,28 @@ class RunState:
         series.append((x, y))
         self.metric_times[name].append(ts)
 
+    def partial_lines(self) -> list[tuple[str, str]]:
+        """The lines still being written (a progress bar), as (stream, text) as they show now."""
+        return [(stream, text) for stream, raw in self._partial.items()
+                if (text := overwrite_line(raw))]
+
     def _output(self, stream: str, text: str) -> None:
-        s = strip_escapes(text)
-        pieces = (self._partial.pop(stream, "") + s).split("\n")
+        # carriage returns stay until a line ends: a redraw may come in the next chunk
+        s = strip_escapes(text, keep_cr=True)
+        had = self._partial.pop(stream, "")
+        pieces = (had + s).split("\n")
         for line in pieces[:-1]:
-            self._push_line(stream, line)
-        if pieces[-1]:
-            tail = pieces[-1]
+            self._push_line(stream, overwrite_line(line))
+        tail = pieces[-1]
+        if tail:
+            # only the latest redraw matters; a carriage return at the end still waits
+            tail = overwrite_line(tail) + ("\r" if tail.endswith("\r") else "")
             if len(tail) > MAX_LINE_CHARS:
-                self._push_line(stream, tail)
+                self._push_line(stream, tail.rstrip("\r"))
             else:
                 self._partial[stream] = tail
+        if tail or had:
+            self.partial_version += 1
 
     def _push_line(self, stream: str, line: str) -> None:
         self.output.append((stream, line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"))

@@ -20,15 +20,28 @@ _ESCAPES = re.compile(
     re.VERBOSE,
 )
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_CR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def strip_escapes(text: str) -> str:
+def overwrite_line(line: str) -> str:
+    """What a line with carriage returns shows: the last text a carriage return left on it
+    (a progress bar's latest redraw); a carriage return just before its end changes nothing."""
+    if "\r" not in line:
+        return line
+    parts = [p for p in line.split("\r") if p]
+    return parts[-1] if parts else ""
+
+
+def strip_escapes(text: str, *, keep_cr: bool = False) -> str:
     """Remove escape sequences and control characters; keep tabs and newlines.
 
     A carriage return that redraws a progress bar keeps only what follows it on its line.
+    With `keep_cr` carriage returns stay, for a stream read in pieces: where a piece ends,
+    whether the line's last redraw is yet to come is not known.
     """
     text = _ESCAPES.sub("", text)
+    if keep_cr:
+        return _CONTROLS_BUT_CR.sub("", text)
     if "\r" in text:
-        text = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
-                         for line in text.split("\n"))
+        text = "\n".join(overwrite_line(line) for line in text.split("\n"))
     return _CONTROLS.sub("", text)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runner.escapes import strip_escapes
+from runner.escapes import overwrite_line, strip_escapes
 from runner.metrics import MetricsTail, parse_trainer_line
 from runner.sandbox import METRICS_FILE
 
@@ -43,7 +43,8 @@ class SandboxOutput:
 
     def add(self, stream: str, text: str) -> None:
         """One piece of a command's output, as the sandbox delivers it."""
-        text = strip_escapes(text)
+        # carriage returns stay: a progress bar's redraws are the console's to fold
+        text = strip_escapes(text, keep_cr=True)
         if not text:
             return
         self._buf.append((stream, text))
@@ -52,7 +53,7 @@ class SandboxOutput:
         lines = (self._line + text).split("\n")
         self._line = lines.pop()[-MAX_PARTIAL_LINE:]
         for line in lines:
-            parsed = parse_trainer_line(line)
+            parsed = parse_trainer_line(overwrite_line(line))
             if parsed is not None:
                 self._spawn(self.emit_metric(parsed, "stdout"))
         if self._size >= OUTPUT_CHUNK:

@@ -1,4 +1,8 @@
-"""The run view: header, the agent's actions, metric charts, sandbox output; live or replay."""
+"""The run view: header, the agent's actions, metric charts, sandbox output; live or replay.
+
+Side by side on a wide terminal; below `NARROW_BELOW` columns (80x24, a common SSH size)
+the panes become tabs, each the whole width, and side by side again once widened.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from mlrb_tui.controls import Selection
 from mlrb_tui.frame import Frame
@@ -27,6 +31,9 @@ from mlrb_tui.widgets.output_log import OutputLog
 from mlrb_tui.widgets.run_header import RunHeader
 from mlrb_tui.widgets.scrubber import Scrubber
 from mlrb_tui.widgets.timeline import IS_ERROR, IS_INTERVENTION, IS_SCORE, ActionLog
+
+NARROW_BELOW = 100  # columns: under this the panes are tabs
+TABS = ("actions", "metrics", "output", "interventions")
 
 REPLAY_BINDINGS = [
     Binding("space", "play_pause", "Play/pause", id="replay.play", priority=True),
@@ -67,6 +74,8 @@ class RunScreen(Screen[None]):
         Binding("t", "follow", "Follow output", id="output.follow"),
         Binding("X", "x_axis", "Step/time axis", show=False, id="charts.x_axis"),
         Binding("space", "toggle_entry", "Expand", show=False, id="timeline.space"),
+        Binding("greater_than_sign", "next_tab(1)", "Next tab", id="tabs.next"),
+        Binding("less_than_sign", "next_tab(-1)", "Prev tab", show=False, id="tabs.prev"),
         *REPLAY_BINDINGS,
     ]
 
@@ -110,30 +119,85 @@ class RunScreen(Screen[None]):
         self._frame = frame  # the latest the timer handed over, painted from between frames
         self.state: RunState | None = replay.state if replay is not None else None
         self._last_tick = time.monotonic()
+        self.narrow: bool | None = None  # tabs, not side by side; decided at compose
 
     def compose(self) -> ComposeResult:
+        if self.narrow is None:
+            self.narrow = self.app.size.width < NARROW_BELOW
         yield Static(id="topbar")
         yield RunHeader(id="run-header")
-        with Horizontal(id="panes"):
-            with Vertical(id="left"):
-                yield Static("Actions", classes="pane-title")
-                yield ApprovalQueue(id="approvals")
-                yield ActionLog(id="actions")
-                yield LiveReplyView(id="live-reply")
-                yield Input(placeholder="search the timeline (enter: next match, esc: close)",
-                            id="search")
-                yield Static("Interventions", classes="pane-title")
-                yield AuditLog(id="audit")
-            with Vertical(id="right"):
-                yield Static("Metrics", classes="pane-title")
-                yield MetricCharts(id="charts")
-                yield Static("Sandbox output", classes="pane-title")
-                yield OutputLog(id="output")
+        search = Input(placeholder="search the timeline (enter: next match, esc: close)",
+                       id="search")
+        if self.narrow:
+            with TabbedContent(id="panes", initial="tab-actions"):
+                with TabPane("Actions", id="tab-actions"):
+                    yield ApprovalQueue(id="approvals")
+                    yield ActionLog(id="actions")
+                    yield LiveReplyView(id="live-reply")
+                    yield search
+                with TabPane("Metrics", id="tab-metrics"):
+                    yield MetricCharts(id="charts")
+                with TabPane("Output", id="tab-output"):
+                    yield OutputLog(id="output")
+                with TabPane("Interventions", id="tab-interventions"):
+                    yield AuditLog(id="audit")
+        else:
+            with Horizontal(id="panes"):
+                with Vertical(id="left"):
+                    yield Static("Actions", classes="pane-title")
+                    yield ApprovalQueue(id="approvals")
+                    yield ActionLog(id="actions")
+                    yield LiveReplyView(id="live-reply")
+                    yield search
+                    yield Static("Interventions", classes="pane-title")
+                    yield AuditLog(id="audit")
+                with Vertical(id="right"):
+                    yield Static("Metrics", classes="pane-title")
+                    yield MetricCharts(id="charts")
+                    yield Static("Sandbox output", classes="pane-title")
+                    yield OutputLog(id="output")
         if self.replay is not None:
             yield Scrubber(id="scrubber")
         yield Footer()
 
+    async def on_resize(self, event: events.Resize) -> None:
+        narrow = event.size.width < NARROW_BELOW
+        if self.narrow is None or narrow == self.narrow or not self._ready:
+            return
+        # the widgets are built anew for the other layout; what the operator set is kept
+        out, charts = self.query_one(OutputLog), self.query_one(MetricCharts)
+        follow, x_axis = out.auto_scroll, charts.x_axis
+        self._ready = False  # the repaint timer waits until the new widgets are mounted
+        self.narrow = narrow
+        if self.maximized is not None:
+            self.minimize()
+        await self.recompose()
+        self.query_one(OutputLog).auto_scroll = follow
+        self.query_one(MetricCharts).x_axis = x_axis
+        self.query_one("#search", Input).display = False
+        self._ready = True
+        self.query_one(ActionLog).focus()
+        self.refresh_bindings()
+        self._paint()
+
+    def show_tab(self, name: str) -> None:
+        """Bring a pane to the front (narrow: its tab; wide: every pane shows already)."""
+        if self.narrow:
+            self.query_one(TabbedContent).active = f"tab-{name}"
+
+    def action_next_tab(self, step: int) -> None:
+        tabs = self.query_one(TabbedContent)
+        now = TABS.index(tabs.active.removeprefix("tab-")) if tabs.active else 0
+        name = TABS[(now + int(step)) % len(TABS)]
+        self.show_tab(name)
+        pane = self.query_one("#" + {"actions": "actions", "metrics": "charts", "output": "output",
+                                     "interventions": "audit"}[name])
+        if pane.can_focus:
+            pane.focus()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_tab":
+            return bool(self.narrow)
         if action in ("play_pause", "faster", "slower", "step_back", "step_forward", "seek"):
             return self.replay is not None
         if action == "toggle_entry":
@@ -158,6 +222,7 @@ class RunScreen(Screen[None]):
         if self.replay is None:
             self._load()
         else:
+            self._last_tick = time.monotonic()  # the replay plays from when it shows, not before
             self._paint()
 
     @work(exclusive=True, group="run-backfill")
@@ -244,6 +309,7 @@ class RunScreen(Screen[None]):
         self.dismiss(None)
 
     def action_search(self) -> None:
+        self.show_tab("actions")
         box = self.query_one("#search", Input)
         box.display = True
         box.focus()
@@ -257,6 +323,7 @@ class RunScreen(Screen[None]):
         self.query_one(ActionLog).action_toggle_entry()
 
     def action_jump(self, what: str) -> None:
+        self.show_tab("actions")
         log = self.query_one(ActionLog)
         if self.replay is not None and self.replay.jump_next(what) is not None:
             self._after_replay_action()
@@ -273,6 +340,7 @@ class RunScreen(Screen[None]):
             self.minimize()
             self.query_one(ActionLog).focus()
             return
+        self.show_tab("output")
         out.focus()
         self.maximize(out, container=False)
 

@@ -10,7 +10,7 @@ screen costs nothing until it scrolls into view.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any, ClassVar
 
@@ -42,7 +42,30 @@ MARK = "● "
 GAP = 1  # columns of space after each cell
 WIDTHS = tuple(c.width + GAP for c in COLUMNS)  # before any campaign column
 HEADER = 1  # lines above the first row
-FIXED = WIDTHS[0]  # the run column does not scroll sideways
+FIXED = WIDTHS[0]  # the run column does not scroll sideways (its narrowest)
+MAX_RUN_CHARS = 64  # a run id longer than any the engine makes is cut here
+# on a terminal too narrow for every column, which stay in view, first to last; the run and
+# status columns always do, the rest follow these out of view (reachable by scrolling)
+KEEP_ORDER = ("time", "metric", "flags", "score", "agent", "campaign", "gpu", "res", "cost",
+              "trend", "task")
+
+
+def arrange(columns: tuple[Column, ...], run_width: int, room: int) -> tuple[Column, ...]:
+    """The columns as laid out for `room` cells: the run column at `run_width`, so a run id
+    is never cut; then those that fit, by how much they matter, in their usual order; then
+    the rest, off to the right."""
+    cols = tuple(replace(c, width=run_width) if c.key == "run" else c for c in columns)
+    left = room - sum(c.width + GAP for c in cols if c.key not in KEEP_ORDER)
+    fits: set[str] = set()
+    for key in KEEP_ORDER:
+        col = next((c for c in cols if c.key == key), None)
+        if col is not None and col.width + GAP <= left:
+            fits.add(key)
+            left -= col.width + GAP
+    if len(fits) == sum(c.key in KEEP_ORDER for c in cols):
+        return cols
+    shown = tuple(c for c in cols if c.key not in KEEP_ORDER or c.key in fits)
+    return shown + tuple(c for c in cols if c not in shown)
 
 
 FILTER_KEYS = frozenset({"run", "task", "agent", "model", "campaign", "slot", "scaffold", "status"})
@@ -177,6 +200,8 @@ class RunsTable(ScrollView, can_focus=True):
         self._cell_cache: LRUCache[tuple[int, Value], list[Segment]] = LRUCache(1024)
         self._line_cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(256)
         self._styles: dict[str, Style] = {}
+        self._base = COLUMNS  # every column, in the usual order
+        self._run_width = COLUMNS[0].width  # grows to the longest run id shown
         self._set_columns(COLUMNS)
 
     def _set_columns(self, columns: tuple[Column, ...]) -> None:
@@ -184,10 +209,23 @@ class RunsTable(ScrollView, can_focus=True):
         self._widths = tuple(c.width + GAP for c in columns)
         self._edges = tuple(accumulate(self._widths))
         self._total = sum(self._widths)
+        # the columns up to the run's stay put when the rest scroll sideways
+        self._fixed = next((e for c, e in zip(columns, self._edges, strict=True) if c.key == "run"),
+                           FIXED)
 
-    def _show_campaigns(self) -> None:
-        """A run of a campaign arrived: from now on the table has a campaign column."""
-        self._set_columns(COLUMNS_WITH_CAMPAIGN)
+    def _room(self) -> int:
+        """The cells a line has, with room kept for the scrollbar so rows arriving do not
+        reflow the columns."""
+        return max(0, self.size.width - self.styles.scrollbar_size_vertical)
+
+    def _relayout(self) -> None:
+        """Lay the columns out again (a resize, a longer run id, a campaign column)."""
+        room = self._room()
+        columns = arrange(self._base, self._run_width, room) if room else \
+            tuple(replace(c, width=self._run_width) if c.key == "run" else c for c in self._base)
+        if columns == self.columns:
+            return
+        self._set_columns(columns)
         self._cell_cache.clear()
         self._line_cache.clear()
         for row in self._rows.values():
@@ -196,6 +234,18 @@ class RunsTable(ScrollView, can_focus=True):
                 row.stale = False
         self.virtual_size = Size(self._total, len(self._order) + HEADER)
         self.refresh()
+
+    def _show_campaigns(self) -> None:
+        """A run of a campaign arrived: from now on the table has a campaign column."""
+        self._base = COLUMNS_WITH_CAMPAIGN
+        self._relayout()
+
+    def _fit_run(self, run: str) -> None:
+        """Widen the run column for a longer run id (room for the mark beside it)."""
+        need = Text(one_line(run, MAX_RUN_CHARS)).cell_len + len(MARK)
+        if need > self._run_width:
+            self._run_width = need
+            self._relayout()
 
     # -- what the operator points at -------------------------------------------------
     @property
@@ -238,6 +288,7 @@ class RunsTable(ScrollView, can_focus=True):
     # -- values ---------------------------------------------------------------------
     def _values(self, run: str) -> tuple[Value, ...]:
         assert self.fleet is not None
+        self._fit_run(run)
         values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run), self.columns)
         return ((*values[0], run in self.marked), *values[1:])
 
@@ -276,7 +327,7 @@ class RunsTable(ScrollView, can_focus=True):
             state = fleet.rows.get(run)
             if state is None:
                 continue
-            if state.get("campaign") and self.columns is COLUMNS:
+            if state.get("campaign") and self._base is COLUMNS:
                 self._show_campaigns()
             row = self._rows.get(run)
             if not matches(state, self.filter_text):
@@ -405,7 +456,7 @@ class RunsTable(ScrollView, can_focus=True):
                     label += "▼" if self.sort_reverse else "▲"
                 text.append(one_line(label, col_width - GAP).ljust(col_width))
             segments = Segment.apply_style(text.render(self.app.console), style)
-            strip = _viewport(Strip(segments, self._total), scroll_x, width, style)
+            strip = _viewport(Strip(segments, self._total), scroll_x, width, style, self._fixed)
             self._line_cache[key] = strip
         return strip
 
@@ -429,7 +480,7 @@ class RunsTable(ScrollView, can_focus=True):
             line = Segment.simplify(Segment.apply_style(segments, style, post))
             strip = Strip(line, self._total)
             if scroll_x or width != self._total:
-                strip = _viewport(strip, scroll_x, width, style)
+                strip = _viewport(strip, scroll_x, width, style, self._fixed)
             self._line_cache[key] = strip
         return strip
 
@@ -454,6 +505,7 @@ class RunsTable(ScrollView, can_focus=True):
             self.scroll_to(y=new - height + 1, animate=False)
 
     def on_resize(self, event: events.Resize) -> None:
+        self._relayout()
         self.virtual_size = Size(self._total, len(self._order) + HEADER)
 
     def on_focus(self) -> None:
@@ -518,7 +570,7 @@ class RunsTable(ScrollView, can_focus=True):
         if offset is None:
             return
         if offset.y < HEADER:  # a header: sort by it, again to reverse
-            x = offset.x if offset.x < FIXED else offset.x + round(self.scroll_x)
+            x = offset.x if offset.x < self._fixed else offset.x + round(self.scroll_x)
             for col, right in zip(self.columns, self._edges, strict=True):
                 if x < right:
                     same = col.key == self.sort_column
@@ -533,8 +585,8 @@ class RunsTable(ScrollView, can_focus=True):
                 self.move_cursor(index)
 
 
-def _viewport(strip: Strip, scroll_x: int, width: int, style: Style) -> Strip:
+def _viewport(strip: Strip, scroll_x: int, width: int, style: Style, fixed: int = FIXED) -> Strip:
     """The part of a full line on screen: the run column stays put, the rest scrolls."""
     if scroll_x:
-        strip = Strip.join([strip.crop(0, FIXED), strip.crop(FIXED + scroll_x, scroll_x + width)])
+        strip = Strip.join([strip.crop(0, fixed), strip.crop(fixed + scroll_x, scroll_x + width)])
     return strip.crop_extend(0, width, style)
