@@ -55,7 +55,7 @@ def child(args: argparse.Namespace) -> None:
     app = MLRBApp(tmp / "live.db", None, operator="bench", repaint_hz=args.repaint_hz)
 
     def mark(text: str) -> None:
-        marks.write(f"{time.monotonic():.6f} {text}\n")
+        marks.write(f"{time.monotonic():.6f} {getattr(app, 'ticks', 0)} {text}\n")
 
     async def feed() -> AsyncIterator[list[Event]]:
         # the rows are drawn before the live phase starts: the first paint is not counted
@@ -103,11 +103,17 @@ class Figures:
     runs: int
     seconds: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
-    rates: list[tuple[float, float]] = field(default_factory=list)  # (t since live, Hz)
+    ticks: dict[str, int] = field(default_factory=dict)  # the console's repaint ticks
+    rates: list[tuple[float, float]] = field(default_factory=list)  # (t since start, Hz)
+    live_at: float = 0.0  # seconds after the start
 
     def per_s(self, phase: str) -> float:
         s = self.seconds.get(phase, 0.0)
         return self.bytes.get(phase, 0) / s if s else float("nan")
+
+    def ticks_per_s(self, phase: str) -> float:
+        s = self.seconds.get(phase, 0.0)
+        return self.ticks.get(phase, 0) / s if s else float("nan")
 
 
 def measure(args: argparse.Namespace, runs: int) -> Figures:
@@ -128,15 +134,15 @@ def measure(args: argparse.Namespace, runs: int) -> Figures:
     os.close(marks_w)
     figures = Figures(runs)
     phase: str | None = None
-    started = 0.0
-    live_at = 0.0
+    started, started_ticks = 0.0, 0
+    spawned = time.monotonic()
     pending = b""
     budget = float("inf") if not args.link_kbps else 0.0
     last = time.monotonic()
     open_fds = {master, marks_r}
     try:
         while open_fds:
-            wait = [fd for fd in open_fds if fd != master or budget > 0]
+            wait = [fd for fd in open_fds if fd != master or budget >= 1]
             ready, _, _ = select.select(wait, [], [], 0.01)
             now = time.monotonic()
             if args.link_kbps:  # the link refills at its rate; a short burst at most
@@ -160,16 +166,17 @@ def measure(args: argparse.Namespace, runs: int) -> Figures:
                 pending += chunk
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    stamp, text = line.decode().split(" ", 1)
-                    t = float(stamp)
+                    stamp, count, text = line.decode().split(" ", 2)
+                    t, ticks = float(stamp), int(count)
                     if text.startswith("rate "):
-                        figures.rates.append((t - live_at if live_at else 0.0, float(text[5:])))
+                        figures.rates.append((t - spawned, float(text[5:])))
                         continue
                     if phase is not None:
                         figures.seconds[phase] = t - started
-                    phase, started = (text if text in PHASES else None), t
+                        figures.ticks[phase] = ticks - started_ticks
+                    phase, started, started_ticks = (text if text in PHASES else None), t, ticks
                     if text == "live":
-                        live_at = t
+                        figures.live_at = t - spawned
             if proc.poll() is not None and master not in ready and marks_r not in ready:
                 break
     finally:
@@ -201,14 +208,16 @@ def main() -> None:
           f"{link}; {args.rate:g} ev/s per run + 1 Hz GPU")
     for runs in args.runs:
         f = measure(args, runs)
-        print(f"  {runs:4d} runs: live {f.per_s('live') / 1024:7.1f} KB/s   "
+        print(f"  {runs:4d} runs: live {f.per_s('live') / 1024:7.1f} KB/s"
+              f" ({f.ticks_per_s('live'):.1f} repaints/s)   "
               f"quiet (clocks move) {f.per_s('quiet') / 1024:6.2f} KB/s   "
               f"ended (nothing changes) {f.per_s('ended') / 1024:6.2f} KB/s"
               f" ({f.bytes.get('ended', 0)} bytes in {f.seconds.get('ended', 0):.0f} s)"
-              "   (target live < 64 KB/s at 200 runs)")
+              + ("   (target live < 64 KB/s)" if runs == 200 else ""))
         if f.rates:
             steps = ", ".join(f"{hz:g} Hz at {t:.1f} s" for t, hz in f.rates)
-            print(f"        repaint rate changed by the console: {steps}")
+            print(f"        repaint rate set by the console (s after its start; live from"
+                  f" {f.live_at:.1f} s): {steps}")
 
 
 if __name__ == "__main__":
