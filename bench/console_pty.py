@@ -140,6 +140,7 @@ def measure(args: argparse.Namespace, runs: int) -> Figures:
     budget = float("inf") if not args.link_kbps else 0.0
     last = time.monotonic()
     open_fds = {master, marks_r}
+    dump = open(args.dump, "ab") if args.dump else None  # noqa: SIM115
     try:
         while open_fds:
             wait = [fd for fd in open_fds if fd != master or budget >= 1]
@@ -159,6 +160,8 @@ def measure(args: argparse.Namespace, runs: int) -> Figures:
                     budget -= len(data)
                     if phase is not None:
                         figures.bytes[phase] = figures.bytes.get(phase, 0) + len(data)
+                    if phase == "live" and dump is not None:
+                        dump.write(data)
             if marks_r in ready:
                 chunk = os.read(marks_r, 4096)
                 if not chunk:
@@ -185,6 +188,8 @@ def measure(args: argparse.Namespace, runs: int) -> Figures:
         proc.wait(timeout=30)
         os.close(master)
         os.close(marks_r)
+        if dump is not None:
+            dump.close()
     return figures
 
 
@@ -196,6 +201,7 @@ def main() -> None:
     p.add_argument("--size", default="200x50", help="COLSxROWS of the pseudo-terminal")
     p.add_argument("--repaint-hz", type=float, default=8.0)
     p.add_argument("--link-kbps", type=float, default=0.0, help="read at most this many KB/s")
+    p.add_argument("--dump", help="append what the console wrote in the live phase to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--marks-fd", type=int, default=-1, help=argparse.SUPPRESS)
     args = p.parse_args()
