@@ -3,7 +3,8 @@ on the writes that tells when the terminal does not keep up.
 
 Textual sends a changed span of a line from the left edge of the widget under it; in a table
 one line wide, a changed cell then resends every cell to its left. `CroppedUpdate` starts at
-the first segment the span touches instead. `WriteWatch` times the driver's writes and reads
+the first segment the span touches instead, and sends a colour change alone where that is
+all that changes between two segments. `WriteWatch` times the driver's writes and reads
 the depth of its writer thread's queue: a write blocks, and the queue fills, when the
 terminal (an SSH link) reads more slowly than the console writes.
 """
@@ -15,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.cells import cell_len
+from rich.color import ColorSystem
 from rich.console import Console
 from rich.control import Control
+from rich.style import Style
 from textual._compositor import ChopsUpdate
 from textual.strip import Strip
 
@@ -51,10 +54,49 @@ class CroppedUpdate(ChopsUpdate):
                 if end > x2:
                     strip = strip.crop(0, x2 - x)
                 append(move_to(x, y).segment.text)
-                append(strip.render(console))
+                append(render_strip(strip, console))
             if y != last_y:
                 append("\n")
         return "".join(sequences)
+
+
+def _shown_alike(a: Style, b: Style) -> bool:
+    """The same style but for its foreground colour (neither a link)."""
+    return (a._attributes & a._set_attributes) == (b._attributes & b._set_attributes) \
+        and a._bgcolor == b._bgcolor and not a._link and not b._link
+
+
+def render_strip(strip: Strip, console: Console) -> str:
+    """A strip's terminal sequences, as Textual's own but for one thing: where only the
+    foreground colour changes from one segment to the next, that colour is all that is sent
+    (Textual resets and restates the whole style, about twenty bytes a segment)."""
+    color_system = console._color_system or ColorSystem.TRUECOLOR
+    out: list[str] = []
+    shown: Style | None = None  # the style the terminal is in, when not reset
+    for text, style, _ in strip:
+        if shown is not None and style is not None and style._color is not None \
+                and _shown_alike(shown, style):
+            if style._color != shown._color:
+                codes = style._color.downgrade(color_system).get_ansi_codes()
+                out.append(f"\x1b[{';'.join(codes)}m")
+            out.append(text)
+            shown = style
+            continue
+        if shown is not None:
+            out.append("\x1b[0m")
+            shown = None
+        if style is None or style._link:
+            out.append(text if style is None else Strip.render_style(style, text, color_system))
+            continue
+        ansi = style._ansi if style._ansi is not None else Strip.render_ansi(style, color_system)
+        if not ansi:
+            out.append(text)
+            continue
+        out.append(f"\x1b[{ansi}m{text}")
+        shown = style
+    if shown is not None:
+        out.append("\x1b[0m")
+    return "".join(out)
 
 
 class WriteWatch:
@@ -89,4 +131,4 @@ class WriteWatch:
         self.driver.write = self._write
 
 
-__all__ = ["CroppedUpdate", "WriteWatch"]
+__all__ = ["CroppedUpdate", "WriteWatch", "render_strip"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.segment import Segment
+from rich.style import Style
 from textual._compositor import ChopsUpdate, CompositorUpdate
 from textual.drivers._writer_thread import WriterThread
 from textual.geometry import Region
@@ -24,7 +25,7 @@ from mlrb_tui.cells import (
     quantise_pct,
     row_values,
 )
-from mlrb_tui.output import CroppedUpdate, WriteWatch
+from mlrb_tui.output import CroppedUpdate, WriteWatch, render_strip
 from mlrb_tui.pacing import RepaintPacer
 from runner.events import EventFactory
 from tests.fixtures.console_app import NOW, Feed, make_app, started, until
@@ -178,6 +179,59 @@ def test_a_cropped_update_sends_the_changed_span_alone() -> None:
     assert "aaaa" in update.render_segments(console)  # Textual's starts at the left edge
     cropped = CroppedUpdate.of(update).render_segments(console)
     assert cropped == "\x1b[1;11H" + "B" * 8  # from the segment the span starts in, to its end
+
+
+def screen_of(sequences: str) -> list[tuple[str, frozenset[str]]]:
+    """Each character written, with the SGR state it was written in (a terminal's view)."""
+    import re
+    cells: list[tuple[str, frozenset[str]]] = []
+    state: dict[str, str] = {}
+    for sgr, text in re.findall(r"\x1b\[([0-9;]*)m|([^\x1b]+)", sequences):
+        if text:
+            cells += [(ch, frozenset(f"{k}={v}" for k, v in state.items())) for ch in text]
+            continue
+        codes = sgr.split(";") if sgr else ["0"]
+        while codes:
+            code = codes.pop(0)
+            if code == "0":
+                state.clear()
+            elif code in ("38", "48"):
+                n = 2 if codes[0] == "5" else 4
+                state["fg" if code == "38" else "bg"] = ";".join(codes[:n])
+                del codes[:n]
+            elif code == "39":
+                state.pop("fg", None)
+            elif code == "49":
+                state.pop("bg", None)
+            else:
+                state[code] = "on"
+    return cells
+
+
+def a_row_strip(tint: int) -> Strip:
+    """A dashboard-like line; each `tint` makes new styles (a style caches its codes)."""
+    row = Style.parse(f"#d0d0{tint:02x} on #2020{tint:02x}")
+    grey = f"#8080{tint:02x}"
+    return Strip([
+        Segment("run-1 ", row + Style(bold=True)),
+        Segment("mini ", row),
+        Segment("loss=", row + Style.parse(grey)),  # a colour change only
+        Segment("2.1", row + Style.parse(f"bold {grey}")),  # bold on
+        Segment("@5", row + Style.parse(grey)),  # bold off
+        Segment("plain", None),
+        Segment("dim", Style(dim=True)),
+        Segment(" ok", row + Style.parse(f"#00ff{tint:02x}")),
+    ])
+
+
+def test_a_colour_change_alone_is_sent_alone_and_reads_the_same() -> None:
+    for tint, system in enumerate(("256", "truecolor")):
+        strip = a_row_strip(tint)
+        console = Console(color_system=system, force_terminal=True, width=80)  # type: ignore[arg-type]
+        ours, textuals = render_strip(strip, console), strip.render(console)
+        assert screen_of(ours) == screen_of(textuals)
+        assert len(ours) < len(textuals)
+        assert ours.endswith("\x1b[0m")  # the terminal is left as Textual leaves it
 
 
 class Output:
