@@ -118,7 +118,7 @@ def fmt_gib(n: float) -> str:
 
 # Values that flicker are kept to the step the cell shows (or a coarser one), so a change the
 # operator cannot read costs no repaint: over SSH every repainted cell is bytes on the link.
-GPU_STEP = 5  # percent
+GPU_STEP = 2  # percent: an idle-to-busy swing still reads, a one-point jitter does not
 
 
 def step_of_elapsed(seconds: float) -> int:
