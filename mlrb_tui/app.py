@@ -16,14 +16,21 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from rich.console import RenderableType
 from rich.text import Text
 from textual import on
+from textual._compositor import ChopsUpdate
 from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
+from textual.screen import Screen
+from textual.timer import Timer
 
 from mlrb_tui.controls import CONTROL_ACTIONS, Aim, Controls, Notice, Selection
 from mlrb_tui.frame import Aimed, Frame, Repaintable
+from mlrb_tui.output import CroppedUpdate, WriteWatch
+from mlrb_tui.pacing import RepaintPacer
 from mlrb_tui.replay import ReplayController, ReplayError
 from mlrb_tui.screens.compare import CompareScreen
 from mlrb_tui.screens.confirm_kill import KillConfirm
@@ -51,6 +58,7 @@ from runner.shell import ShellError, shell_command
 # the actions that change a run: hidden in --readonly and in a replay
 OPERATOR_ACTIONS = frozenset({"control", "kill", "message", "approval_mode", "shell", "score",
                               "limit", "approve", "edit_approve", "reject"})
+LINK_LOOK_S = 0.25  # how often the console looks at how its terminal keeps up
 KEY_NAMES = {
     "question_mark": "?", "slash": "/", "left_square_bracket": "[", "right_square_bracket": "]",
     "plus": "+", "equals_sign": "=", "minus": "-", "escape": "esc", "space": "space",
@@ -106,6 +114,11 @@ class MLRBApp(App[None]):
         self.controls = Controls(self.fleet, self.operator)
         self._dirty = True
         self._last_full = 0.0
+        # over a link that cannot keep up, fewer repaints a second; back up when it drains
+        self.pacer = RepaintPacer(self.repaint_hz)
+        self.write_watch: WriteWatch | None = None
+        self._repaint_timer: Timer | None = None
+        self.ticks = 0  # repaint timer ticks, for tests and figures
         self._replay_reader: JournalReader | None = None
         # runs a shell's argv with the terminal handed over; tests replace it
         self.run_shell: Callable[[list[str], Path | None], int] = self._run_shell_suspended
@@ -132,7 +145,28 @@ class MLRBApp(App[None]):
             self.dashboard = DashboardScreen()
             await self.push_screen(self.dashboard)
             self.run_worker(self._start_source(), name="live-source", group="source")
-        self.set_interval(1.0 / self.repaint_hz, self._tick, name="repaint")
+        self._repaint_timer = self.set_interval(1.0 / self.pacer.hz, self._tick, name="repaint")
+        if self._driver is not None:
+            self.write_watch = WriteWatch(self._driver)
+        self.set_interval(LINK_LOOK_S, self.look_at_link, name="link")
+
+    def look_at_link(self) -> None:
+        """How the terminal keeps up: repaint less often while its output backs up."""
+        if self.write_watch is None:
+            return
+        slowest, queued = self.write_watch.take()
+        if self.pacer.observe(time.monotonic(), slowest, queued):
+            if self._repaint_timer is not None:
+                self._repaint_timer.stop()
+            self._repaint_timer = self.set_interval(1.0 / self.pacer.hz, self._tick,
+                                                    name="repaint")
+            self.request_repaint()  # the status line says so
+
+    def _display(self, screen: Screen[Any], renderable: RenderableType | None) -> None:
+        # a changed cell goes out alone, not with every cell to its left
+        if type(renderable) is ChopsUpdate:
+            renderable = CroppedUpdate.of(renderable)
+        super()._display(screen, renderable)
 
     async def _start_source(self) -> None:
         try:
@@ -176,6 +210,7 @@ class MLRBApp(App[None]):
     def _tick(self) -> None:
         if not self.is_running:  # shutting down: the screens are being taken apart
             return
+        self.ticks += 1
         now = self.now()
         second = now - self._last_full >= 1.0
         fresh = self._dirty or second
@@ -209,6 +244,8 @@ class MLRBApp(App[None]):
             text.append("  REPLAY ", style="bold magenta")
             text.append(one_line(self.replay_run, 64))
             text.append(f"   journal: {self.journal_path.name}", style="dim")
+            if self.pacer.slowed:
+                text.append(f"   {self.pacer.status()}", style="bold yellow")
             return text
         text.append(f"  journal: {self.journal_path.name}", style="dim")
         state = self.source.bus_state
@@ -220,6 +257,8 @@ class MLRBApp(App[None]):
         text.append(f"   operator: {one_line(self.operator, 40)}", style="dim")
         if self.readonly:
             text.append("   READONLY", style="bold yellow")
+        if self.pacer.slowed:
+            text.append(f"   {self.pacer.status()}", style="bold yellow")
         counts = self.source.counts_text()
         if counts:  # last: on a narrow terminal it is what gets cut
             text.append(f"   {counts}", style="yellow")

@@ -116,6 +116,33 @@ def fmt_gib(n: float) -> str:
     return f"{g:.0f}" if g >= 10 else f"{g:.1f}"
 
 
+# Values that flicker are kept to the step the cell shows (or a coarser one), so a change the
+# operator cannot read costs no repaint: over SSH every repainted cell is bytes on the link.
+GPU_STEP = 2  # percent: an idle-to-busy swing still reads, a one-point jitter does not
+
+
+def step_of_elapsed(seconds: float) -> int:
+    """The step a running run's clock moves in: seconds at first, coarser as the run ages."""
+    return 1 if seconds < 60 else 5 if seconds < 3600 else 10
+
+
+def quantise_elapsed(seconds: float) -> int:
+    step = step_of_elapsed(seconds)
+    return int(seconds) // step * step
+
+
+def quantise_bytes(n: float) -> float:
+    """A byte count at the precision it is shown with (a tenth of its unit, or whole GiB from
+    10 GiB on)."""
+    gib, mib = float(1 << 30), float(1 << 20)
+    step = gib if n >= 10 * gib else gib / 10 if n >= gib else mib / 10 if n >= mib else 1024.0
+    return round(n / step) * step
+
+
+def quantise_pct(pct: float, step: int = GPU_STEP) -> int:
+    return int(round(pct / step) * step)
+
+
 # The dashboard's cells. Each column has a value function (a plain hashable tuple, cheap to
 # compute and compare on every repaint) and a render function (the Rich Text, built only when
 # the value changed). Widths are content widths; the table adds one column of gap.
@@ -158,7 +185,10 @@ def _v_time(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
     warn = bool(sig is not None and sig.limit_warnings
                 and row.get("status") in LIVE_STATUSES)
     budget = row.get("budget_s")
-    return (int(elapsed_of(row, now)), budget if is_number(budget) else None, warn)
+    used = elapsed_of(row, now)
+    # only a running clock moves: a held or ended one reads to the second
+    shown = quantise_elapsed(used) if row.get("status") == "running" else int(used)
+    return (shown, budget if is_number(budget) else None, warn)
 
 
 def _r_time(v: Value) -> Text:
@@ -182,9 +212,10 @@ def _r_metric(v: Value) -> Text:
 
 
 def _v_res(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
-    cpu = row.get("cpu_pct")
-    return (round(cpu) if is_number(cpu) else None, row.get("cpu_limit"), row.get("mem_bytes"),
-            row.get("mem_limit"))
+    cpu, mem = row.get("cpu_pct"), row.get("mem_bytes")
+    # the cell shows tenths of a core
+    return (round(cpu / 10) * 10 if is_number(cpu) else None, row.get("cpu_limit"),
+            quantise_bytes(mem) if is_number(mem) else mem, row.get("mem_limit"))
 
 
 def _r_res(v: Value) -> Text:
@@ -211,9 +242,9 @@ def _r_res(v: Value) -> Text:
 
 
 def _v_gpu(row: dict[str, Any], now: float, sig: RunSignals | None) -> Value:
-    util = row.get("gpu_util")
-    return (round(util) if is_number(util) else None, row.get("gpu_mem_used"),
-            row.get("gpu_mem_total"))
+    util, used = row.get("gpu_util"), row.get("gpu_mem_used")
+    return (quantise_pct(util) if is_number(util) else None,
+            quantise_bytes(used) if is_number(used) else used, row.get("gpu_mem_total"))
 
 
 def _r_gpu(v: Value) -> Text:

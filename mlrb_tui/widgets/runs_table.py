@@ -292,17 +292,30 @@ class RunsTable(ScrollView, can_focus=True):
         values = row_values(self.fleet.rows[run], self.now, self.fleet.signals.get(run), self.columns)
         return ((*values[0], run in self.marked), *values[1:])
 
-    def _update(self, row: Row) -> bool:
-        """Recompute a row's values; True when any cell changed."""
+    def _update(self, row: Row) -> tuple[int, ...]:
+        """Recompute a row's values; the indexes of the cells that changed (none: empty)."""
         row.stale = False
         if self.fleet is None or row.run not in self.fleet.rows:
-            return False
+            return ()
         values = self._values(row.run)
         if values == row.values:
-            return False
-        self.updates += sum(a != b for a, b in zip(values, row.values, strict=True))
+            return ()
+        changed = tuple(i for i, (a, b) in enumerate(zip(values, row.values, strict=True))
+                        if a != b)
+        self.updates += len(changed)
         row.values = values
-        return True
+        return changed
+
+    def _refresh_cells(self, index: int, cells: tuple[int, ...]) -> None:
+        """Repaint only the changed cells of a row: over SSH a whole line costs ten cells."""
+        y = index + HEADER - round(self.scroll_y)
+        scroll_x = round(self.scroll_x)
+        for i in cells:
+            left, right = (self._edges[i - 1] if i else 0), self._edges[i]
+            if i:  # the cells right of the run column scroll sideways under it
+                left, right = max(FIXED, left - scroll_x), right - scroll_x
+            if right > left:
+                self.refresh(Region(left, y, right - left, 1))
 
     def _view(self) -> range:
         """Indexes of the rows inside the viewport."""
@@ -342,8 +355,7 @@ class RunsTable(ScrollView, can_focus=True):
                 added = True
                 drawn.append(run)
             elif self._index[run] in view:
-                if self._update(row):
-                    self.refresh_line(self._index[run] + HEADER)
+                self._refresh_cells(self._index[run], self._update(row))
                 drawn.append(run)
             else:
                 row.stale = True
