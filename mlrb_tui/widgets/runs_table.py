@@ -312,8 +312,8 @@ class RunsTable(ScrollView, can_focus=True):
         scroll_x = round(self.scroll_x)
         for i in cells:
             left, right = (self._edges[i - 1] if i else 0), self._edges[i]
-            if i:  # the cells right of the run column scroll sideways under it
-                left, right = max(FIXED, left - scroll_x), right - scroll_x
+            if right > self._fixed:  # the cells right of the run column scroll sideways under it
+                left, right = max(self._fixed, left - scroll_x), right - scroll_x
             if right > left:
                 self.refresh(Region(left, y, right - left, 1))
 
