@@ -65,6 +65,8 @@ def _keys(setup: Steps, *keys: str) -> Steps:
     async def steps(pilot: Pilot[None]) -> None:
         await setup(pilot)
         await pilot.press(*keys)
+        for widget in pilot.app.screen.query("Input, TextArea"):
+            widget.cursor_blink = False  # type: ignore[attr-defined]  # a blink is not a change
         await pilot.pause()
 
     return steps
