@@ -56,7 +56,7 @@ def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = N
     bus = None if replay else _bus(info, cfg, "viewer" if readonly else "operator")
     run_console(journal_path=cfg.db_path, bus=bus, readonly=readonly,
                 replay_run=replay, replay_speed=speed, repaint_hz=cfg.repaint_hz,
-                keymap=cfg.keys or None)
+                keymap=cfg.keys or None, notify=cfg.notify)
 
 
 @click.group(invoke_without_command=True)
