@@ -96,9 +96,14 @@ def serve(port: int, host: str, readonly: bool) -> None:
 def up() -> None:
     """Start the runner daemon (runs survive the console and the SSH session)."""
     from runner.daemon import DaemonError, start_detached
+    from runner.notify import channels
 
     cfg = _cfg()
     _need_broker(cfg)
+    try:
+        channels(cfg.notify.urls)  # a URL Apprise does not know is said here, not in the daemon's log
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         info = start_detached(cfg)
     except DaemonError as exc:

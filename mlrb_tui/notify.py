@@ -1,6 +1,6 @@
 """The console's bell: an open console rings the terminal bell and sends an OSC 9 desktop
-notification (`ESC ] 9 ; text BEL`, shown by iTerm2, WezTerm, Windows Terminal, kitty and
-others, and carried through SSH like any output) for what calls an operator in the events
+notification (`ESC ] 9 ; text BEL`, shown by iTerm2, WezTerm, kitty, Ghostty and others,
+and carried through SSH like any output) for what calls an operator in the events
 it sees live: the same triggers and gate as the daemon's notifications (runner.notify),
 per kind as `[notify] kinds` says, off with `[notify] console = false`.
 

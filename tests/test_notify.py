@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,12 +24,13 @@ import pytest
 from mlrb_tui.notify import BEL, ConsoleBell, osc9
 from runner.config import AlarmsTable, BusTable, Config, ConfigError, NotifyTable, load_config
 from runner.control import ControlCommand
+from runner.embedded_broker import find_mosquitto
 from runner.engine import Engine, Job
 from runner.event_data import NotifySentData
 from runner.events import Event, EventFactory
 from runner.journal import JournalReader
 from runner.notify import Gate, alert_for
-from tests.conftest import Mosquitto, until
+from tests.conftest import Mosquitto, require, until
 from tests.fixtures.console_app import Feed, make_app, started
 from tests.fixtures.console_app import until as pilot_until
 from tests.fixtures.demo_journal import NOW
@@ -388,6 +392,19 @@ async def test_a_url_apprise_does_not_know_stops_the_start(tmp_path):
     assert str(caught.value).startswith("[notify] urls[1]: Apprise cannot send to this URL (nosuch://…)")
     assert "secret-token" not in str(caught.value)
     assert not (tmp_path / "h" / "mlrb.db").exists()  # nothing was opened
+
+
+def test_mlrb_up_names_a_bad_url_and_starts_no_daemon(tmp_path):
+    require(find_mosquitto() is not None, "mosquitto")
+    home = tmp_path / "home"
+    write(home, '[notify]\nurls = ["nosuch://token-123"]\n')
+    env = {**os.environ, "MLRB_HOME": str(home)}
+    env.pop("MLRB_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "mlrb_tui.cli", "up"], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "[notify] urls[0]: Apprise cannot send to this URL (nosuch://…)" in proc.stderr
+    assert "token-123" not in proc.stderr and not (home / "daemon.json").exists()
 
 
 # -- the gate and the words ----------------------------------------------------------------
