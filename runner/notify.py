@@ -333,6 +333,9 @@ class Notifier:
     def link_changed(self, up: bool, error: str = "") -> None:
         """The bus link came up or went down (RunnerEndpoint.on_link)."""
         if up:
+            if self._down_since is not None and self._broker_task is None:  # it was told of
+                log.warning("notify: runner %s has its broker back after %.0f s", self._runner(),
+                            self._now() - self._down_since)
             self._down_since = None
             if self._broker_task is not None:
                 self._broker_task.cancel()
@@ -346,7 +349,7 @@ class Notifier:
     async def _broker_lost(self, error: str) -> None:
         await asyncio.sleep(self.settings.broker_after_s)
         self._broker_task = None
-        since = self._now() - (self._down_since or self._now())
+        since = self._now() - (self._down_since if self._down_since is not None else self._now())
         why = f" ({clean(error, 200)})" if error else ""
         log.warning("notify: runner %s has lost its broker for %.0f s%s", self._runner(), since, why)
         self.offer(Alert("broker", None, f"runner {clean(self._runner(), 80)} lost its broker",
