@@ -166,7 +166,15 @@ async def pending_call(eng: Engine, run: str, after: int = 0) -> str:
     evs = await until(lambda: [e for e in events(eng, run, "tool.approval")
                                if e.seq > after and e.data["state"] == "pending"],
                       f"a call of {run} waiting for approval", timeout=60)
-    return str(evs[0].data["id"])
+    call = str(evs[0].data["id"])
+    # journaled just before the supervisor waits on it: an approval must find it waiting
+    await until(lambda: call in eng.supervisors[run].approvals, f"{call} waiting", timeout=60)
+    return call
+
+
+async def finish(eng: Engine, runs: list[str]) -> dict[str, str]:
+    """The runs' ends; a run that never ends fails the test instead of hanging it."""
+    return await asyncio.wait_for(eng.wait(runs), 240)
 
 
 async def approve(eng: Engine, run: str, call: str) -> None:
@@ -191,7 +199,7 @@ async def test_each_trigger_is_posted_once_and_recorded_on_its_run(tmp_path, tas
             e.seq for e in events(eng, approved, "tool.approval") if e.data["id"] == first))
         assert second != first
         await approve(eng, approved, second)
-        results = await eng.wait([approved, limited, flagged, quiet])
+        results = await finish(eng, [approved, limited, flagged, quiet])
     finally:
         await eng.stop()
     assert results == {approved: "succeeded", limited: "succeeded", flagged: "succeeded",
@@ -237,7 +245,7 @@ async def test_a_flood_of_ends_is_one_digest(tmp_path, monkeypatch, hook):
                     "every run's command started", timeout=240)
         await asyncio.gather(*(eng.handle_control(ControlCommand(
             run=r, action="kill", operator="ana", reason="flood")) for r in runs))
-        assert set((await eng.wait(runs)).values()) == {"killed"}
+        assert set((await finish(eng, runs)).values()) == {"killed"}
         await until(lambda: len(hook.posts) >= alone + 1, "the digest", timeout=60)
     finally:
         await eng.stop()
@@ -260,7 +268,7 @@ async def test_a_failing_target_is_recorded_and_the_run_goes_on(tmp_path, tasks,
     await eng.start()
     try:
         run = await eng.submit(Job(task="five_steps", limits={"steps": 5}))
-        assert await eng.wait([run]) == {run: "succeeded"}
+        assert await finish(eng, [run]) == {run: "succeeded"}
     finally:
         await eng.stop()
     notes = sent(eng, run)
@@ -283,7 +291,7 @@ async def test_a_slow_target_does_not_hold_up_the_run(tmp_path, tasks, hook):
         run = await eng.submit(Job(task="five_steps", limits={"steps": 5}))
         # the limit's post waits at the target while the run goes on to its end
         await until(lambda: hook.waiting >= 1, "the limit's post at the target", timeout=60)
-        assert await eng.wait([run]) == {run: "succeeded"}
+        assert await finish(eng, [run]) == {run: "succeeded"}
         assert hook.posts == [] and sent(eng, run) == []
         hook.release.set()
         await until(lambda: len(sent(eng, run)) == 2, "both notifications recorded", timeout=30)
@@ -299,7 +307,7 @@ async def test_kinds_turned_off_are_not_sent(tmp_path, tasks, hook):
     await eng.start()
     try:
         run = await eng.submit(Job(task="five_steps", limits={"steps": 5}))
-        await eng.wait([run])
+        await finish(eng, [run])
     finally:
         await eng.stop()
     assert hook.titles() == [f"MLRB: {run}: 80% of its steps limit used"]
@@ -311,7 +319,7 @@ async def test_no_urls_send_nothing_and_record_nothing(tmp_path, tasks):
     await eng.start()
     try:
         run = await eng.submit(Job(task="five_steps", limits={"steps": 5}))
-        assert await eng.wait([run]) == {run: "succeeded"}
+        assert await finish(eng, [run]) == {run: "succeeded"}
     finally:
         await eng.stop()
     assert sent(eng, run) == [] and eng.notifier.channel_names == []
@@ -340,7 +348,7 @@ async def test_the_broker_lost_is_posted_logged_and_recorded_on_each_live_run(
         await until(lambda: all(sent(eng, r) for r in runs), "recorded on each live run")
         for r in runs:
             await eng.handle_control(ControlCommand(run=r, action="kill", operator="ana"))
-        await eng.wait(runs)
+        await finish(eng, runs)
     finally:
         await eng.stop()
     assert hook.titles()[0] == "MLRB: runner h lost its broker"
