@@ -29,6 +29,7 @@ from textual.timer import Timer
 
 from mlrb_tui.controls import CONTROL_ACTIONS, Aim, Controls, Notice, Selection
 from mlrb_tui.frame import Aimed, Frame, Repaintable
+from mlrb_tui.notify import ConsoleBell
 from mlrb_tui.output import CroppedUpdate, WriteWatch
 from mlrb_tui.pacing import RepaintPacer
 from mlrb_tui.replay import ReplayController, ReplayError
@@ -50,6 +51,7 @@ from mlrb_tui.source import LiveSource, SendFailed
 from mlrb_tui.state import FleetState, one_line
 from mlrb_tui.widgets.runs_table import RunsTable
 from runner.bus import BusConfig
+from runner.config import NotifyTable
 from runner.control import ControlCommand, default_operator
 from runner.events import RunStatus
 from runner.journal import JournalReader
@@ -92,7 +94,8 @@ class MLRBApp(App[None]):
                  readonly: bool = False, replay_run: str | None = None,
                  replay_speed: float = 1.0, operator: str | None = None,
                  clock: Callable[[], float] = time.time, repaint_hz: float = 8.0,
-                 keymap: dict[str, str] | None = None, runs_dir: Path | None = None) -> None:
+                 keymap: dict[str, str] | None = None, runs_dir: Path | None = None,
+                 notify: NotifyTable | None = None) -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path(journal_path).parent / "runs"
         self.journal_path = Path(journal_path)
@@ -112,6 +115,9 @@ class MLRBApp(App[None]):
                                  on_change=self.request_repaint)
         self.dashboard: DashboardScreen | None = None
         self.controls = Controls(self.fleet, self.operator)
+        self.console_bell = ConsoleBell(notify or NotifyTable(), self.write_terminal, clock=self.now)
+        if self.replay_run is None:  # a replay is history: nothing in it calls anyone
+            self.fleet.listeners.append(self.console_bell.saw)
         self._dirty = True
         self._last_full = 0.0
         # over a link that cannot keep up, fewer repaints a second; back up when it drains
@@ -232,6 +238,13 @@ class MLRBApp(App[None]):
                     screen.repaint(frame)
         if fresh:
             self._say(*self.controls.answers())
+        self.console_bell.tick()
+
+    def write_terminal(self, text: str) -> None:
+        """Raw output for the terminal (the bell, OSC 9), between frames."""
+        # App.bell stays silent when headless; this goes to whatever driver there is
+        if self._driver is not None:
+            self._driver.write(text)
 
     def _say(self, *notices: Notice) -> None:
         for n in notices:
@@ -506,11 +519,11 @@ def run_console(journal_path: Path, bus: BusConfig | None = None, *, readonly: b
                 replay_run: str | None = None, replay_speed: float = 1.0,
                 operator: str | None = None, clock: Callable[[], float] = time.time,
                 repaint_hz: float = 8.0, keymap: dict[str, str] | None = None,
-                runs_dir: Path | None = None) -> None:
+                runs_dir: Path | None = None, notify: NotifyTable | None = None) -> None:
     """Open the console and return when the operator quits."""
     app = MLRBApp(journal_path, bus, readonly=readonly, replay_run=replay_run,
                   replay_speed=replay_speed, operator=operator, clock=clock,
-                  repaint_hz=repaint_hz, keymap=keymap, runs_dir=runs_dir)
+                  repaint_hz=repaint_hz, keymap=keymap, runs_dir=runs_dir, notify=notify)
     app.run()
     if app.return_code:
         raise SystemExit(app.return_code)

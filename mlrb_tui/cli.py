@@ -58,7 +58,7 @@ def _open_console(cfg: Config, *, readonly: bool = False, replay: str | None = N
     bus = None if replay else _bus(info, cfg, "viewer" if readonly else "operator")
     run_console(journal_path=cfg.db_path, bus=bus, readonly=readonly,
                 replay_run=replay, replay_speed=speed, repaint_hz=cfg.repaint_hz,
-                keymap=cfg.keys or None)
+                keymap=cfg.keys or None, notify=cfg.notify)
 
 
 @click.group(invoke_without_command=True)
@@ -101,9 +101,14 @@ def serve(port: int, host: str, readonly: bool) -> None:
 def up() -> None:
     """Start the runner daemon (runs survive the console and the SSH session)."""
     from runner.daemon import DaemonError, start_detached
+    from runner.notify import channels
 
     cfg = _cfg()
     _need_broker(cfg)
+    try:
+        channels(cfg.notify.urls)  # a URL Apprise does not know is said here, not in the daemon's log
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         info = start_detached(cfg)
     except DaemonError as exc:

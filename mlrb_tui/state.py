@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,6 +467,7 @@ class FleetState:
     duplicates: int = 0
     gaps: int = 0
     catching_up: set[str] = field(default_factory=set)  # runs whose missed events are on their way
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)  # told of each event folded in
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -522,6 +523,8 @@ class FleetState:
             self.added.append(ev.run)
         self.changed.add(ev.run)
         self.signals_of(ev.run).apply(ev)
+        for listen in self.listeners:
+            listen(ev)
         if ev.kind == "control.ack":
             self.acks.append(ev)
         rs = self.watched.get(ev.run)

@@ -456,6 +456,8 @@ class RunnerEndpoint:
         self.extra_rejects: list[RejectCounter] = []  # counted in counts() too
         self.skipped = 0  # events that could not be encoded (should never happen)
         self.connects = 0
+        # told (up, last error) when the broker link comes up or goes down (runner.notify)
+        self.on_link: Callable[[bool, str], None] | None = None
 
     @property
     def last_error(self) -> str:
@@ -685,6 +687,7 @@ class RunnerEndpoint:
         self.connects += 1
         self.link.up()
         log.info("bus: connected to %s", self.config.url)
+        self._tell_link(True)
         await self._on_connect(client)
         for st in list(self._runs.values()):
             self._kick(st)
@@ -703,6 +706,8 @@ class RunnerEndpoint:
 
     async def _disconnected(self) -> None:
         self.connected = False
+        if not self.link.stopping:
+            self._tell_link(False)
         self.subscribed.clear()
         self._client = None
         senders = [s.task for s in self._runs.values() if s.task is not None]
@@ -711,6 +716,13 @@ class RunnerEndpoint:
         for task in senders:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def _tell_link(self, up: bool) -> None:
+        if self.on_link is not None:
+            try:
+                self.on_link(up, self.link.last_error)
+            except Exception:  # a listener's fault must not break the link
+                log.exception("bus: link listener failed")
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._state is not None:

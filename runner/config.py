@@ -26,6 +26,14 @@ The config file is TOML at `$MLRB_HOME/config.toml` (or the path in MLRB_CONFIG)
     gpu_idle_min = 20                    # GPUs idle while a command runs
     llm_call_s = 600                     # an LLM call still waiting
     [console.keys]                       # binding id -> keys, e.g. kill = "ctrl+x"
+    [notify]                             # who is called when an operator is needed (runner.notify)
+    urls = ["ntfy://mlrb-lab", "slack://T0/B0/XYZ"]   # Apprise URLs; none: the daemon sends nothing
+    kinds = {approval = true, ended = true, limit = true, stall = true, integrity = true, broker = true}
+    window_s = 600                       # one per run per kind within this many seconds
+    digest_after = 5                     # more than this many within digest_s: one digest
+    digest_s = 60
+    broker_after_s = 30                  # the broker away this long before anyone is called
+    console = true                       # an open console rings the bell and sends OSC 9
     [providers.anthropic]                # keys stay on the host; environment variables win
     base_url = "..."
     thinking_budget = 8000               # extended thinking; stream = false, cache = false turn those off
@@ -45,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Backend = Literal["auto", "docker", "local"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -110,6 +118,40 @@ class AlarmsTable(_Table):
     llm_call_s: float = Field(default=600, ge=0)
 
 
+class NotifyKinds(_Table):
+    """Which triggers call an operator (runner.notify.NOTIFY_KINDS); each is on by default."""
+
+    approval: bool = True  # a tool call waits for approval
+    ended: bool = True  # a run ended
+    limit: bool = True  # a limit reached 80%
+    stall: bool = True  # a stall alarm fired
+    integrity: bool = True  # an integrity flag was raised
+    broker: bool = True  # the daemon lost its broker
+
+
+class NotifyTable(_Table):
+    """Notifications: the daemon's Apprise targets and the console's bell (runner.notify)."""
+
+    urls: list[str] = Field(default_factory=list, repr=False)  # may hold tokens
+    kinds: NotifyKinds = Field(default_factory=NotifyKinds)
+    window_s: float = Field(default=600, ge=0)
+    digest_after: int = Field(default=5, ge=1)
+    digest_s: float = Field(default=60, gt=0)
+    broker_after_s: float = Field(default=30, ge=0)
+    console: bool = True
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for i, url in enumerate(urls):
+            if "://" not in url:
+                raise ValueError(f"urls[{i}] is not an Apprise URL (scheme://...)")
+        return urls
+
+    def enabled(self, kind: str) -> bool:
+        return bool(getattr(self.kinds, kind, False))
+
+
 class ProviderTable(_Table):
     """Options of one LLM provider's agent (runner.agents.make_agent checks them again)."""
 
@@ -150,6 +192,7 @@ class ConfigFile(_Table):
     alarms: AlarmsTable = Field(default_factory=AlarmsTable)
     providers: ProvidersTable = Field(default_factory=ProvidersTable)
     hub: HubTable = Field(default_factory=HubTable)
+    notify: NotifyTable = Field(default_factory=NotifyTable)
 
 
 @dataclass
@@ -171,6 +214,7 @@ class Config:
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     hub_endpoint: str | None = None
     hub_token: str | None = field(default=None, repr=False)
+    notify: NotifyTable = field(default_factory=NotifyTable)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold keys and tokens
 
     @property
@@ -196,7 +240,7 @@ class Config:
 
 
 _WANTED = {"float": "a number", "int": "an integer", "string": "a string", "bool": "true or false",
-           "dict": "a table", "model": "a table"}
+           "dict": "a table", "model": "a table", "list": "a list"}
 
 
 def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
@@ -272,6 +316,7 @@ def load_config(home: Path | None = None) -> Config:
         hub_endpoint=os.environ.get("HF_ENDPOINT") or file.hub.endpoint,
         hub_token=(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
                    or file.hub.token),
+        notify=file.notify,
         raw=raw,
     )
 

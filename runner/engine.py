@@ -32,6 +32,7 @@ from runner.disk_watch import DiskPolicy
 from runner.events import TERMINAL_STATUSES, Event, EventFactory, RejectCounter
 from runner.gpu import GpuAllocator, GpuRequestError, GpuSampler
 from runner.journal import Journal, JournalReader
+from runner.notify import Notifier
 from runner.sandbox import Sandbox, SandboxSpec
 from runner.stall_watch import Thresholds
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
@@ -121,6 +122,8 @@ class Engine:
         self.gpus = GpuAllocator()
         self.campaigns = CampaignDriver(self)
         self._bus_runs: dict[str, Any] = {}  # run -> the offer from the bus that started it
+        self.notifier = Notifier(cfg.notify, self._record_notice, self._live_runs,
+                                 lambda: self.runner_id)
 
     def _account_runner_id(self) -> str | None:
         # on an authenticating broker the runner id is the account: the ACL holds it there
@@ -134,6 +137,7 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        self.notifier.start()  # a bad [notify] URL stops the start before anything is opened
         if self.use_bus and not self.cfg.bus_url:
             from runner.embedded_broker import MosquittoMissing, find_mosquitto
 
@@ -166,6 +170,7 @@ class Engine:
             reader = self.reader
             self.publisher = RunnerEndpoint(bus, self.runner_id,
                                             resend_from=lambda run, after, limit: reader.events(run, after, limit))
+            self.publisher.on_link = self.notifier.link_changed
             await self.publisher.start()
             self._bg.append(asyncio.create_task(self.publisher.listen_controls(self.handle_control, self.rejects)))
             self._bg.append(asyncio.create_task(self._state_loop()))
@@ -293,6 +298,7 @@ class Engine:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self.tasks.values(), *self._bg, return_exceptions=True)
+        await self.notifier.close()  # the runs' last notifications, recorded while the journal is open
         await self.gpu_sampler.stop()
         if self.publisher is not None:
             with contextlib.suppress(Exception):
@@ -314,6 +320,22 @@ class Engine:
     def _publish(self, events: Sequence[Event]) -> None:
         if self.publisher is not None:
             self.publisher.publish(events)
+        self.notifier.observe(events)
+
+    def _live_runs(self) -> list[str]:
+        return [r for r, s in self.supervisors.items() if not s.ended]
+
+    async def _record_notice(self, run: str, data: dict[str, Any]) -> None:
+        """A notification sent about `run`, as its `notify.sent` event."""
+        sup = self.supervisors.get(run)
+        if sup is not None:
+            await sup.emit("notify.sent", data)
+            return
+        assert self.journal is not None
+        # a run the engine no longer holds in memory: after the journal's last event of it
+        ev = EventFactory(run, self.journal.last_seq(run) + 1).make("notify.sent", data)
+        await self.journal.write([ev])
+        self._publish([ev])
 
     def _make_agent(self, job: Job, plan: list[dict[str, Any]] | None) -> Agent:
         if job.agent == "scripted":

@@ -351,6 +351,19 @@ class IntegrityFlagData(EventData):
     detail: str = ""
 
 
+# -- notifications ---------------------------------------------------------------------------
+class NotifySentData(EventData):
+    """A notification sent about this run (runner.notify): where, for what, and how it went."""
+
+    channel: str  # the Apprise target, its secrets masked
+    kind: Literal["approval", "ended", "limit", "stall", "integrity", "broker"]
+    result: Literal["ok", "failed"]
+    error: str | None = None
+    title: str = ""
+    trigger_seq: int | None = None  # the event of this run that raised it
+    digest: int | None = None  # sent in a digest of this many notifications
+
+
 # The closed, versioned list of kinds and the model of each one's data. Adding a kind, or a
 # field, is a contract change.
 EVENT_DATA: dict[str, type[EventData]] = {
@@ -394,6 +407,7 @@ EVENT_DATA: dict[str, type[EventData]] = {
     "control.ack": ControlAckData,
     "score": ScoreData,
     "integrity.flag": IntegrityFlagData,
+    "notify.sent": NotifySentData,
 }
 
 CLOCKED_KINDS: frozenset[str] = frozenset(k for k, m in EVENT_DATA.items() if issubclass(m, Clocked))

@@ -18,7 +18,8 @@ from typing import Literal
 AlarmCode = Literal["stalled", "gpu_idle", "llm_slow"]
 ALARM_CODES: tuple[AlarmCode, ...] = ("stalled", "gpu_idle", "llm_slow")
 IDLE_UTIL_PCT = 5.0  # a device below this utilisation is idle
-QUIET_KINDS = frozenset({"resource", "gpu", "run.warning"})  # the runner's own sampling, not progress
+# the runner's own sampling and word, not progress
+QUIET_KINDS = frozenset({"resource", "gpu", "run.warning", "notify.sent"})
 
 
 @dataclass(frozen=True)

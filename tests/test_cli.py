@@ -79,7 +79,7 @@ def test_a_config_typo_or_a_wrong_type_stops_every_command_with_one_line(env, tm
         proc = mlrb(env, *args, check=False)
         assert proc.returncode != 0
         assert proc.stderr.strip().splitlines() == [
-            f"Error: {config}: unknown key 'consle' (known: alarms, bus, console, hub, providers, runner, sandbox)"]
+            f"Error: {config}: unknown key 'consle' (known: alarms, bus, console, hub, notify, providers, runner, sandbox)"]
     config.write_text('[console]\nrepaint_hz = "fast"\n')
     proc = mlrb(env, "status", check=False)
     assert proc.returncode != 0

@@ -108,7 +108,7 @@ def test_an_unknown_key_is_named_with_the_file_and_the_known_keys(home: Path) ->
     with pytest.raises(ConfigError) as caught:
         load_config(home)
     assert str(caught.value) == (f"{path}: unknown key 'consle' "
-                                 "(known: alarms, bus, console, hub, providers, runner, sandbox)")
+                                 "(known: alarms, bus, console, hub, notify, providers, runner, sandbox)")
     write(home, "[console]\nrepaint = 4\n")
     with pytest.raises(ConfigError, match=r"unknown key 'console\.repaint' \(known: ack_timeout_s, keys, repaint_hz\)"):
         load_config(home)

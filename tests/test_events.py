@@ -221,6 +221,11 @@ EMITTED: dict[str, list[dict]] = {
                "error": "scorer printed no result", "final": False}],
     "integrity.flag": [{"check": "workspace_size", "severity": "warning",
                         "detail": "workspace grew past 20 GB"}],
+    "notify.sent": [{"channel": "json://127.0.0.1:8080/hook", "kind": "ended", "result": "ok",
+                     "title": "MLRB: r1 ended succeeded", "trigger_seq": 12},
+                    {"channel": "ntfy://mlrb-lab", "kind": "broker", "result": "failed",
+                     "error": "A Connection error occurred sending ntfy notification.",
+                     "title": "MLRB: 7 notifications at once", "digest": 7}],
 }
 
 # A field of each kind that holds a number, a string or a bool, to break on purpose.
