@@ -23,10 +23,15 @@ class Approvals:
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._waiting
 
+    def expect(self, call_id: str) -> None:
+        """The call waits from now on: a decision that arrives before `wait` is kept."""
+        if call_id not in self._waiting:
+            self._waiting[call_id] = asyncio.get_running_loop().create_future()
+
     async def wait(self, call_id: str) -> Decision:
         """Until an operator decides on the call (or approval mode is turned off)."""
-        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._waiting[call_id] = fut
+        self.expect(call_id)
+        fut = self._waiting[call_id]
         try:
             return await fut
         finally:

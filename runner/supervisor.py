@@ -562,6 +562,8 @@ class RunSupervisor:
             assert cs is not None
             edited = cs.edited
         elif self.approvals.on:
+            # waiting before it is announced: an operator who answers at once is not refused
+            self.approvals.expect(call.id)
             if not (resumed and cs is not None and cs.approval == "pending"):
                 await self.emit("tool.approval", {"id": call.id, "state": "pending", "name": call.name})
             self.clock.stop("approval")

@@ -238,6 +238,15 @@ async def test_approvals_wait_for_a_decision_and_turning_the_mode_off_lets_calls
     assert "c1" not in approvals and "c2" not in approvals
 
 
+async def test_a_decision_made_as_soon_as_the_call_is_announced_is_kept():
+    approvals = Approvals(on=True)
+    approvals.expect("c1")  # before the pending approval is journaled and published
+    assert "c1" in approvals
+    approvals.decide("c1", Decision(False, reason="not that"))  # the operator answers at once
+    assert await approvals.wait("c1") == Decision(False, reason="not that")
+    assert "c1" not in approvals
+
+
 # -- the control table -------------------------------------------------------------------
 class Rig:
     def __init__(self, tmp: Path) -> None:
