@@ -1171,10 +1171,13 @@ def _campaign_request(payload: dict[str, Any], timeout: float) -> str:
     from runner.bus import BusUnavailable, submit_job
 
     cfg = _cfg()
-    bus = _bus(read_daemon_info(cfg), cfg)
+    info = read_daemon_info(cfg)
+    bus = _bus(info, cfg)
     if bus is None:
         raise click.ClickException("no runner daemon is running and no broker is configured "
                                    "(start one with `mlrb up`)")
+    if info is not None:  # for this host's runner, whose journal the answer is read from
+        payload = {**payload, "runner": info.runner_id}
     try:
         asyncio.run(submit_job(bus, payload))
     except BusUnavailable as exc:
@@ -1328,6 +1331,49 @@ def campaign_cancel(name: str, reason: str, timeout: float) -> None:
     if answer != "accepted":
         raise click.ClickException(f"campaign {name}: {answer.removeprefix('refused: ')}")
     click.echo(f"campaign {name} cancelled: {reason}")
+    _kill_fleet_runs(name, reason)
+
+
+def _kill_fleet_runs(name: str, reason: str) -> None:
+    """Kill the campaign's runs that other runners started: the daemon that drives it kills
+    its own, and only an operator may send controls to another runner's runs."""
+    import aiomqtt
+
+    from runner.bus import BusRefused, BusUnavailable
+    from runner.control import ControlCommand, default_operator
+    from runner.job_queue import read_job_states
+
+    cfg = _cfg()
+    info = read_daemon_info(cfg)
+    bus = _bus(info, cfg)
+    if bus is None or (info is not None and info.broker != "external"):
+        return  # no fleet: every run of the campaign is the daemon's
+    try:
+        states = asyncio.run(read_job_states(bus, timeout=1.0))
+    except (aiomqtt.MqttError, BusUnavailable, OSError, TimeoutError) as exc:
+        click.echo(f"the broker did not answer ({exc}): runs of {name} on other runners go on", err=True)
+        return
+    here = info.runner_id if info is not None else None
+    # a run is live until the runner that started it says it ended: the driver may have
+    # withdrawn the job (ended, in its own state) just as another runner started it
+    ended = {(s.job, s.runner) for s in states if s.status == "ended"}
+    live = sorted({(s.run, s.runner) for s in states
+                   if s.campaign == name and s.status == "started" and s.run and s.runner != here
+                   and (s.job, s.runner) not in ended})
+    for run, runner in live:
+        cmd = ControlCommand.model_validate({"run": run, "action": "kill", "operator": default_operator(),
+                                             "reason": reason or f"campaign {name} cancelled"})
+        try:
+            ack = asyncio.run(_send_and_wait(bus, cmd, cfg.ack_timeout_s))
+        except (BusRefused, BusUnavailable) as exc:
+            click.echo(f"kill {run} (runner {runner}): {exc}", err=True)
+            continue
+        if ack is None:
+            click.echo(f"kill {run} (runner {runner}): no answer in {cfg.ack_timeout_s:g} s; "
+                       f"`mlrb kill {run} --reason ...` again once its runner is back", err=True)
+        elif ack.accepted:
+            click.echo(f"killed {run} on runner {runner}")
+        # refused: it had ended already
 
 
 @cli.command()

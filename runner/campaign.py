@@ -13,7 +13,9 @@ the fleet. The driver's `jobs` table records where each slot's runs went.
 A slot is done once one of its runs ended succeeded or at a limit (scored either way); a run
 that failed or was killed is retried as a new run of the same slot, up to `retries` times.
 `mlrb campaign run` reaches the daemon as a request on the jobs topic (`kind = "campaign"`);
-the daemon answers in the campaign's row (`request`, `answer`).
+the daemon answers in the campaign's row (`request`, `answer`). A request names the runner of
+the host it was sent from (`runner`): another runner handed it puts it back on the queue, since
+its sender reads the answer from that runner's journal.
 """
 
 from __future__ import annotations

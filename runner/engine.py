@@ -47,6 +47,9 @@ DEFAULT_SCAFFOLD = "mlrb"
 KEEP_ENDED = 200
 
 
+CAMPAIGN_REQUEST_HOPS = 64  # times a request addressed to one runner goes round before it is refused
+
+
 class SubmitError(ValueError):
     """A run that cannot be started as asked; the message says why."""
 
@@ -556,6 +559,12 @@ class Engine:
 
         payload = offer.job
         if payload.get("kind") == "campaign":
+            target = payload.get("runner")
+            if isinstance(target, str) and target and target != self.runner_id:
+                # its sender waits for the answer in that runner's journal: pass it on to it
+                if offer.hops >= CAMPAIGN_REQUEST_HOPS:
+                    return Verdict("refused", reason=f"runner {target} did not take it")
+                return Verdict("busy", reason=f"a campaign request for runner {target}")
             return Verdict("done", reason=await self.campaigns.handle(payload))
         try:
             # who submitted it is the account the broker authenticated, not the payload's claim

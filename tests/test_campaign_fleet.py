@@ -193,3 +193,51 @@ async def test_cancel_withdraws_the_jobs_no_runner_started_and_kills_the_live_ru
         assert len(a.supervisors) == 1
     finally:
         await a.stop()
+
+
+async def test_a_cancel_sent_from_the_driving_host_reaches_its_runner_and_kills_runs_elsewhere(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from mlrb_tui.cli import cli
+    from runner.config import DaemonInfo, write_daemon_info
+
+    monkeypatch.setenv("TINY_STEPS", "100000")  # the runs last: they end when killed
+    a, b = engine_on(mosquitto, tmp_path, "host-a", 1), engine_on(mosquitto, tmp_path, "host-b", 1)
+    await a.start()
+    await b.start()
+    try:
+        await until(lambda: a.job_taker.connected and b.job_taker.connected, "both runners on the queue")
+        assert await ask(a, "stop", tasks="tiny_train", repeats=2, max_concurrent=2) == "accepted"
+        sampler = LiveSampler([a, b], "stop")
+        live = await until(lambda: len(ls := sampler.live()) == 2 and ls, "a run on each runner", timeout=90)
+        there = next(r for r in live if r in b.supervisors)
+        # the operator's CLI on host-a, whose daemon drives the campaign
+        write_daemon_info(a.cfg, DaemonInfo(pid=os.getpid(), bus_url=mosquitto.url, prefix=a.cfg.prefix,
+                                            runner_id="host-a", db=str(a.cfg.db_path), broker="external",
+                                            started=time.time()))
+        operator = mosquitto.config()
+        monkeypatch.setenv("MLRB_HOME", str(a.cfg.home))
+        monkeypatch.setenv("MLRB_BUS_USERNAME", str(operator.username))
+        monkeypatch.setenv("MLRB_BUS_PASSWORD", str(operator.password))
+        outputs = []
+        for _ in range(3):  # the request reaches host-a whichever runner the queue hands it to
+            done = await asyncio.to_thread(CliRunner().invoke, cli, [
+                "campaign", "cancel", "stop", "--reason", "budget spent", "--timeout", "60"])
+            assert done.exit_code == 0, done.output
+            assert "campaign stop cancelled: budget spent" in done.output
+            outputs.append(done.output)
+        # host-a killed its own run; the CLI killed the one host-b started, once
+        assert f"killed {there} on runner host-b" in outputs[0], outputs
+        assert not any("killed" in out for out in outputs[1:]), outputs
+        await until(lambda: all(s.ended for s in (*a.supervisors.values(), *b.supervisors.values())),
+                    "every run of the campaign killed", timeout=60)
+        ended = [r for e in (a, b) for r in JournalReader(e.cfg.db_path).campaign_runs("stop")]
+        assert sorted((r["status"], r["reason"]) for r in ended) == [("killed", "budget spent")] * 2
+    finally:
+        await a.stop()
+        await b.stop()
