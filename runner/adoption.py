@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from runner.event_data import (
     ToolResultData,
     UsageData,
 )
-from runner.events import Event
 from runner.journal import JournalReader
 from runner.tools import submission_of
 
@@ -138,16 +136,6 @@ class RunResume:
         return self.elapsed_s + counted, down, counted
 
 
-def _pages(reader: JournalReader, run: str) -> Iterator[Event]:
-    after = 0
-    while True:
-        page = reader.events(run, after, PAGE)
-        if not page:
-            return
-        yield from page
-        after = page[-1].seq
-
-
 def load_turn(body: AgentTurnData, turns_dir: Path) -> AgentTurn:
     """An `agent.turn` event back as the agent's turn, its calls' full arguments included."""
     calls = [ToolCall(c.id, c.name, dict(c.args)) for c in body.calls]
@@ -169,7 +157,7 @@ def load_resume(reader: JournalReader, run: str, status: str, turns_dir: Path) -
     res: RunResume | None = None
     by_call: dict[str, CallState] = {}
     held = waiting = False  # the clock's stops, as the events left them
-    for ev in _pages(reader, run):
+    for ev in reader.all_events(run, PAGE):
         b = ev.body
         if type(b) is RunCreatedData:
             created = b

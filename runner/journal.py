@@ -20,7 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -562,6 +562,13 @@ class JournalReader:
             rows = self._all("SELECT * FROM events WHERE run = ? AND seq > ? ORDER BY seq LIMIT ?",
                              [run, after_seq, limit])
         return self._events_of(rows)
+
+    def all_events(self, run: str, page: int = 5000) -> Iterator[Event]:
+        """Every event of `run` in seq order, read `page` at a time (never the whole run)."""
+        after = 0
+        while batch := self.events(run, after, page):
+            yield from batch
+            after = batch[-1].seq
 
     def events_before(self, run: str, before_seq: int, limit: int = 1000,
                       kinds: Sequence[str] | None = None) -> list[Event]:

@@ -21,13 +21,7 @@ class ExportError(LookupError):
 
 def iter_events(reader: JournalReader, run: str) -> Iterator[Event]:
     """Every event of `run` in seq order, a page at a time."""
-    after = 0
-    while True:
-        page = reader.events(run, after, PAGE)
-        if not page:
-            return
-        yield from page
-        after = page[-1].seq
+    return reader.all_events(run, PAGE)
 
 
 class JournalEvents:
