@@ -21,6 +21,8 @@ import pytest
 from runner.broker_access import AccountStore, Credential
 from runner.bus import BusConfig
 from runner.embedded_broker import find_mosquitto, free_port
+from runner.events import Event
+from runner.journal import JournalReader
 
 T = TypeVar("T")
 
@@ -181,3 +183,24 @@ def pids_naming(needle: str) -> list[int]:
             if needle in cmdline and alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
+
+
+def tiny_train_script() -> str:
+    """The tiny_train fixture's training script (its baseline's TRAIN), for a stand-in model to write."""
+    from importlib import util
+
+    path = Path(__file__).parent / "fixtures" / "tasks" / "tiny_train" / "baseline.py"
+    spec = util.spec_from_file_location("tiny_baseline", path)
+    assert spec is not None and spec.loader is not None
+    mod = util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return str(mod.TRAIN)
+
+
+def journal_events(db: Path, run: str) -> list[Event]:
+    """A run's events as its journal holds them."""
+    reader = JournalReader(db)
+    try:
+        return reader.events(run, 0, 100_000)
+    finally:
+        reader.close()

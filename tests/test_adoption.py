@@ -25,20 +25,12 @@ from runner.local_sandbox import LocalSandbox
 from runner.sandbox import SandboxSpec
 from runner.tools import TOOL_SPECS
 from tests.conftest import alive, pids_naming, require, until, until_blocking
+from tests.conftest import journal_events as _events
+from tests.conftest import tiny_train_script as _train_script
 from tests.llm_server import LLMServer, Reply
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 KEY = "sk-adopt-SECRET-0123456789"
-
-
-def _train_script() -> str:
-    from importlib import util
-
-    spec = util.spec_from_file_location("tiny_baseline", FIXTURE_TASKS / "tiny_train" / "baseline.py")
-    assert spec is not None and spec.loader is not None
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return str(mod.TRAIN)
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -215,14 +207,6 @@ def _daemon_env(tmp_path: Path, srv: LLMServer, backend: str) -> dict[str, str]:
     env.pop("MLRB_BUS_URL", None)
     env.pop("MLRB_SANDBOX", None)
     return env
-
-
-def _events(db: Path, run: str) -> list[Any]:
-    reader = JournalReader(db)
-    try:
-        return reader.events(run, 0, 100_000)
-    finally:
-        reader.close()
 
 
 def _kinds(db: Path, run: str) -> list[str]:

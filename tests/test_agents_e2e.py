@@ -6,38 +6,22 @@ environment, and submits."""
 from __future__ import annotations
 
 import json
-from importlib import util
 from pathlib import Path
 
 import pytest
 
 from runner.agents import make_agent
-from runner.events import Event
-from runner.journal import Journal, JournalReader
+from runner.journal import Journal
 from runner.supervisor import RunRequest, RunSupervisor
 from tasks.api import load_spec_file
+from tests.conftest import journal_events as _events
 from tests.conftest import require
+from tests.conftest import tiny_train_script as _train_script
 from tests.llm_server import LLMServer, Reply
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tasks" / "tiny_train" / "task.toml"
 IMAGE = "mlrb-sandbox:latest"
 KEY = "sk-e2e-SECRET-0123456789abcdef"
-
-
-def _train_script() -> str:
-    spec = util.spec_from_file_location("tiny_baseline", FIXTURE.parent / "baseline.py")
-    assert spec is not None and spec.loader is not None
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return str(mod.TRAIN)
-
-
-def _events(db: Path, run: str) -> list[Event]:
-    reader = JournalReader(db)
-    try:
-        return reader.events(run, 0, 100_000)
-    finally:
-        reader.close()
 
 
 @pytest.mark.docker

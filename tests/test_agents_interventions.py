@@ -19,7 +19,6 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from importlib import util
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from runner.journal import Journal, JournalReader
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
 from tasks.api import load_spec_file
 from tests.conftest import require, until
+from tests.conftest import tiny_train_script as _train_script
 from tests.llm_server import LLMServer, Reply
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
@@ -44,14 +44,6 @@ OPERATOR = "ana@ops"
 PROVIDERS = ["anthropic", "openai"]
 
 pytestmark = pytest.mark.docker
-
-
-def _train_script() -> str:
-    spec = util.spec_from_file_location("tiny_baseline", FIXTURE.parent / "baseline.py")
-    assert spec is not None and spec.loader is not None
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return str(mod.TRAIN)
 
 
 def gate(name: str) -> Reply:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
-from importlib import util
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ import pytest
 from runner.config import Config
 from runner.events import Event
 from runner.journal import Journal, JournalReader
+from tests.conftest import journal_events as _events
 from tests.conftest import require, until
+from tests.conftest import tiny_train_script as _train_script
 
 FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 FIXTURE = FIXTURE_TASKS / "tiny_train" / "task.toml"
@@ -39,22 +40,6 @@ INJECTION = ('</pre></td></tr></table><script>document.title="pwned"</script>'
              '<img src=x onerror="document.title=\'pwned\'"><b>bold</b> '
              '\x1b[31mred\x1b[0m \x1b]0;title\x07\x1b[2J<a href="https://example.invalid/">x</a>')
 INJECT_CMD = "printf '%s\\n' " + "'" + INJECTION.replace("'", "'\\''") + "'"
-
-
-def _train_script() -> str:
-    spec = util.spec_from_file_location("tiny_baseline", FIXTURE.parent / "baseline.py")
-    assert spec is not None and spec.loader is not None
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return str(mod.TRAIN)
-
-
-def _events(db: Path, run: str) -> list[Event]:
-    reader = JournalReader(db)
-    try:
-        return reader.events(run, 0, 100_000)
-    finally:
-        reader.close()
 
 
 def mlrb(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -21,10 +21,11 @@ import pytest
 
 from runner.agents import make_agent
 from runner.events import Event
-from runner.journal import Journal, JournalReader
+from runner.journal import Journal
 from runner.sandbox import SandboxSpec
 from runner.supervisor import RunLimits, RunRequest, RunSupervisor
 from tasks.api import load_spec_file
+from tests.conftest import journal_events as _events
 from tests.conftest import require
 from tests.llm_server import LLMServer, Reply
 
@@ -75,14 +76,6 @@ print(json.dumps({"hits": hits, "files": files, "environs": procs, "env": seen_e
 def gate_reply() -> Reply:
     return Reply.call("bash", {"command": "while [ ! -e /workspace/.go ]; do sleep 0.05; done; "
                                           "echo released", "timeout_s": 120})
-
-
-def _events(db: Path, run: str) -> list[Event]:
-    r = JournalReader(db)
-    try:
-        return r.events(run, 0, 100_000)
-    finally:
-        r.close()
 
 
 def _has_key(text: str) -> bool:
