@@ -8,6 +8,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +231,18 @@ def _parse_limits(items: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+async def _messages_for(client: Any, timeout: float) -> AsyncIterator[Any]:
+    """The messages a subscribed client receives in the next `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    it = client.messages.__aiter__()
+    while (left := deadline - loop.time()) > 0:
+        try:
+            yield await asyncio.wait_for(it.__anext__(), left)
+        except TimeoutError:
+            return
+
+
 async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> Any:
     """Queue a job on the bus; its state once a runner started or refused it within
     `timeout` seconds, else None (it stays queued)."""
@@ -250,14 +263,7 @@ async def _submit_and_watch(bus: Any, job: dict[str, Any], timeout: float) -> An
             await client.publish_checked(topics.submitted(me, job["id"]),
                                          waiting.model_dump_json().encode(), retain=True)
             await client.publish_checked(topics.jobs_of(me), json.dumps(job).encode())
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            it = client.messages.__aiter__()
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    message = await asyncio.wait_for(it.__anext__(), left)
-                except TimeoutError:
-                    break
+            async for message in _messages_for(client, timeout):
                 try:
                     state = JobState.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
                 except ValueError:
@@ -478,14 +484,7 @@ async def _send_and_wait(bus: Any, cmd: Any, timeout: float) -> Any:
             await client.subscribe_checked(topics.run_events(cmd.run), qos=1)
             await client.publish_checked(topics.control(cmd.run, bus.username or topic_name(cmd.operator)),
                                          cmd.to_json())
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            it = client.messages.__aiter__()
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    message = await asyncio.wait_for(it.__anext__(), left)
-                except TimeoutError:
-                    break
+            async for message in _messages_for(client, timeout):
                 try:
                     evs = decode_payload(bytes(message.payload))  # type: ignore[arg-type]
                 except EventError:
