@@ -171,36 +171,38 @@ class Lines:
         self._partial: dict[str, str] = {}
 
     def add(self, stream: str, text: str) -> list[str]:
-        from runner.escapes import strip_escapes
+        from runner.escapes import overwrite_line, strip_escapes
 
-        pieces = (self._partial.pop(stream, "") + strip_escapes(text)).split("\n")
+        # carriage returns kept until a line is whole: a progress bar's redraw may be split
+        pieces = (self._partial.pop(stream, "") + strip_escapes(text, keep_cr=True)).split("\n")
         if pieces[-1]:
             self._partial[stream] = pieces[-1]
-        return pieces[:-1]
+        return [overwrite_line(p) for p in pieces[:-1]]
 
     def rest(self) -> list[str]:
         """The unfinished last line of each stream (the run has ended)."""
-        rest, self._partial = list(self._partial.values()), {}
-        return rest
+        from runner.escapes import overwrite_line
+
+        rest, self._partial = [overwrite_line(p) for p in self._partial.values()], {}
+        return [line for line in rest if line]
 
 
 def resolve_run(path: Path, run: str) -> str:
     """The full id of `run` (a full id, or a prefix only one run has) in the journal at `path`."""
-    from runner.journal import connect
+    from runner.journal import JournalReader
 
     if not path.exists():
         raise FollowError(f"no journal at {path}")
-    conn = connect(path, readonly=True)
     try:
-        if conn.execute("SELECT 1 FROM runs WHERE run = ?", (run,)).fetchone():
-            return run
-        like = run.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        found = [r["run"] for r in conn.execute(
-            "SELECT run FROM runs WHERE run LIKE ? ESCAPE '\\' ORDER BY run LIMIT 6", (like,))]
+        reader = JournalReader(path)
+        try:
+            if reader.get_run(run) is not None:
+                return run
+            found = reader.runs_with_prefix(run, 6)
+        finally:
+            reader.close()
     except sqlite3.Error as exc:
         raise FollowError(f"cannot read the journal at {path}: {exc}") from None
-    finally:
-        conn.close()
     if len(found) == 1:
         return str(found[0])
     if found:

@@ -547,9 +547,16 @@ class JournalReader:
         exact = self.get_run(prefix)
         if exact:
             return exact
-        rows = self._all("SELECT * FROM runs WHERE run LIKE ? LIMIT 2",
-                         [prefix.replace("%", "").replace("_", "\\_") + "%"])
-        return dict(rows[0]) if len(rows) == 1 else None
+        found = self.runs_with_prefix(prefix, 2)
+        return self.get_run(found[0]) if len(found) == 1 else None
+
+    def runs_with_prefix(self, prefix: str, limit: int = 6) -> list[str]:
+        """The ids of the runs whose id starts with `prefix` (every task name has a `_`, a
+        LIKE wildcard, so the prefix is matched literally)."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._all("SELECT run FROM runs WHERE run LIKE ? ESCAPE '\\' ORDER BY run LIMIT ?",
+                         [like, limit])
+        return [str(r["run"]) for r in rows]
 
     def events(self, run: str, after_seq: int = 0, limit: int = 1000,
                kinds: Sequence[str] | None = None) -> list[Event]:

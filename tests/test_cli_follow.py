@@ -178,6 +178,35 @@ async def test_output_escapes_split_lines_and_gaps_a_recorder_may_hold(tmp_path:
     journal.close()
 
 
+def test_a_progress_bar_split_over_chunks_prints_its_last_redraw_once() -> None:
+    from mlrb_tui.cli_follow import Lines
+
+    lines = Lines()
+    assert lines.add("stdout", "start\n10%\r5") == ["start"]
+    assert lines.add("stdout", "0%\r") == []
+    assert lines.add("stdout", "100%\r\ndone\n") == ["100%", "done"]
+    assert lines.add("stderr", "20%\r\x1b[2K40%") == [] and lines.rest() == ["40%"]
+
+
+async def test_a_prefix_with_the_tasks_underscore_names_its_run(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    for run in ("mini_pile-3fa2c1", "mini_pile-3fb000", "miniXpile-3fa2c1"):
+        f = EventFactory(run)
+        write(journal, f.make("run.created", {"task": "mini_pile"}),
+              f.make("sandbox.output", {"stream": "stdout", "text": f"{run}\n"}))
+    journal.close()
+    reader = JournalReader(db)
+    try:  # `_` is matched as itself, not as LIKE's any-character
+        assert reader.find_run("mini_pile-3fa")["run"] == "mini_pile-3fa2c1"  # type: ignore[index]
+        assert reader.find_run("mini_pile-3f") is None  # two runs
+        assert reader.runs_with_prefix("mini_pile-3f") == ["mini_pile-3fa2c1", "mini_pile-3fb000"]
+    finally:
+        reader.close()
+    rc, text, err = await mlrb(cli_env(tmp_path / "home"), "logs", "mini_pile-3fa", "--db", str(db))
+    assert rc == 0 and text == "mini_pile-3fa2c1\n", err
+
+
 async def test_follow_a_live_run_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLRB_TASKS_PATH", str(FIXTURE_TASKS))
     monkeypatch.setenv("TINY_STEPS", "40")
